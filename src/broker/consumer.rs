@@ -1,0 +1,193 @@
+//! The consumer: takes what is ready (up to `prefetch`) as one batch, ingests
+//! it in one transaction, and acks the batch (`multiple`) only after commit.
+//!
+//! - Broker gone: the session ends; a supervisor reconnects with capped,
+//!   doubling backoff and declares the topology again.
+//! - Database gone: the batch stays unacked and is retried with backoff; with
+//!   the prefetch window full the broker sends nothing more. No nack, so the
+//!   delivery limit is not burnt by an outage.
+//! - Dead-lettered messages (past `x-delivery-limit`) are consumed from the
+//!   dead-letter queue on their own channel and kept in quarantine.
+
+use super::{BrokerError, topology};
+use crate::config::AmqpSettings;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::ingest::{Incoming, Ingestor, Source};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Consumes portal events until shutdown.
+pub struct Consumer {
+    settings: AmqpSettings,
+    ingestor: Ingestor,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+impl Consumer {
+    /// A consumer feeding `ingestor`.
+    pub fn new(settings: AmqpSettings, ingestor: Ingestor, metrics: Metrics, health: Arc<Health>) -> Self {
+        Self {
+            settings,
+            ingestor,
+            metrics,
+            health,
+        }
+    }
+
+    /// Supervises sessions until `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let min = self.settings.reconnect_min.0;
+        let max = self.settings.reconnect_max.0;
+        let mut backoff = min;
+        while !*shutdown.borrow() {
+            let started = std::time::Instant::now();
+            let result = self.session(&mut shutdown).await;
+            self.set_connected(false);
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    if started.elapsed() > max {
+                        backoff = min;
+                    }
+                    error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "RabbitMQ session ended; reconnecting (check that the broker at amqp.url is up)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+        info!("consumer stopped");
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.health.set_amqp(up);
+        self.metrics.amqp_connected.set(i64::from(up));
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), BrokerError> {
+        let s = &self.settings;
+        let conn = Connection::connect(
+            &s.url,
+            ConnectionProperties::default().with_connection_name("zorginkoop-notifier".into()),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        topology::declare(&ch, s).await?;
+        ch.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        let mut events = ch
+            .basic_consume(s.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let dead_ch = conn.create_channel().await?;
+        dead_ch.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        let mut dead = dead_ch
+            .basic_consume(
+                s.dead_letter_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.set_connected(true);
+        info!(queue = %s.queue, prefetch = s.prefetch, "consuming portal events");
+
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.changed() => break Ok(()),
+                next = events.next() => match next {
+                    None => break Err(BrokerError::Cancelled),
+                    Some(Err(e)) => break Err(e.into()),
+                    Some(Ok(first)) => {
+                        let batch = drain(first, &mut events, s.prefetch as usize);
+                        if !self.handle(batch, Source::Amqp, shutdown).await? {
+                            break Ok(());
+                        }
+                    }
+                },
+                next = dead.next() => match next {
+                    None => break Err(BrokerError::Cancelled),
+                    Some(Err(e)) => break Err(e.into()),
+                    Some(Ok(first)) => {
+                        let batch = drain(first, &mut dead, s.prefetch as usize);
+                        if !self.handle(batch, Source::DeadLetter, shutdown).await? {
+                            break Ok(());
+                        }
+                    }
+                },
+            }
+        };
+        self.set_connected(false);
+        // Unacked messages go back to the queue when the channel closes.
+        let _ = ch.close(200, "shutdown".into()).await;
+        let _ = dead_ch.close(200, "shutdown".into()).await;
+        let _ = conn.close(200, "shutdown".into()).await;
+        result
+    }
+
+    /// Ingests one batch and acks it. Returns false when shutdown interrupted
+    /// a wait for the database (the batch stays unacked and is redelivered).
+    async fn handle(
+        &self,
+        batch: Vec<Delivery>,
+        source: Source,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, BrokerError> {
+        let incoming: Vec<Incoming> = batch
+            .iter()
+            .map(|d| {
+                let mut m = Incoming::new(d.data.clone(), Some(d.routing_key.to_string()), source);
+                if source == Source::DeadLetter {
+                    m.forced_rejection = Some(format!(
+                        "delivery limit exceeded: RabbitMQ dead-lettered this message after {} deliveries; it made the worker fail repeatedly",
+                        self.settings.delivery_limit
+                    ));
+                }
+                m
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.ingestor.ingest_batch(&incoming).await {
+                Ok(_) => {
+                    self.health.set_db(true);
+                    let last = batch.last().expect("a batch is never empty");
+                    last.acker.ack(BasicAckOptions { multiple: true }).await?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    self.health.set_db(false);
+                    warn!(error = %e, messages = batch.len(), retry_in_ms = backoff.as_millis() as u64,
+                        "cannot commit the batch: holding it unacked and taking no new messages until the database answers");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(false),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// The first delivery plus whatever else is ready now, up to `max`.
+fn drain(first: Delivery, stream: &mut lapin::Consumer, max: usize) -> Vec<Delivery> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(d))) => batch.push(d),
+            _ => break,
+        }
+    }
+    batch
+}

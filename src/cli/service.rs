@@ -1,0 +1,54 @@
+//! `run`, `migrate` and `dispatch --until-idle`.
+
+use super::CliError;
+use crate::app;
+use crate::config::Settings;
+use crate::ops::metrics::Metrics;
+use tokio::sync::watch;
+
+/// `notifier run`: until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight work");
+        let _ = tx.send(true);
+    });
+    app::run(settings, rx, None).await.map_err(|e| match e.downcast::<app::StartError>() {
+        Ok(s) => s.into(),
+        Err(e) => CliError::Dependency(format!("{e:#}")),
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `notifier migrate`.
+pub async fn migrate(settings: Settings) -> Result<(), CliError> {
+    let store = app::open_store(&settings, true).await?;
+    store.close().await;
+    println!("database is up to date");
+    Ok(())
+}
+
+/// `notifier dispatch --until-idle`.
+pub async fn dispatch_until_idle(settings: Settings) -> Result<(), CliError> {
+    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let d = app::dispatcher(&settings, &store, &Metrics::new())?;
+    let s = d.run_until_idle().await?;
+    store.close().await;
+    println!("sent {}, retry scheduled {}, failed {}, cancelled {}", s.sent, s.retried, s.failed, s.cancelled);
+    if d.breaker().state() == crate::mail::relay::CircuitState::Open {
+        return Err(CliError::Dependency(format!(
+            "the relay is unusable: {}",
+            d.breaker().last_reason().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Settings: the embedded `config/default.toml`, then an optional file
+//! (`--config`), then `NOTIFIER_<SECTION>__<KEY>` environment variables.
+//! A bad value is reported as one line naming the key.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+use std::path::Path;
+use std::time::Duration;
+
+/// The defaults, documented in place.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A configuration problem: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Invalid(String),
+}
+
+/// A duration written as `500ms`, `30s`, `2m`, `4h` or `3d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses `<digits><unit>` with unit ms, s, m, h or d.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("expected a duration like 30s, 2m or 4h, got {s:?}"))?;
+        let ms = match unit {
+            "ms" => n,
+            "s" => n * 1000,
+            "m" => n * 60_000,
+            "h" => n * 3_600_000,
+            "d" => n * 86_400_000,
+            _ => return Err(format!("expected a duration like 30s, 2m or 4h, got {s:?}")),
+        };
+        Ok(Self(Duration::from_millis(ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub database: DatabaseSettings,
+    pub smtp: SmtpSettings,
+    pub dispatch: DispatchSettings,
+    pub retry: RetrySettings,
+    pub breaker: BreakerSettings,
+    pub portal: PortalSettings,
+    pub mail: MailSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+    pub prefetch: u16,
+    pub reconnect_min: HumanDuration,
+    pub reconnect_max: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub url: String,
+    pub outbox_dir: String,
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub hello_name: String,
+    pub concurrency: usize,
+    pub max_rate: u32,
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    pub danger_accept_invalid_certs: bool,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    // Secrets never printed: the URL may carry a password too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("url", &redact_url(&self.url))
+            .field("concurrency", &self.concurrency)
+            .field("max_rate", &self.max_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    pub batch_size: u32,
+    pub lease: HumanDuration,
+    pub idle_poll: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub schedule: Vec<HumanDuration>,
+    pub repeat: HumanDuration,
+    pub jitter: f64,
+    pub deadline: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub open_for: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    pub allowed_link_hosts: Vec<String>,
+    pub templates_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub grace: HumanDuration,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "--config {}: file not found",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("NOTIFIER_").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Extracts and checks settings from a prepared figment (tests build their own).
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let s: Settings = fig.extract().map_err(|e| {
+            let e = e.into_iter().next().expect("figment error has one entry");
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", e.path.join("."))
+            };
+            ConfigError::Invalid(format!("{key}{}", e.kind))
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The built-in defaults alone.
+    pub fn defaults() -> Self {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML))).expect("defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, what: String| Err(ConfigError::Invalid(format!("{key}: {what}")));
+        match url::Url::parse(&self.portal.url) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+            _ => return bad("portal.url", format!("expected an https URL, got {:?}", self.portal.url)),
+        }
+        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+            return bad("amqp.url", "expected amqp://user:pass@host:port/vhost or amqps://...".into());
+        }
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return bad("database.url", format!("expected sqlite://FILE or postgres://..., got {:?}", redact_url(&self.database.url)));
+        }
+        if !self.smtp.url.is_empty() {
+            crate::mail::SmtpTarget::parse(&self.smtp).map_err(|e| ConfigError::Invalid(format!("smtp.url: {e}")))?;
+        }
+        if lettre::message::Mailbox::from_str_checked(&self.smtp.from).is_none() {
+            return bad("smtp.from", format!("expected a mailbox like \"Naam <adres@domein.nl>\", got {:?}", self.smtp.from));
+        }
+        if self.smtp.concurrency == 0 {
+            return bad("smtp.concurrency", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.retry.jitter) {
+            return bad("retry.jitter", "expected a fraction from 0 up to (not including) 1".into());
+        }
+        if self.amqp.prefetch == 0 {
+            return bad("amqp.prefetch", "must be at least 1".into());
+        }
+        if self.dispatch.batch_size == 0 {
+            return bad("dispatch.batch_size", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Link hosts allowed in mails: the configured list, or the portal's host.
+    pub fn allowed_link_hosts(&self) -> Vec<String> {
+        if self.mail.allowed_link_hosts.is_empty() {
+            let host = url::Url::parse(&self.portal.url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .unwrap_or_default();
+            vec![host]
+        } else {
+            self.mail
+                .allowed_link_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect()
+        }
+    }
+
+    /// The domain's retry policy from these settings.
+    pub fn retry_policy(&self) -> crate::domain::delivery::RetryPolicy {
+        crate::domain::delivery::RetryPolicy {
+            schedule: self.retry.schedule.iter().map(|d| d.0).collect(),
+            repeat: self.retry.repeat.0,
+            jitter: self.retry.jitter,
+        }
+    }
+}
+
+trait MailboxExt {
+    fn from_str_checked(s: &str) -> Option<lettre::message::Mailbox>;
+}
+
+impl MailboxExt for lettre::message::Mailbox {
+    fn from_str_checked(s: &str) -> Option<lettre::message::Mailbox> {
+        s.parse().ok()
+    }
+}
+
+/// A URL with any password replaced, for messages.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::defaults();
+        assert_eq!(s.amqp.queue, "notifier.events");
+        assert_eq!(s.allowed_link_hosts(), vec!["zip.example.nl".to_string()]);
+        assert_eq!(s.retry.schedule[0].0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(HumanDuration::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(HumanDuration::parse("4h").unwrap().0, Duration::from_secs(14_400));
+        assert!(HumanDuration::parse("4 hours").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[dispatch]\nlease = \"soon\""));
+        let e = Settings::from_figment(fig).unwrap_err().to_string();
+        assert!(e.contains("dispatch.lease"), "{e}");
+        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[portal]\nurl = \"http://x\""));
+        assert!(Settings::from_figment(fig).unwrap_err().to_string().contains("portal.url"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("smtps://u:secret@h:465"), "smtps://u:***@h:465");
+    }
+}

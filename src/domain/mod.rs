@@ -1,0 +1,13 @@
+//! Pure domain types and rules: no I/O, no clocks except where passed in.
+//!
+//! - [`ids`]: AgbCode, Gebruikersnummer, EmailAddress, EventId.
+//! - [`event`]: the portal contract, parsing and validation.
+//! - [`directory`]: users, links, rights, the `versie` rule.
+//! - [`recipients`]: who gets which mail, and why.
+//! - [`delivery`]: mail kinds, delivery states, attempt outcomes, retries.
+
+pub mod delivery;
+pub mod directory;
+pub mod event;
+pub mod ids;
+pub mod recipients;

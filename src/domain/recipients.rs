@@ -1,0 +1,371 @@
+//! The recipient rules of the contract, as pure functions: an event and a
+//! directory snapshot in, the deliveries to create (one per kind and distinct
+//! address) with the reason for each out.
+
+use super::delivery::MailKind;
+use super::directory::{AgbSnapshot, DirectoryUser, Member, Recht};
+use super::event::{EventType, ModuleEvent};
+use super::ids::{EmailAddress, Gebruikersnummer};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Why a user is a recipient: the contract's set names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// U(r): active users of the AGB code with right r.
+    U(Recht),
+    /// T: U(contracteren) that are tekenbevoegd.
+    T,
+    /// CP: the contact persons of the AGB code.
+    Cp,
+    /// ACTOR: the user named in the event.
+    Actor,
+    /// The user the mail is about, at its own current address.
+    User,
+    /// A literal address (the security notice to an old address).
+    Address,
+}
+
+impl Rule {
+    /// The rule as shown to operators: `U(contracteren)`, `T`, `CP`, `ACTOR`, ...
+    pub fn label(self) -> String {
+        match self {
+            Self::U(r) => format!("U({})", r.as_str()),
+            Self::T => "T".into(),
+            Self::Cp => "CP".into(),
+            Self::Actor => "ACTOR".into(),
+            Self::User => "USER".into(),
+            Self::Address => "ADDRESS".into(),
+        }
+    }
+}
+
+/// A user a delivery serves, with the directory version it was chosen at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub gebruikersnummer: Gebruikersnummer,
+    pub versie: i64,
+    pub rule: Rule,
+}
+
+/// One mail to create: a kind to one address, serving one or more users.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedDelivery {
+    pub kind: MailKind,
+    pub address: EmailAddress,
+    /// Every rule that chose this address, deduplicated, in order.
+    pub rules: Vec<Rule>,
+    /// Empty only for [`Rule::Address`].
+    pub users: Vec<Served>,
+    /// Distinguishes several notices of one kind for one event (e.g. the user
+    /// an `beheer.onbestelbaar` is about); empty otherwise.
+    pub about: String,
+    /// Extra template context for notices (`notice.*`).
+    pub notice: Option<Value>,
+}
+
+impl PlannedDelivery {
+    /// Rules joined for display, e.g. `U(contracteren)+ACTOR`.
+    pub fn rule_label(&self) -> String {
+        self.rules
+            .iter()
+            .map(|r| r.label())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+/// How an event's resolution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// At least one module mail.
+    Routed,
+    /// Nobody had the right: the contact persons were told instead.
+    NoRecipientNotice,
+    /// Nobody at all, not even a contact person: recorded and alerted.
+    Unroutable,
+}
+
+impl Routing {
+    /// The event state stored for this outcome.
+    pub fn event_state(self) -> &'static str {
+        match self {
+            Self::Routed | Self::NoRecipientNotice => "accepted",
+            Self::Unroutable => "unroutable",
+        }
+    }
+}
+
+/// The result of resolving one module event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub deliveries: Vec<PlannedDelivery>,
+    pub routing: Routing,
+    /// Things worth recording that did not produce a mail (unknown actor, ...).
+    pub notes: Vec<String>,
+}
+
+/// Groups (user, rule) pairs by address into planned deliveries of one kind.
+#[derive(Default)]
+struct Grouper {
+    by_key: BTreeMap<(String, String), usize>,
+    out: Vec<PlannedDelivery>,
+}
+
+impl Grouper {
+    fn add(&mut self, kind: MailKind, who: Who<'_>, rule: Rule, notice: Option<&Value>) {
+        let (address, served) = match who {
+            Who::Member(m) => (
+                m.email.clone(),
+                Some(Served {
+                    gebruikersnummer: m.gebruikersnummer.clone(),
+                    versie: m.versie,
+                    rule,
+                }),
+            ),
+            Who::User(u) => (
+                u.email.clone(),
+                Some(Served {
+                    gebruikersnummer: u.gebruikersnummer.clone(),
+                    versie: u.versie,
+                    rule,
+                }),
+            ),
+        };
+        let key = (kind.as_str().to_owned(), address.as_str().to_owned());
+        let idx = *self.by_key.entry(key).or_insert_with(|| {
+            self.out.push(PlannedDelivery {
+                kind,
+                address,
+                rules: vec![],
+                users: vec![],
+                about: String::new(),
+                notice: notice.cloned(),
+            });
+            self.out.len() - 1
+        });
+        let d = &mut self.out[idx];
+        if !d.rules.contains(&rule) {
+            d.rules.push(rule);
+        }
+        if let Some(s) = served
+            && !d.users.iter().any(|u| u.gebruikersnummer == s.gebruikersnummer)
+        {
+            d.users.push(s);
+        }
+    }
+}
+
+enum Who<'a> {
+    Member(&'a Member),
+    User(&'a DirectoryUser),
+}
+
+fn active_with<'a>(dir: &'a AgbSnapshot, right: Recht) -> impl Iterator<Item = &'a Member> {
+    dir.members
+        .iter()
+        .filter(move |m| m.is_active() && m.rechten.contains(&right))
+}
+
+fn signers(dir: &AgbSnapshot) -> impl Iterator<Item = &Member> {
+    active_with(dir, Recht::Contracteren).filter(|m| m.tekenbevoegd)
+}
+
+/// Active contact persons of the AGB code.
+pub fn contact_persons(dir: &AgbSnapshot) -> impl Iterator<Item = &Member> {
+    dir.members
+        .iter()
+        .filter(|m| m.is_active() && m.contactpersoon)
+}
+
+/// Resolves the recipients of a module event.
+///
+/// `actor` is the directory entry of `data.actor_gebruikersnummer`, if the
+/// event names one and the directory knows it (any AGB code).
+pub fn resolve_module(
+    event: &ModuleEvent,
+    event_id: &str,
+    dir: &AgbSnapshot,
+    actor: Option<&DirectoryUser>,
+) -> Resolution {
+    use EventType::*;
+    let kind = MailKind::Module(event.event_type);
+    let mut g = Grouper::default();
+    let mut notes = Vec::new();
+    let right = event.event_type.right().expect("module event has a right");
+
+    match event.event_type {
+        HerinneringAcceptatie => {
+            for m in signers(dir) {
+                g.add(kind, Who::Member(m), Rule::T, None);
+            }
+        }
+        OnderhandelingAfgerond => {
+            for r in [Recht::Onderhandelen, Recht::Contracteren] {
+                for m in active_with(dir, r) {
+                    g.add(kind, Who::Member(m), Rule::U(r), None);
+                }
+            }
+        }
+        _ => {
+            for m in active_with(dir, right) {
+                g.add(kind, Who::Member(m), Rule::U(right), None);
+            }
+        }
+    }
+
+    let takes_actor = matches!(
+        event.event_type,
+        ContractGeaccepteerd | OnderhandelingVoorstelGedaan | OnderhandelingGeaccordeerd
+    );
+    if takes_actor && let Some(number) = &event.actor {
+        match actor {
+            Some(u) if u.status == super::directory::UserStatus::Actief => {
+                g.add(kind, Who::User(u), Rule::Actor, None);
+            }
+            Some(_) => notes.push(format!("actor {number} is revoked: no copy")),
+            None => notes.push(format!("actor {number} is unknown to the directory: no copy")),
+        }
+    }
+
+    let module_mails = g.out.len();
+    let needs_signer = matches!(event.event_type, VoorstelAangeboden | HerinneringAcceptatie);
+    let no_signer = needs_signer && signers(dir).next().is_none();
+    let routing;
+
+    if module_mails == 0 && event.event_type != HerinneringAcceptatie {
+        // Nobody with the right: the practice must still hear about it.
+        let notice = json!({
+            "event_id": event_id,
+            "event_type": event.event_type.as_str(),
+            "event_label": event.event_type.label(),
+            "module": right.module(),
+            "recht": right.as_str(),
+        });
+        for m in contact_persons(dir) {
+            g.add(MailKind::GeenOntvanger, Who::Member(m), Rule::Cp, Some(&notice));
+        }
+        routing = if g.out.is_empty() { Routing::Unroutable } else { Routing::NoRecipientNotice };
+    } else if no_signer {
+        let notice = json!({
+            "event_id": event_id,
+            "event_type": event.event_type.as_str(),
+            "event_label": event.event_type.label(),
+            "contract_naam": event.data["contract_naam"],
+            "zorgverzekeraar_naam": event.zorgverzekeraar.naam,
+            "uiterste_acceptatiedatum": event.data["uiterste_acceptatiedatum"],
+        });
+        let before = g.out.len();
+        if event.event_type == HerinneringAcceptatie {
+            // T is empty: the reminder turns into the notice for U(contracteren) and CP.
+            for m in active_with(dir, Recht::Contracteren) {
+                g.add(MailKind::GeenTekenbevoegde, Who::Member(m), Rule::U(Recht::Contracteren), Some(&notice));
+            }
+        }
+        for m in contact_persons(dir) {
+            g.add(MailKind::GeenTekenbevoegde, Who::Member(m), Rule::Cp, Some(&notice));
+        }
+        routing = if module_mails > 0 {
+            Routing::Routed
+        } else if g.out.len() > before {
+            Routing::NoRecipientNotice
+        } else {
+            Routing::Unroutable
+        };
+    } else {
+        routing = Routing::Routed;
+    }
+
+    Resolution {
+        deliveries: g.out,
+        routing,
+        notes,
+    }
+}
+
+/// Contact-person notices for a revoked user, per AGB code it was linked to:
+/// the confirmation, and the warning when it was the last active signer.
+///
+/// `dir` is the snapshot of one of the user's AGB codes taken *after* the
+/// revocation was applied.
+pub fn revocation_notices(
+    revoked: &DirectoryUser,
+    was_signer_here: bool,
+    dir: &AgbSnapshot,
+) -> Vec<PlannedDelivery> {
+    let mut g = Grouper::default();
+    let notice = json!({
+        "gebruiker_naam": revoked.naam,
+        "gebruikersnummer": revoked.gebruikersnummer.as_str(),
+        "agb_code": dir.agb_code.as_str(),
+    });
+    for m in contact_persons(dir) {
+        g.add(MailKind::CertificaatIngetrokken, Who::Member(m), Rule::Cp, Some(&notice));
+    }
+    if was_signer_here && signers(dir).next().is_none() {
+        for m in contact_persons(dir) {
+            g.add(MailKind::LaatsteTekenbevoegdeIngetrokken, Who::Member(m), Rule::Cp, Some(&notice));
+        }
+    }
+    for d in &mut g.out {
+        d.about = format!("{}:{}", dir.agb_code, revoked.gebruikersnummer);
+    }
+    g.out
+}
+
+/// The two mails of an address change: a confirmation to the user's new
+/// address, and a security notice to the address the directory held before.
+pub fn address_change_mails(user_after: &DirectoryUser, old_address: &EmailAddress) -> Vec<PlannedDelivery> {
+    let notice = json!({ "gebruiker_naam": user_after.naam });
+    let mut out = vec![PlannedDelivery {
+        kind: MailKind::EmailGewijzigd,
+        address: user_after.email.clone(),
+        rules: vec![Rule::User],
+        users: vec![Served {
+            gebruikersnummer: user_after.gebruikersnummer.clone(),
+            versie: user_after.versie,
+            rule: Rule::User,
+        }],
+        about: String::new(),
+        notice: Some(notice.clone()),
+    }];
+    if *old_address != user_after.email {
+        out.push(PlannedDelivery {
+            kind: MailKind::EmailGewijzigdOudAdres,
+            address: old_address.clone(),
+            rules: vec![Rule::Address],
+            users: vec![],
+            about: String::new(),
+            notice: Some(notice),
+        });
+    }
+    out
+}
+
+/// The escalation when a module mail to a user ended failed: a
+/// `beheer.onbestelbaar` notice to the AGB's contact persons, naming the user
+/// (never the address).
+pub fn undeliverable_notices(
+    dir: &AgbSnapshot,
+    user: &DirectoryUser,
+    event_id: &str,
+    event_type: EventType,
+    reden: &str,
+) -> Vec<PlannedDelivery> {
+    let mut g = Grouper::default();
+    let notice = json!({
+        "gebruiker_naam": user.naam,
+        "gebruikersnummer": user.gebruikersnummer.as_str(),
+        "event_id": event_id,
+        "event_type": event_type.as_str(),
+        "event_label": event_type.label(),
+        "reden": reden,
+    });
+    for m in contact_persons(dir) {
+        g.add(MailKind::Onbestelbaar, Who::Member(m), Rule::Cp, Some(&notice));
+    }
+    for d in &mut g.out {
+        d.about = user.gebruikersnummer.to_string();
+    }
+    g.out
+}

@@ -1,0 +1,111 @@
+//! Turns what the relay (or the network) said at each step of an SMTP
+//! transaction into an [`AttemptOutcome`]. The table is in docs/delivery.md.
+
+use crate::domain::delivery::AttemptOutcome;
+
+/// The step of the SMTP transaction an error happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// TCP connect, greeting, EHLO, STARTTLS, AUTH.
+    Connect,
+    Mail,
+    Rcpt,
+    /// The DATA command (before any message byte).
+    Data,
+    /// Sending the message and waiting for the final reply.
+    Message,
+}
+
+/// The enhanced status code (`5.1.1`) at the start of a reply text, if any.
+pub fn enhanced_code(text: &str) -> Option<String> {
+    let word = text.split_whitespace().find(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })?;
+    matches!(word.as_bytes()[0], b'2' | b'4' | b'5').then(|| word.to_owned())
+}
+
+/// Classifies a negative SMTP reply `code` (with its text) at `step`.
+pub fn classify_reply(step: Step, code: u16, text: &str) -> AttemptOutcome {
+    use AttemptOutcome::*;
+    let enhanced = enhanced_code(text).unwrap_or_default();
+    let class = code / 100;
+    if class == 2 || class == 3 {
+        return Sent;
+    }
+    if class == 4 {
+        return Transient;
+    }
+    // 5xx from here.
+    let policy = enhanced.starts_with("5.7.") || code == 535 || code == 530;
+    let protocol = (500..=504).contains(&code);
+    match step {
+        Step::Connect | Step::Mail => RelayFault,
+        _ if protocol => RelayFault,
+        Step::Rcpt => {
+            if code == 552 || enhanced == "5.2.2" {
+                Transient
+            } else if policy {
+                RelayFault
+            } else {
+                Permanent
+            }
+        }
+        Step::Data => {
+            if policy {
+                RelayFault
+            } else {
+                Permanent
+            }
+        }
+        Step::Message => {
+            // 554 after the data is about this message (content, size): the
+            // relay works, this mail will never pass.
+            if policy && code != 554 {
+                RelayFault
+            } else {
+                Permanent
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AttemptOutcome::*;
+
+    #[test]
+    fn classification_table() {
+        let cases = [
+            (Step::Rcpt, 550, "5.1.1 No such user", Permanent),
+            (Step::Rcpt, 551, "5.1.6 moved", Permanent),
+            (Step::Rcpt, 553, "5.1.3 bad address syntax", Permanent),
+            (Step::Rcpt, 552, "5.2.2 Mailbox full", Transient),
+            (Step::Rcpt, 550, "5.2.2 Mailbox full", Transient),
+            (Step::Rcpt, 554, "5.7.1 Relay access denied", RelayFault),
+            (Step::Rcpt, 450, "4.2.0 Greylisted", Transient),
+            (Step::Rcpt, 451, "4.7.1 try later", Transient),
+            (Step::Rcpt, 452, "4.2.2 full", Transient),
+            (Step::Mail, 421, "4.3.0 shutting down", Transient),
+            (Step::Mail, 530, "5.7.0 Authentication required", RelayFault),
+            (Step::Connect, 535, "5.7.8 bad credentials", RelayFault),
+            (Step::Connect, 554, "5.7.1 go away", RelayFault),
+            (Step::Rcpt, 502, "5.5.1 command not implemented", RelayFault),
+            (Step::Message, 554, "5.6.0 content rejected", Permanent),
+            (Step::Message, 552, "5.3.4 Message too big", Permanent),
+            (Step::Message, 451, "4.3.0 local error", Transient),
+            (Step::Message, 550, "5.7.1 policy", RelayFault),
+            (Step::Message, 250, "2.0.0 Ok", Sent),
+        ];
+        for (step, code, text, want) in cases {
+            assert_eq!(classify_reply(step, code, text), want, "{step:?} {code} {text}");
+        }
+    }
+
+    #[test]
+    fn enhanced_codes_are_found() {
+        assert_eq!(enhanced_code("5.1.1 No such user").as_deref(), Some("5.1.1"));
+        assert_eq!(enhanced_code("Ok: queued as 12").as_deref(), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! Dispatch: claim due deliveries under a lease, check the recipient again,
+//! render, send, classify, and record the attempt and the next state in one
+//! transaction. Retries are due times in the database, never held messages.
+
+use crate::domain::delivery::{AttemptOutcome, MailKind, RetryPolicy};
+use crate::domain::event::{EventBody, EventType, ValidationRules, parse_event};
+use crate::domain::ids::{EmailAddress, Gebruikersnummer};
+use crate::domain::recipients;
+use crate::mail::relay::{Breaker, CircuitState, RateLimiter};
+use crate::mail::{Mailer, SendReport, context, message};
+use crate::ops::metrics::Metrics;
+use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Transition};
+use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
+use crate::templates::Templates;
+use chrono::Utc;
+use futures_util::StreamExt;
+use lettre::message::Mailbox;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// What dispatch needs from the settings.
+#[derive(Clone)]
+pub struct DispatchConfig {
+    pub from: Mailbox,
+    pub portal_url: String,
+    pub rules: ValidationRules,
+    pub retry: RetryPolicy,
+    pub batch_size: u32,
+    pub lease: Duration,
+    pub idle_poll: Duration,
+    pub concurrency: usize,
+    pub breaker_open_for: Duration,
+}
+
+/// The dispatch loop and its collaborators.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    templates: Arc<Templates>,
+    mailer: Arc<Mailer>,
+    cfg: DispatchConfig,
+    owner: String,
+    metrics: Metrics,
+    breaker: Arc<Breaker>,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Counts of one `--until-idle` run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchSummary {
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl Dispatcher {
+    /// A dispatcher owning leases as `owner` (unique per process).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        templates: Arc<Templates>,
+        mailer: Arc<Mailer>,
+        cfg: DispatchConfig,
+        metrics: Metrics,
+        breaker: Arc<Breaker>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        Self {
+            store,
+            templates,
+            mailer,
+            cfg,
+            owner: format!("{}-{}", hostname(), uuid::Uuid::new_v4()),
+            metrics,
+            breaker,
+            limiter,
+        }
+    }
+
+    /// The relay circuit, for readiness.
+    pub fn breaker(&self) -> Arc<Breaker> {
+        self.breaker.clone()
+    }
+
+    /// Runs until `shutdown` turns true; in-flight sends get `grace` to finish,
+    /// then their leases are released.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut no_summary = None;
+            let round = self.round(&mut no_summary);
+            tokio::pin!(round);
+            let result = tokio::select! {
+                r = &mut round => r,
+                _ = shutdown.changed() => {
+                    match tokio::time::timeout(grace, &mut round).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            warn!("shutdown grace passed with sends in flight: releasing their leases");
+                            Ok(0)
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(0) => {
+                    let pause = match self.breaker.state() {
+                        CircuitState::Open => self.breaker.wait().max(Duration::from_millis(50)),
+                        _ => self.cfg.idle_poll,
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error!(error = %e, "dispatch round failed; retrying after a pause");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.idle_poll.max(Duration::from_secs(1))) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        self.release().await;
+    }
+
+    /// Releases every lease this dispatcher holds.
+    pub async fn release(&self) {
+        match self.store.pool().acquire().await {
+            Ok(mut c) => match dl::release_leases(&mut c, &self.owner).await {
+                Ok(n) if n > 0 => info!(released = n, "leases released"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not release leases; they expire after dispatch.lease"),
+            },
+            Err(e) => warn!(error = %e, "could not release leases; they expire after dispatch.lease"),
+        }
+        self.mailer.close().await;
+    }
+
+    /// Sends everything that is due now, then returns (`notifier dispatch --until-idle`).
+    pub async fn run_until_idle(&self) -> Result<DispatchSummary, StoreError> {
+        let mut summary = Some(DispatchSummary::default());
+        loop {
+            if self.breaker.state() == CircuitState::Open {
+                warn!("relay circuit open: stopping; the rest stays pending");
+                break;
+            }
+            if self.round(&mut summary).await? == 0 {
+                break;
+            }
+        }
+        self.release().await;
+        Ok(summary.unwrap_or_default())
+    }
+
+    /// One claim-and-send round; returns how many deliveries it handled.
+    async fn round(&self, summary: &mut Option<DispatchSummary>) -> Result<usize, StoreError> {
+        let limit = match self.breaker.state() {
+            CircuitState::Open => return Ok(0),
+            CircuitState::HalfOpen => 1,
+            CircuitState::Closed => self.cfg.batch_size,
+        };
+        let now = Utc::now();
+        let claimed = {
+            let mut tx = self.store.begin().await?;
+            let c = dl::claim(
+                &mut tx,
+                self.store.backend(),
+                &self.owner,
+                ms(now),
+                ms(now) + self.cfg.lease.as_millis() as i64,
+                i64::from(limit),
+            )
+            .await?;
+            tx.commit().await?;
+            c
+        };
+        let n = claimed.len();
+        let results: Vec<Result<Transition, StoreError>> = futures_util::stream::iter(claimed)
+            .map(|d| {
+                let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
+                self.handle(d).instrument(span)
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            let t = r?;
+            if let Some(s) = summary.as_mut() {
+                match t {
+                    Transition::Sent { .. } => s.sent += 1,
+                    Transition::Retry { .. } => s.retried += 1,
+                    Transition::Failed { .. } => s.failed += 1,
+                    Transition::Cancelled { .. } => s.cancelled += 1,
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Checks, renders, sends and records one claimed delivery.
+    async fn handle(&self, d: Claimed) -> Result<Transition, StoreError> {
+        let kind = MailKind::parse(&d.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown mail kind {:?}", d.kind)))?;
+        let mut conn = self.store.pool().acquire().await?;
+
+        // Checked at send time: revoked users dropped, the current address used.
+        let address = if d.rule == "ADDRESS" {
+            d.address.clone()
+        } else {
+            let served = dl::served_users(&mut conn, &d.id).await?;
+            let mut active: Vec<_> = served
+                .iter()
+                .filter(|u| u.status.as_deref() == Some("actief"))
+                .filter_map(|u| u.email.clone())
+                .collect();
+            active.sort();
+            active.dedup();
+            let Some(current) = active.into_iter().next() else {
+                drop(conn);
+                return self
+                    .finish(&d, kind, None, Transition::Cancelled {
+                        reason: "cancelled: every user this mail served was revoked (or left the directory)".into(),
+                    })
+                    .await;
+            };
+            if current != d.address
+                && dl::address_already_served(&mut conn, &d.id, &d.event_id, &d.kind, &current).await?
+            {
+                drop(conn);
+                return self
+                    .finish(&d, kind, None, Transition::Cancelled {
+                        reason: "cancelled as duplicate: the user's current address already got this mail".into(),
+                    })
+                    .await;
+            }
+            current
+        };
+
+        let Some(event) = ev::get_event(&mut conn, &d.event_id).await? else {
+            return Err(StoreError::Corrupt(format!("delivery {} has no event", d.id)));
+        };
+        let praktijk = match &event.agb_code {
+            Some(a) => dir::organisation_name(&mut conn, a).await?,
+            None => None,
+        };
+        drop(conn);
+
+        let rendered = self.render(kind, &d, &event.payload, event.agb_code.as_deref(), praktijk.as_deref());
+        let bytes = match rendered.and_then(|m| {
+            message::build(&self.cfg.from, &address, &m, &d.message_id).map_err(|e| e.to_string())
+        }) {
+            Ok(b) => b,
+            Err(reason) => {
+                error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
+                return self
+                    .finish(&d, kind, None, Transition::Failed { error: reason, sent_to: None })
+                    .await;
+            }
+        };
+
+        let permit = self.limiter.acquire().await;
+        let started = Utc::now();
+        let clock = Instant::now();
+        let report = self.mailer.send(&self.cfg.from.email.to_string(), &address, &d.id, &bytes).await;
+        let duration = clock.elapsed();
+        drop(permit);
+        self.metrics.smtp_attempt(report.outcome.as_str());
+        self.observe_relay(&report);
+
+        let now = Utc::now();
+        let next = self.next_state(&d, &report, &address, now);
+        let attempt = AttemptRecord {
+            started_at_ms: ms(started),
+            duration_ms: duration.as_millis() as i64,
+            outcome: report.outcome,
+            smtp_code: report.smtp_code.map(i64::from),
+            enhanced_code: report.enhanced_code.clone(),
+            detail: report.detail.clone(),
+        };
+        match report.outcome {
+            AttemptOutcome::Sent => {
+                let latency = (now - from_ms(event.occurred_at)).num_milliseconds().max(0) as f64 / 1000.0;
+                self.metrics.delivery_latency.observe(latency);
+                info!(attempt = d.attempts + 1, "sent");
+            }
+            outcome => warn!(
+                attempt = d.attempts + 1,
+                outcome = outcome.as_str(),
+                smtp_code = report.smtp_code,
+                detail = %report.detail,
+                "not sent"
+            ),
+        }
+        let t = self.finish(&d, kind, Some(&attempt), next).await?;
+        if let (Transition::Failed { .. }, true) = (&t, kind.is_module()) {
+            self.escalate(&d, &event.event_type, &report).await?;
+        }
+        Ok(t)
+    }
+
+    fn render(
+        &self,
+        kind: MailKind,
+        d: &Claimed,
+        payload: &str,
+        agb: Option<&str>,
+        praktijk: Option<&str>,
+    ) -> Result<crate::templates::RenderedMail, String> {
+        let ctx = match kind {
+            MailKind::Module(_) => {
+                let e = parse_event(payload.as_bytes(), &self.cfg.rules)
+                    .map_err(|r| format!("stored event no longer valid: {r}"))?;
+                let EventBody::Module(m) = e.body else {
+                    return Err("stored event is not a module event".into());
+                };
+                let praktijk = praktijk.map(str::to_owned).unwrap_or_else(|| m.agb_code.to_string());
+                context::module_context(kind.as_str(), &m, &praktijk, &self.cfg.portal_url)
+            }
+            _ => {
+                let notice: serde_json::Value = d
+                    .notice
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|e| format!("stored notice is not JSON: {e}"))?
+                    .unwrap_or_default();
+                let agb = agb.or_else(|| notice.get("agb_code").and_then(|v| v.as_str()));
+                context::notice_context(kind.as_str(), agb, praktijk, &notice, &self.cfg.portal_url)
+            }
+        };
+        self.templates
+            .render(kind, &ctx)
+            .map_err(|e| format!("{e} (fix the template, then `notifier replay deliveries --status failed`)"))
+    }
+
+    fn observe_relay(&self, r: &SendReport) {
+        let opened = match r.outcome {
+            AttemptOutcome::RelayFault => self.breaker.failure(&r.detail, true),
+            AttemptOutcome::Transient if r.connect_failed => self.breaker.failure(&r.detail, false),
+            _ => {
+                if self.breaker.success() {
+                    info!("relay answers again: circuit closed, sending resumes");
+                    self.metrics.circuit_open.set(0);
+                }
+                false
+            }
+        };
+        if opened {
+            self.metrics.circuit_open.set(1);
+            error!(reason = %r.detail, "relay circuit open: dispatch paused; it probes again after breaker.open_for");
+        }
+    }
+
+    fn next_state(&self, d: &Claimed, r: &SendReport, address: &str, now: chrono::DateTime<Utc>) -> Transition {
+        let deadline = from_ms(d.deadline);
+        let sent_to = Some(address.to_owned());
+        let error = r.detail.clone();
+        match r.outcome {
+            AttemptOutcome::Sent => Transition::Sent { sent_to: address.to_owned(), at_ms: ms(now) },
+            AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
+            AttemptOutcome::RelayFault => {
+                // The relay's fault, not the recipient's: keep the retry step,
+                // come back when the circuit probes again.
+                let due = now + self.cfg.breaker_open_for;
+                Transition::Retry { due_ms: ms(due), retry_step: d.retry_step, error, sent_to: None }
+            }
+            AttemptOutcome::Transient if r.connect_failed => {
+                let due = now + self.cfg.breaker_open_for.min(self.cfg.retry.base_delay(0));
+                if now > deadline {
+                    Transition::Failed { error: format!("deadline passed: {error}"), sent_to: None }
+                } else {
+                    Transition::Retry { due_ms: ms(due), retry_step: d.retry_step, error, sent_to: None }
+                }
+            }
+            AttemptOutcome::Transient | AttemptOutcome::Unknown => {
+                let unit: f64 = rand::random();
+                match self.cfg.retry.next_due(d.retry_step as u32, now, deadline, r.retry_hint, unit) {
+                    Some(due) => Transition::Retry { due_ms: ms(due), retry_step: d.retry_step + 1, error, sent_to },
+                    None => Transition::Failed { error: format!("deadline passed: {error}"), sent_to },
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        d: &Claimed,
+        kind: MailKind,
+        attempt: Option<&AttemptRecord>,
+        next: Transition,
+    ) -> Result<Transition, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let kept = dl::finish(&mut tx, &d.id, &self.owner, attempt, &next).await?;
+        tx.commit().await?;
+        if !kept {
+            warn!("lease lost before the result was recorded; another dispatcher owns this delivery now");
+            return Ok(next);
+        }
+        if next.status().is_final() {
+            self.metrics.delivery_final(kind.as_str(), next.status().as_str());
+        }
+        Ok(next)
+    }
+
+    /// A module mail to a user ended failed: tell the AGB's contact persons,
+    /// at most once per user per day.
+    async fn escalate(&self, d: &Claimed, event_type: &str, r: &SendReport) -> Result<(), StoreError> {
+        let Some(et) = EventType::parse(event_type) else { return Ok(()) };
+        let mut tx = self.store.begin().await?;
+        let Some(event) = ev::get_event(&mut tx, &d.event_id).await? else { return Ok(()) };
+        let Some(agb) = event.agb_code.as_deref().and_then(|a| crate::domain::ids::AgbCode::parse(a).ok()) else {
+            return Ok(());
+        };
+        let snapshot = dir::agb_snapshot(&mut tx, &agb).await?;
+        let reden = if r.outcome == AttemptOutcome::Permanent {
+            "het adres werd door de ontvangende mailserver geweigerd"
+        } else {
+            "het bericht kon binnen de termijn niet worden afgeleverd"
+        };
+        let served = dl::served_users(&mut tx, &d.id).await?;
+        let day_ago = ms(Utc::now()) - 86_400_000;
+        let mut n = 0;
+        for u in served {
+            let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else { continue };
+            let Some(user) = dir::get_user(&mut tx, &nr).await? else { continue };
+            if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), day_ago).await? {
+                continue;
+            }
+            let planned = recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden);
+            let deadline = Utc::now() + chrono::Duration::hours(72);
+            for p in planned.iter().filter(|p| Some(&p.address) != EmailAddress::parse(&d.address).ok().as_ref()) {
+                if dl::insert_planned(&mut tx, &d.event_id, p, ms(Utc::now()), ms(Utc::now()), ms(deadline))
+                    .await?
+                    .is_some()
+                {
+                    n += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        if n > 0 {
+            info!(notices = n, "undeliverable module mail escalated to the contact persons");
+        }
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "notifier".into())
+}

@@ -1,0 +1,385 @@
+//! Ingest: portal events in, their effects committed. One function serves the
+//! AMQP consumer, `notifier ingest FILE`, quarantine redrive and the demo, so
+//! there is one code path for every decision.
+//!
+//! A batch is one transaction: the event rows (unique by id, so a repeat is a
+//! no-op), the directory changes, every delivery, and the quarantine rows for
+//! bad input. The caller acks only after [`Ingestor::ingest_batch`] returned Ok.
+
+use crate::domain::directory::{UserStatus, VersionCheck};
+use crate::domain::event::{EventBody, PortalEvent, ValidationRules, envelope_hint, parse_event};
+use crate::domain::recipients::{self, PlannedDelivery, Routing};
+use crate::ops::metrics::Metrics;
+use crate::store::directory::{self as dir, UserChange};
+use crate::store::events::{self as ev, NewEvent, NewQuarantine};
+use crate::store::{Store, StoreError, deliveries, ms};
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+use std::time::Duration;
+use tracing::{info, info_span, warn};
+
+/// Where a message came from (kept with quarantined messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Amqp,
+    File,
+    Redrive,
+    DeadLetter,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Amqp => "amqp",
+            Self::File => "file",
+            Self::Redrive => "redrive",
+            Self::DeadLetter => "dead-letter",
+        }
+    }
+}
+
+/// One message to ingest.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub routing_key: Option<String>,
+    pub source: Source,
+    /// Set for dead-lettered messages: quarantined with this reason, unparsed.
+    pub forced_rejection: Option<String>,
+}
+
+impl Incoming {
+    /// A message from the broker or a file.
+    pub fn new(body: Vec<u8>, routing_key: Option<String>, source: Source) -> Self {
+        Self {
+            body,
+            routing_key,
+            source,
+            forced_rejection: None,
+        }
+    }
+}
+
+/// What ingesting one message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// A module event, recorded with its deliveries.
+    Accepted { event_id: String, deliveries: usize, routing: &'static str },
+    /// A directory event applied (with the mails it causes, if any).
+    Applied { event_id: String, deliveries: usize },
+    /// The event id was seen before: nothing new happened.
+    Duplicate { event_id: String },
+    /// A directory update not newer than what is stored: ignored.
+    Stale { event_id: String },
+    /// A directory update about a user the directory does not know: recorded, nothing sent.
+    UnknownUser { event_id: String },
+    /// Bad input, kept in quarantine with the reason.
+    Quarantined { quarantine_id: i64, reason: String },
+}
+
+impl IngestOutcome {
+    /// The metrics outcome label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } | Self::Applied { .. } | Self::UnknownUser { .. } => "accepted",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Stale { .. } => "stale",
+            Self::Quarantined { .. } => "quarantined",
+        }
+    }
+}
+
+/// Turns messages into committed events, directory changes and deliveries.
+#[derive(Clone)]
+pub struct Ingestor {
+    store: Store,
+    rules: ValidationRules,
+    deadline: Duration,
+    metrics: Metrics,
+}
+
+impl Ingestor {
+    /// An ingestor writing to `store`.
+    pub fn new(store: Store, rules: ValidationRules, deadline: Duration, metrics: Metrics) -> Self {
+        Self {
+            store,
+            rules,
+            deadline,
+            metrics,
+        }
+    }
+
+    /// Ingests a batch in one transaction. On Err nothing was committed and
+    /// the caller must not ack.
+    pub async fn ingest_batch(&self, batch: &[Incoming]) -> Result<Vec<IngestOutcome>, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.store.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut types = Vec::with_capacity(batch.len());
+        for m in batch {
+            let (t, o) = self.process(&mut tx, m, now).await?;
+            types.push(t);
+            outcomes.push(o);
+        }
+        tx.commit().await?;
+        for (t, o) in types.iter().zip(&outcomes) {
+            self.metrics.event_received(t, o.label());
+            match o {
+                IngestOutcome::Accepted { routing, .. } if *routing == "unroutable" => self.metrics.unroutable(),
+                IngestOutcome::Stale { .. } => self.metrics.directory_skipped("stale"),
+                IngestOutcome::UnknownUser { .. } => self.metrics.directory_skipped("unknown_user"),
+                _ => {}
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn process(
+        &self,
+        conn: &mut AnyConnection,
+        m: &Incoming,
+        now: DateTime<Utc>,
+    ) -> Result<(String, IngestOutcome), StoreError> {
+        let parsed = match &m.forced_rejection {
+            Some(reason) => Err(reason.clone()),
+            None => parse_event(&m.body, &self.rules).map_err(|r| r.reason),
+        };
+        let event = match parsed {
+            Ok(e) => e,
+            Err(reason) => {
+                let hint = envelope_hint(&m.body);
+                let id = ev::quarantine(
+                    conn,
+                    &NewQuarantine {
+                        received_at_ms: ms(now),
+                        source: m.source.as_str(),
+                        routing_key: m.routing_key.as_deref(),
+                        event_id: hint.id.as_deref(),
+                        event_type: hint.event_type.as_deref(),
+                        reason: &reason,
+                        raw: &m.body,
+                    },
+                )
+                .await?;
+                warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
+                // Metrics label: a known type, or "unknown" (never free text from the message).
+                let t = hint
+                    .event_type
+                    .as_deref()
+                    .and_then(crate::domain::event::EventType::parse)
+                    .map_or("unknown", |t| t.as_str());
+                return Ok((t.to_owned(), IngestOutcome::Quarantined { quarantine_id: id, reason }));
+            }
+        };
+        let span = info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
+        let _g = span.enter();
+        let payload = String::from_utf8_lossy(&m.body);
+        let inserted = ev::insert_event(
+            conn,
+            &NewEvent {
+                id: event.id.as_str(),
+                event_type: event.event_type.as_str(),
+                agb_code: event.agb_code().map(|a| a.as_str()),
+                occurred_at_ms: ms(event.time),
+                received_at_ms: ms(now),
+                payload: &payload,
+                state: "accepted",
+            },
+        )
+        .await?;
+        let t = event.event_type.as_str().to_owned();
+        if !inserted {
+            info!("duplicate event id: nothing new");
+            return Ok((t, IngestOutcome::Duplicate { event_id: event.id.to_string() }));
+        }
+        let outcome = self.apply(conn, &event, now).await?;
+        Ok((t, outcome))
+    }
+
+    async fn plan(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        planned: &[PlannedDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let deadline = event.time + self.deadline;
+        let mut n = 0;
+        for p in planned {
+            if deliveries::insert_planned(conn, event.id.as_str(), p, ms(now), ms(now), ms(deadline))
+                .await?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let id = event.id.to_string();
+        let now_ms = ms(now);
+        match &event.body {
+            EventBody::Module(m) => {
+                let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
+                let actor = match &m.actor {
+                    Some(a) => dir::get_user(conn, a).await?,
+                    None => None,
+                };
+                let res = recipients::resolve_module(m, &id, &snapshot, actor.as_ref());
+                let n = self.plan(conn, event, &res.deliveries, now).await?;
+                let detail = (!res.notes.is_empty()).then(|| res.notes.join("; "));
+                let routing = match res.routing {
+                    Routing::Routed => "routed",
+                    Routing::NoRecipientNotice => "no_recipient_notice",
+                    Routing::Unroutable => "unroutable",
+                };
+                let detail = match res.routing {
+                    Routing::Unroutable => Some(format!(
+                        "no active user with the right and no active contact person for AGB {}{}",
+                        m.agb_code,
+                        detail.map(|d| format!("; {d}")).unwrap_or_default()
+                    )),
+                    Routing::NoRecipientNotice => Some(format!(
+                        "no active recipient: contact persons notified{}",
+                        detail.map(|d| format!("; {d}")).unwrap_or_default()
+                    )),
+                    Routing::Routed => detail,
+                };
+                ev::set_event_state(conn, &id, res.routing.event_state(), detail.as_deref()).await?;
+                if res.routing == Routing::Unroutable {
+                    warn!(agb_code = %m.agb_code, "unroutable event: no recipient and no contact person");
+                }
+                info!(deliveries = n, routing, "event accepted");
+                Ok(IngestOutcome::Accepted { event_id: id, deliveries: n, routing })
+            }
+            EventBody::GebruikerBijgewerkt(rec) => {
+                let check = dir::apply_user(conn, rec, now_ms).await?;
+                self.directory_outcome(conn, &id, &rec.gebruikersnummer.to_string(), check).await
+            }
+            EventBody::OrganisatieBijgewerkt { agb_code, naam, versie } => {
+                let check = dir::apply_organisation(conn, agb_code, naam, *versie, now_ms).await?;
+                self.directory_outcome(conn, &id, agb_code.as_str(), check).await
+            }
+            EventBody::EmailadresGewijzigd {
+                gebruikersnummer,
+                nieuw_email,
+                versie,
+                ..
+            } => {
+                let before = dir::get_user(conn, gebruikersnummer).await?;
+                match dir::set_email(conn, gebruikersnummer, nieuw_email, *versie, now_ms).await? {
+                    UserChange::Applied => {
+                        let before = before.expect("applied implies known");
+                        let after = dir::get_user(conn, gebruikersnummer)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt("user vanished during an address change".into()))?;
+                        let mut planned = recipients::address_change_mails(&after, &before.email);
+                        if after.status != UserStatus::Actief {
+                            // A revoked user gets nothing, not even this confirmation.
+                            planned.retain(|p| p.users.is_empty());
+                        }
+                        let n = self.plan(conn, event, &planned, now).await?;
+                        ev::set_event_state(conn, &id, "applied", None).await?;
+                        Ok(IngestOutcome::Applied { event_id: id, deliveries: n })
+                    }
+                    other => self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms).await,
+                }
+            }
+            EventBody::CertificaatIngetrokken { gebruikersnummer, .. } => {
+                let links_before = dir::user_links(conn, gebruikersnummer).await?;
+                match dir::revoke(conn, gebruikersnummer, event_versie(event), now_ms).await? {
+                    UserChange::Applied => {
+                        let user = dir::get_user(conn, gebruikersnummer)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt("user vanished during a revocation".into()))?;
+                        let cancelled = deliveries::cancel_for_revoked(
+                            conn,
+                            gebruikersnummer.as_str(),
+                            "cancelled: the recipient's certificate was revoked",
+                        )
+                        .await?;
+                        let mut n = 0;
+                        let mut no_cp = Vec::new();
+                        for (agb, was_signer) in &links_before {
+                            let snap = dir::agb_snapshot(conn, agb).await?;
+                            let planned = recipients::revocation_notices(&user, *was_signer, &snap);
+                            if planned.is_empty() {
+                                no_cp.push(agb.to_string());
+                            }
+                            n += self.plan(conn, event, &planned, now).await?;
+                        }
+                        let detail = format!(
+                            "revoked; {cancelled} pending deliveries cancelled{}",
+                            if no_cp.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; no active contact person to notify for AGB {}", no_cp.join(", "))
+                            }
+                        );
+                        ev::set_event_state(conn, &id, "applied", Some(&detail)).await?;
+                        if !no_cp.is_empty() {
+                            warn!("revocation notice unroutable: no active contact person");
+                        }
+                        info!(cancelled, notices = n, "certificate revoked");
+                        Ok(IngestOutcome::Applied { event_id: id, deliveries: n })
+                    }
+                    other => self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms).await,
+                }
+            }
+        }
+    }
+
+    async fn directory_outcome(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        subject: &str,
+        check: VersionCheck,
+    ) -> Result<IngestOutcome, StoreError> {
+        if check == VersionCheck::Stale {
+            ev::set_event_state(conn, id, "stale", Some("versie not higher than stored: ignored")).await?;
+            dir::log_skipped(conn, "event", subject, "stale", ms(Utc::now())).await?;
+            info!("stale directory update ignored");
+            Ok(IngestOutcome::Stale { event_id: id.to_owned() })
+        } else {
+            ev::set_event_state(conn, id, "applied", None).await?;
+            Ok(IngestOutcome::Applied { event_id: id.to_owned(), deliveries: 0 })
+        }
+    }
+
+    async fn skipped_change(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        subject: &str,
+        change: UserChange,
+        now_ms: i64,
+    ) -> Result<IngestOutcome, StoreError> {
+        match change {
+            UserChange::UnknownUser => {
+                ev::set_event_state(conn, id, "ignored", Some("user unknown to the directory: nothing sent")).await?;
+                dir::log_skipped(conn, "event", subject, "unknown_user", now_ms).await?;
+                warn!("directory update for an unknown user: recorded, nothing sent");
+                Ok(IngestOutcome::UnknownUser { event_id: id.to_owned() })
+            }
+            _ => {
+                ev::set_event_state(conn, id, "stale", Some("versie not higher than stored: ignored")).await?;
+                dir::log_skipped(conn, "event", subject, "stale", now_ms).await?;
+                Ok(IngestOutcome::Stale { event_id: id.to_owned() })
+            }
+        }
+    }
+}
+
+fn event_versie(e: &PortalEvent) -> i64 {
+    match &e.body {
+        EventBody::CertificaatIngetrokken { versie, .. } | EventBody::EmailadresGewijzigd { versie, .. } => *versie,
+        _ => 0,
+    }
+}

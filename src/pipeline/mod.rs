@@ -1,0 +1,5 @@
+//! The two loops around the database: [`ingest`] (events in, effects
+//! committed) and [`dispatch`] (due deliveries out to the relay).
+
+pub mod dispatch;
+pub mod ingest;

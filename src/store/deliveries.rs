@@ -1,0 +1,472 @@
+//! The delivery queue: one row per mail (event × kind × address), claimed
+//! under a lease, and an `attempts` row for every SMTP attempt.
+
+use super::{Backend, StoreError};
+use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
+use crate::domain::recipients::PlannedDelivery;
+use sqlx::{AnyConnection, Row};
+
+/// The Message-ID of a delivery: stable across retries and replays, so a
+/// repeated mail is recognisable downstream.
+pub fn message_id_for(delivery_id: &str) -> String {
+    format!("{delivery_id}@notifier.zorginkoopportaal")
+}
+
+/// Inserts a planned delivery and the users it serves; `None` when the same
+/// (event, kind, address, about) already exists, so re-ingesting is harmless.
+pub async fn insert_planned(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    p: &PlannedDelivery,
+    now_ms: i64,
+    due_ms: i64,
+    deadline_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let notice = p.notice.as_ref().map(|v| v.to_string());
+    let n = sqlx::query(
+        "INSERT INTO deliveries (id, event_id, kind, about, address, rule, notice, status, due_at, deadline, message_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11) \
+         ON CONFLICT (event_id, kind, address, about) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(event_id)
+    .bind(p.kind.as_str())
+    .bind(&p.about)
+    .bind(p.address.as_str())
+    .bind(p.rule_label())
+    .bind(notice)
+    .bind(due_ms)
+    .bind(deadline_ms)
+    .bind(message_id_for(&id))
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Ok(None);
+    }
+    for u in &p.users {
+        sqlx::query("INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(u.gebruikersnummer.as_str())
+            .bind(u.versie)
+            .bind(u.rule.label())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(id))
+}
+
+/// A delivery claimed for sending.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub about: String,
+    pub address: String,
+    pub rule: String,
+    pub notice: Option<String>,
+    pub attempts: i64,
+    pub retry_step: i64,
+    pub deadline: i64,
+    pub message_id: String,
+}
+
+/// Claims up to `limit` due deliveries (pending and due, or sending with an
+/// expired lease) for `owner` until `lease_until_ms`.
+pub async fn claim(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    owner: &str,
+    now_ms: i64,
+    lease_until_ms: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    // PostgreSQL: SKIP LOCKED lets instances claim disjoint batches without
+    // waiting on each other. SQLite has one writer at a time anyway.
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
+         WHERE id IN (SELECT id FROM deliveries \
+            WHERE (status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3) \
+            ORDER BY due_at LIMIT $4 {lock}) \
+         AND ((status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3)) \
+         RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(lease_until_ms)
+        .bind(owner)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get("id")?,
+                event_id: r.try_get("event_id")?,
+                kind: r.try_get("kind")?,
+                about: r.try_get("about")?,
+                address: r.try_get("address")?,
+                rule: r.try_get("rule")?,
+                notice: r.try_get("notice")?,
+                attempts: r.try_get("attempts")?,
+                retry_step: r.try_get("retry_step")?,
+                deadline: r.try_get("deadline")?,
+                message_id: r.try_get("message_id")?,
+            })
+        })
+        .collect()
+}
+
+/// A user a delivery serves, as the directory has it now.
+#[derive(Debug, Clone)]
+pub struct ServedNow {
+    pub gebruikersnummer: String,
+    pub rule: String,
+    /// `None` when the user vanished from the directory.
+    pub naam: Option<String>,
+    pub email: Option<String>,
+    pub status: Option<String>,
+}
+
+/// The users a delivery serves, joined with their current directory entry.
+pub async fn served_users(conn: &mut AnyConnection, delivery_id: &str) -> Result<Vec<ServedNow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT du.gebruikersnummer, du.rule, u.naam, u.email, u.status FROM delivery_users du \
+         LEFT JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
+         WHERE du.delivery_id = $1 ORDER BY du.gebruikersnummer",
+    )
+    .bind(delivery_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ServedNow {
+                gebruikersnummer: r.try_get("gebruikersnummer")?,
+                rule: r.try_get("rule")?,
+                naam: r.try_get("naam")?,
+                email: r.try_get("email")?,
+                status: r.try_get("status")?,
+            })
+        })
+        .collect()
+}
+
+/// True when another delivery of the same event and kind already went (or is
+/// going) to `address`.
+pub async fn address_already_served(
+    conn: &mut AnyConnection,
+    delivery_id: &str,
+    event_id: &str,
+    kind: &str,
+    address: &str,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE event_id = $1 AND kind = $2 AND id <> $3 \
+         AND ((status = 'sent' AND sent_to = $4) OR (status IN ('pending', 'sending') AND address = $4 AND sent_to IS NULL))",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(delivery_id)
+    .bind(address)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// What one attempt recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub outcome: AttemptOutcome,
+    pub smtp_code: Option<i64>,
+    pub enhanced_code: Option<String>,
+    pub detail: String,
+}
+
+/// Where a delivery goes after an attempt (or a check before one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Sent { sent_to: String, at_ms: i64 },
+    Retry { due_ms: i64, retry_step: i64, error: String, sent_to: Option<String> },
+    Failed { error: String, sent_to: Option<String> },
+    Cancelled { reason: String },
+}
+
+impl Transition {
+    /// The status this transition leads to.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Sent { .. } => DeliveryStatus::Sent,
+            Self::Retry { .. } => DeliveryStatus::Pending,
+            Self::Failed { .. } => DeliveryStatus::Failed,
+            Self::Cancelled { .. } => DeliveryStatus::Cancelled,
+        }
+    }
+}
+
+/// Records an attempt (if any) and moves the delivery on, only while `owner`
+/// still holds its lease. Returns `false` when the lease was lost.
+pub async fn finish(
+    conn: &mut AnyConnection,
+    delivery_id: &str,
+    owner: &str,
+    attempt: Option<&AttemptRecord>,
+    next: &Transition,
+) -> Result<bool, StoreError> {
+    let (status, due, step, err, sent_to, sent_at): (&str, Option<i64>, Option<i64>, Option<&str>, Option<&str>, Option<i64>) = match next {
+        Transition::Sent { sent_to, at_ms } => ("sent", None, None, None, Some(sent_to), Some(*at_ms)),
+        Transition::Retry { due_ms, retry_step, error, sent_to } => {
+            ("pending", Some(*due_ms), Some(*retry_step), Some(error), sent_to.as_deref(), None)
+        }
+        Transition::Failed { error, sent_to } => ("failed", None, None, Some(error), sent_to.as_deref(), None),
+        Transition::Cancelled { reason } => ("cancelled", None, None, Some(reason), None, None),
+    };
+    let bump = i64::from(attempt.is_some());
+    let n = sqlx::query(
+        "UPDATE deliveries SET status = $1, due_at = COALESCE($2, due_at), retry_step = COALESCE($3, retry_step), \
+         last_error = $4, sent_to = COALESCE($5, sent_to), sent_at = COALESCE($6, sent_at), attempts = attempts + $7, \
+         lease_until = NULL, lease_owner = NULL \
+         WHERE id = $8 AND status = 'sending' AND lease_owner = $9",
+    )
+    .bind(status)
+    .bind(due)
+    .bind(step)
+    .bind(err)
+    .bind(sent_to)
+    .bind(sent_at)
+    .bind(bump)
+    .bind(delivery_id)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
+    if let Some(a) = attempt {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail) \
+             VALUES ($1, (SELECT attempts FROM deliveries WHERE id = $1), $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(delivery_id)
+        .bind(a.started_at_ms)
+        .bind(a.duration_ms)
+        .bind(a.outcome.as_str())
+        .bind(a.smtp_code)
+        .bind(a.enhanced_code.as_deref())
+        .bind(truncate(&a.detail, 1000))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Gives back every lease `owner` holds (graceful shutdown): the deliveries
+/// are due again at once for the next run.
+pub async fn release_leases(conn: &mut AnyConnection, owner: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
+         WHERE status = 'sending' AND lease_owner = $1",
+    )
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Cancels pending deliveries that serve this user and no other active user.
+pub async fn cancel_for_revoked(
+    conn: &mut AnyConnection,
+    gebruikersnummer: &str,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', last_error = $1 \
+         WHERE status = 'pending' \
+         AND id IN (SELECT delivery_id FROM delivery_users WHERE gebruikersnummer = $2) \
+         AND NOT EXISTS (SELECT 1 FROM delivery_users du JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
+             WHERE du.delivery_id = deliveries.id AND u.status = 'actief')",
+    )
+    .bind(reason)
+    .bind(gebruikersnummer)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// A delivery as listed for operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub kind: String,
+    pub agb_code: Option<String>,
+    pub recipient: String,
+    pub rule: String,
+    pub status: String,
+    pub attempts: i64,
+    pub message_id: String,
+    pub created_at: i64,
+    pub due_at: i64,
+    pub deadline: i64,
+    pub sent_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub about: String,
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub event_id: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub agb_code: Option<String>,
+    pub event_type: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// Deliveries matching `f`, oldest first.
+pub async fn list(conn: &mut AnyConnection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut sql = String::from(
+        "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
+         d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about \
+         FROM deliveries d JOIN events e ON e.id = d.event_id WHERE 1 = 1",
+    );
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut push = |sql: &mut String, cond: &str, b: Bind| {
+        binds.push(b);
+        sql.push_str(&format!(" AND {cond} ${}", binds.len()));
+    };
+    if let Some(v) = &f.event_id {
+        push(&mut sql, "d.event_id =", Bind::S(v.clone()));
+    }
+    if let Some(v) = f.status {
+        push(&mut sql, "d.status =", Bind::S(v.as_str().into()));
+    }
+    if let Some(v) = &f.agb_code {
+        push(&mut sql, "e.agb_code =", Bind::S(v.clone()));
+    }
+    if let Some(v) = &f.event_type {
+        push(&mut sql, "e.type =", Bind::S(v.clone()));
+    }
+    if let Some(v) = f.since_ms {
+        push(&mut sql, "d.created_at >=", Bind::I(v));
+    }
+    if let Some(v) = f.until_ms {
+        push(&mut sql, "d.created_at <", Bind::I(v));
+    }
+    sql.push_str(" ORDER BY d.created_at, d.id");
+    if let Some(l) = f.limit {
+        sql.push_str(&format!(" LIMIT {l}"));
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::S(s) => q.bind(s),
+            Bind::I(i) => q.bind(i),
+        };
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeliveryRow {
+                id: r.try_get("id")?,
+                event_id: r.try_get("event_id")?,
+                event_type: r.try_get("event_type")?,
+                kind: r.try_get("kind")?,
+                agb_code: r.try_get("agb_code")?,
+                recipient: r.try_get("recipient")?,
+                rule: r.try_get("rule")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                message_id: r.try_get("message_id")?,
+                created_at: r.try_get("created_at")?,
+                due_at: r.try_get("due_at")?,
+                deadline: r.try_get("deadline")?,
+                sent_at: r.try_get("sent_at")?,
+                last_error: r.try_get("last_error")?,
+                about: r.try_get("about")?,
+            })
+        })
+        .collect()
+}
+
+enum Bind {
+    S(String),
+    I(i64),
+}
+
+/// One attempt as shown to operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptRow {
+    pub n: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub smtp_code: Option<i64>,
+    pub enhanced_code: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The attempts of one delivery, in order.
+pub async fn attempts(conn: &mut AnyConnection, delivery_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail FROM attempts WHERE delivery_id = $1 ORDER BY n",
+    )
+    .bind(delivery_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttemptRow {
+                n: r.try_get("n")?,
+                started_at: r.try_get("started_at")?,
+                duration_ms: r.try_get("duration_ms")?,
+                outcome: r.try_get("outcome")?,
+                smtp_code: r.try_get("smtp_code")?,
+                enhanced_code: r.try_get("enhanced_code")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+/// Pending count and the due time of the oldest pending delivery.
+pub async fn pending_summary(conn: &mut AnyConnection) -> Result<(i64, Option<i64>), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status IN ('pending', 'sending')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((row.try_get("n")?, row.try_get("oldest")?))
+}
+
+/// True when a `beheer.onbestelbaar` about this user was created since `since_ms`.
+pub async fn recent_undeliverable_notice(
+    conn: &mut AnyConnection,
+    gebruikersnummer: &str,
+    since_ms: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE kind = 'beheer.onbestelbaar' AND about = $1 AND created_at >= $2",
+    )
+    .bind(gebruikersnummer)
+    .bind(since_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}

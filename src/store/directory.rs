@@ -1,0 +1,269 @@
+//! The directory tables: users, their AGB links, organisations. Every write is
+//! a conditional upsert on `versie`, so two instances (or an out-of-order
+//! update) can never overwrite newer data.
+
+use super::StoreError;
+use crate::domain::directory::{
+    AgbSnapshot, DirectoryUser, Member, Recht, UserRecord, UserStatus, VersionCheck,
+};
+use crate::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
+use sqlx::{AnyConnection, Row};
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unparseable {what} in the directory tables"))
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<DirectoryUser, StoreError> {
+    Ok(DirectoryUser {
+        gebruikersnummer: Gebruikersnummer::parse(&row.try_get::<String, _>("gebruikersnummer")?)
+            .map_err(|_| corrupt("gebruikersnummer"))?,
+        naam: row.try_get("naam")?,
+        email: EmailAddress::parse(&row.try_get::<String, _>("email")?).map_err(|_| corrupt("email"))?,
+        status: UserStatus::parse(&row.try_get::<String, _>("status")?).ok_or_else(|| corrupt("status"))?,
+        versie: row.try_get("versie")?,
+    })
+}
+
+/// One user by number, any AGB code.
+pub async fn get_user(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+) -> Result<Option<DirectoryUser>, StoreError> {
+    let row = sqlx::query(
+        "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer = $1",
+    )
+    .bind(nr.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+/// The AGB codes a user is linked to, with whether it may sign there.
+pub async fn user_links(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+) -> Result<Vec<(AgbCode, bool)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT agb_code, rechten, tekenbevoegd FROM user_links WHERE gebruikersnummer = $1 ORDER BY agb_code",
+    )
+    .bind(nr.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let agb = AgbCode::parse(&r.try_get::<String, _>("agb_code")?).map_err(|_| corrupt("agb_code"))?;
+            let rechten: String = r.try_get("rechten")?;
+            let signer = r.try_get::<i64, _>("tekenbevoegd")? != 0
+                && rechten.split(',').any(|x| x == Recht::Contracteren.as_str());
+            Ok((agb, signer))
+        })
+        .collect()
+}
+
+/// Everything the recipient rules need about one AGB code.
+pub async fn agb_snapshot(conn: &mut AnyConnection, agb: &AgbCode) -> Result<AgbSnapshot, StoreError> {
+    let naam: Option<String> = sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
+        .bind(agb.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let rows = sqlx::query(
+        "SELECT u.gebruikersnummer, u.naam, u.email, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
+         FROM user_links l JOIN users u ON u.gebruikersnummer = l.gebruikersnummer \
+         WHERE l.agb_code = $1 ORDER BY u.gebruikersnummer",
+    )
+    .bind(agb.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut members = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let u = user_from_row(r)?;
+        let rechten: String = r.try_get("rechten")?;
+        members.push(Member {
+            gebruikersnummer: u.gebruikersnummer,
+            naam: u.naam,
+            email: u.email,
+            status: u.status,
+            versie: u.versie,
+            rechten: rechten.split(',').filter_map(Recht::parse).collect(),
+            tekenbevoegd: r.try_get::<i64, _>("tekenbevoegd")? != 0,
+            contactpersoon: r.try_get::<i64, _>("contactpersoon")? != 0,
+        });
+    }
+    Ok(AgbSnapshot {
+        agb_code: agb.clone(),
+        naam,
+        members,
+    })
+}
+
+async fn stored_user_versie(conn: &mut AnyConnection, nr: &Gebruikersnummer) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT versie FROM users WHERE gebruikersnummer = $1")
+        .bind(nr.as_str())
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+/// Applies a whole user (`gebruiker.bijgewerkt`, or an import line) under the versie rule.
+pub async fn apply_user(
+    conn: &mut AnyConnection,
+    rec: &UserRecord,
+    now_ms: i64,
+) -> Result<VersionCheck, StoreError> {
+    let check = VersionCheck::of(stored_user_versie(conn, &rec.gebruikersnummer).await?, rec.versie);
+    if check == VersionCheck::Stale {
+        return Ok(check);
+    }
+    // The WHERE makes the write itself conditional: a concurrent newer write wins.
+    let done = sqlx::query(
+        "INSERT INTO users (gebruikersnummer, naam, email, status, versie, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (gebruikersnummer) DO UPDATE SET naam = excluded.naam, email = excluded.email, \
+         status = excluded.status, versie = excluded.versie, updated_at = excluded.updated_at \
+         WHERE users.versie < excluded.versie",
+    )
+    .bind(rec.gebruikersnummer.as_str())
+    .bind(&rec.naam)
+    .bind(rec.email.as_str())
+    .bind(rec.status.as_str())
+    .bind(rec.versie)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Ok(VersionCheck::Stale);
+    }
+    sqlx::query("DELETE FROM user_links WHERE gebruikersnummer = $1")
+        .bind(rec.gebruikersnummer.as_str())
+        .execute(&mut *conn)
+        .await?;
+    for k in &rec.koppelingen {
+        let rechten: Vec<&str> = k.rechten.iter().map(|r| r.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO user_links (gebruikersnummer, agb_code, rechten, tekenbevoegd, contactpersoon) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (gebruikersnummer, agb_code) DO UPDATE SET rechten = excluded.rechten, \
+             tekenbevoegd = excluded.tekenbevoegd, contactpersoon = excluded.contactpersoon",
+        )
+        .bind(rec.gebruikersnummer.as_str())
+        .bind(k.agb_code.as_str())
+        .bind(rechten.join(","))
+        .bind(i64::from(k.tekenbevoegd))
+        .bind(i64::from(k.contactpersoon))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(check)
+}
+
+/// Outcome of a change to one field of a known user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    Applied,
+    Stale,
+    UnknownUser,
+}
+
+/// Sets a user's address (`gebruiker.emailadres_gewijzigd`).
+pub async fn set_email(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+    email: &EmailAddress,
+    versie: i64,
+    now_ms: i64,
+) -> Result<UserChange, StoreError> {
+    conditional_user_update(conn, nr, versie, "email", email.as_str(), now_ms).await
+}
+
+/// Marks a user `ingetrokken` (`certificaat.ingetrokken`).
+pub async fn revoke(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+    versie: i64,
+    now_ms: i64,
+) -> Result<UserChange, StoreError> {
+    conditional_user_update(conn, nr, versie, "status", UserStatus::Ingetrokken.as_str(), now_ms).await
+}
+
+async fn conditional_user_update(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+    versie: i64,
+    column: &'static str,
+    value: &str,
+    now_ms: i64,
+) -> Result<UserChange, StoreError> {
+    let Some(stored) = stored_user_versie(conn, nr).await? else {
+        return Ok(UserChange::UnknownUser);
+    };
+    if versie <= stored {
+        return Ok(UserChange::Stale);
+    }
+    let sql = format!(
+        "UPDATE users SET {column} = $1, versie = $2, updated_at = $3 WHERE gebruikersnummer = $4 AND versie < $2"
+    );
+    let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(value)
+        .bind(versie)
+        .bind(now_ms)
+        .bind(nr.as_str())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(if n == 1 { UserChange::Applied } else { UserChange::Stale })
+}
+
+/// Applies `organisatie.bijgewerkt` under the versie rule.
+pub async fn apply_organisation(
+    conn: &mut AnyConnection,
+    agb: &AgbCode,
+    naam: &str,
+    versie: i64,
+    now_ms: i64,
+) -> Result<VersionCheck, StoreError> {
+    let stored: Option<i64> = sqlx::query_scalar("SELECT versie FROM organisations WHERE agb_code = $1")
+        .bind(agb.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let check = VersionCheck::of(stored, versie);
+    if check == VersionCheck::Stale {
+        return Ok(check);
+    }
+    let n = sqlx::query(
+        "INSERT INTO organisations (agb_code, naam, versie, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (agb_code) DO UPDATE SET naam = excluded.naam, versie = excluded.versie, updated_at = excluded.updated_at \
+         WHERE organisations.versie < excluded.versie",
+    )
+    .bind(agb.as_str())
+    .bind(naam)
+    .bind(versie)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(if n == 0 { VersionCheck::Stale } else { check })
+}
+
+/// The practice name of an AGB code, if known.
+pub async fn organisation_name(conn: &mut AnyConnection, agb: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
+        .bind(agb)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+/// Records a directory update that was not applied (stale, unknown user), for counts and audits.
+pub async fn log_skipped(
+    conn: &mut AnyConnection,
+    source: &str,
+    subject: &str,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO directory_log (at, source, subject, outcome) VALUES ($1, $2, $3, $4)")
+        .bind(now_ms)
+        .bind(source)
+        .bind(subject)
+        .bind(outcome)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The `events` ledger (every accepted event, once, by id) and the
+//! `quarantine` table (bad input kept with its reason for operators).
+
+use super::StoreError;
+use sqlx::{AnyConnection, Row};
+
+/// How much of a bad message's bytes quarantine keeps.
+pub const QUARANTINE_RAW_LIMIT: usize = 64 * 1024;
+
+/// A new row for the events ledger.
+pub struct NewEvent<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub agb_code: Option<&'a str>,
+    pub occurred_at_ms: i64,
+    pub received_at_ms: i64,
+    pub payload: &'a str,
+    pub state: &'a str,
+}
+
+/// Inserts an event; `false` when its id is already known (a duplicate).
+pub async fn insert_event(conn: &mut AnyConnection, e: &NewEvent<'_>) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(e.id)
+    .bind(e.event_type)
+    .bind(e.agb_code)
+    .bind(e.occurred_at_ms)
+    .bind(e.received_at_ms)
+    .bind(e.payload)
+    .bind(e.state)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Sets an event's state and detail.
+pub async fn set_event_state(
+    conn: &mut AnyConnection,
+    id: &str,
+    state: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE events SET state = $1, detail = $2 WHERE id = $3")
+        .bind(state)
+        .bind(detail)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A stored event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    pub id: String,
+    pub event_type: String,
+    pub agb_code: Option<String>,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub payload: String,
+    pub state: String,
+    pub detail: Option<String>,
+}
+
+/// One event by id.
+pub async fn get_event(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(EventRow {
+            id: r.try_get("id")?,
+            event_type: r.try_get("type")?,
+            agb_code: r.try_get("agb_code")?,
+            occurred_at: r.try_get("occurred_at")?,
+            received_at: r.try_get("received_at")?,
+            payload: r.try_get("payload")?,
+            state: r.try_get("state")?,
+            detail: r.try_get("detail")?,
+        })
+    })
+    .transpose()
+}
+
+/// A bad message on its way into quarantine.
+pub struct NewQuarantine<'a> {
+    pub received_at_ms: i64,
+    /// `amqp`, `file`, `dead-letter`.
+    pub source: &'a str,
+    pub routing_key: Option<&'a str>,
+    pub event_id: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub reason: &'a str,
+    pub raw: &'a [u8],
+}
+
+/// Keeps a bad message with its reason; returns the quarantine id.
+pub async fn quarantine(conn: &mut AnyConnection, q: &NewQuarantine<'_>) -> Result<i64, StoreError> {
+    let raw = &q.raw[..q.raw.len().min(QUARANTINE_RAW_LIMIT)];
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO quarantine (received_at, source, routing_key, event_id, event_type, reason, size, raw) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(q.received_at_ms)
+    .bind(q.source)
+    .bind(q.routing_key)
+    .bind(q.event_id)
+    .bind(q.event_type)
+    .bind(q.reason)
+    .bind(q.raw.len() as i64)
+    .bind(raw.to_vec())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// A quarantined message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub received_at: i64,
+    pub source: String,
+    pub routing_key: Option<String>,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub reason: String,
+    pub size: i64,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    pub state: String,
+    pub redrives: i64,
+}
+
+fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
+    Ok(QuarantineRow {
+        id: r.try_get("id")?,
+        received_at: r.try_get("received_at")?,
+        source: r.try_get("source")?,
+        routing_key: r.try_get("routing_key")?,
+        event_id: r.try_get("event_id")?,
+        event_type: r.try_get("event_type")?,
+        reason: r.try_get("reason")?,
+        size: r.try_get("size")?,
+        raw: r.try_get("raw")?,
+        state: r.try_get("state")?,
+        redrives: r.try_get("redrives")?,
+    })
+}
+
+const QUARANTINE_COLUMNS: &str =
+    "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives";
+
+/// Quarantined messages, newest first; `open_only` hides redriven ones.
+pub async fn list_quarantine(conn: &mut AnyConnection, open_only: bool, limit: i64) -> Result<Vec<QuarantineRow>, StoreError> {
+    let sql = format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM quarantine {} ORDER BY id DESC LIMIT $1",
+        if open_only { "WHERE state = 'open'" } else { "" }
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(&mut *conn).await?;
+    rows.iter().map(quarantine_row).collect()
+}
+
+/// One quarantined message.
+pub async fn get_quarantine(conn: &mut AnyConnection, id: i64) -> Result<Option<QuarantineRow>, StoreError> {
+    let sql = format!("SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(quarantine_row).transpose()
+}
+
+/// Marks a redrive of a quarantined message: `redriven` when it went through,
+/// or still `open` with the new reason.
+pub async fn mark_redrive(
+    conn: &mut AnyConnection,
+    id: i64,
+    new_reason: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    match new_reason {
+        None => {
+            sqlx::query("UPDATE quarantine SET state = 'redriven', redrives = redrives + 1, last_redrive_at = $1 WHERE id = $2")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some(reason) => {
+            sqlx::query("UPDATE quarantine SET reason = $1, redrives = redrives + 1, last_redrive_at = $2 WHERE id = $3")
+                .bind(reason)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Open quarantine size.
+pub async fn open_quarantine_count(conn: &mut AnyConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE state = 'open'")
+        .fetch_one(&mut *conn)
+        .await?)
+}

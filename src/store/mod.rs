@@ -1,0 +1,212 @@
+//! The database: the source of truth for events, the directory and the
+//! delivery queue. One [`Store`] over two backends, SQLite (embedded default,
+//! one instance) and PostgreSQL (several instances), chosen from the URL.
+//!
+//! Queries are written once in the SQL both backends share (`$1` placeholders,
+//! `ON CONFLICT`, `RETURNING`); where they differ ([`Backend`]) the difference
+//! sits next to the query. Times are stored as epoch milliseconds (UTC).
+
+pub mod deliveries;
+pub mod directory;
+pub mod events;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// An open write transaction.
+pub type Tx = Transaction<'static, Any>;
+
+/// What went wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable or query failed: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is behind this version (at {current:?}, needs {latest}); run `notifier migrate` or set database.migrate_on_start = true"
+    )]
+    Behind { current: Option<i64>, latest: i64 },
+    #[error("{0}")]
+    Locked(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// Which SQL dialect is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database handle shared by ingest, dispatch and the CLI.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+impl Store {
+    /// Connects to `url` (`sqlite://FILE` is created if missing).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers (CLI, dispatch) run beside the writer;
+                        // the busy timeout makes a second writer wait instead of failing.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for read queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    fn migrator(&self) -> Migrator {
+        let list = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        Migrator::with_migrations(
+            list.iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(*v, (*d).into(), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false)
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Fails with [`StoreError::Behind`] when migrations are pending.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(None);
+        if current.unwrap_or(0) < latest {
+            return Err(StoreError::Behind { current, latest });
+        }
+        Ok(())
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
+    /// cannot fail half-way with SQLITE_BUSY.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Answers when the database does (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Epoch milliseconds of an instant.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The instant of epoch milliseconds.
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Guards against two `notifier run` processes on one SQLite file: an
+/// exclusive OS lock on `<file>.run.lock`, held for the process's life.
+pub struct RunLock {
+    _file: Option<std::fs::File>,
+}
+
+impl RunLock {
+    /// Takes the lock for `database_url`; a no-op for PostgreSQL, where
+    /// several instances are the point.
+    pub fn acquire(database_url: &str) -> Result<Self, StoreError> {
+        let Some(rest) = database_url.strip_prefix("sqlite:") else {
+            return Ok(Self { _file: None });
+        };
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path.contains(":memory:") {
+            return Ok(Self { _file: None });
+        }
+        let lock_path = format!("{path}.run.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Locked(format!("cannot open {lock_path}: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: Some(file) }),
+            Err(_) => Err(StoreError::Locked(format!(
+                "another `notifier run` is already using {path} (lock {lock_path} is held); \
+                 SQLite serves one instance: stop the other one, or use PostgreSQL for several"
+            ))),
+        }
+    }
+}
