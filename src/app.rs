@@ -44,16 +44,23 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<Store, Sta
             ))
         })?;
     if migrate {
-        store.migrate().await.map_err(|e| StartError::Dependency(e.to_string()))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| StartError::Dependency(e.to_string()))?;
     } else {
-        store.check_schema().await.map_err(|e| StartError::Config(e.to_string()))?;
+        store
+            .check_schema()
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?;
     }
     Ok(store)
 }
 
 /// Compiles the templates from `mail.templates_dir` or the built-in ones.
 pub fn load_templates(settings: &Settings) -> Result<Templates, StartError> {
-    let dir = (!settings.mail.templates_dir.is_empty()).then(|| Path::new(&settings.mail.templates_dir));
+    let dir =
+        (!settings.mail.templates_dir.is_empty()).then(|| Path::new(&settings.mail.templates_dir));
     Templates::load(dir).map_err(|e| StartError::Config(e.to_string()))
 }
 
@@ -75,14 +82,17 @@ pub fn ingestor(settings: &Settings, store: &Store, metrics: &Metrics) -> Ingest
 }
 
 /// A dispatcher for `store`.
-pub fn dispatcher(settings: &Settings, store: &Store, metrics: &Metrics) -> Result<Dispatcher, StartError> {
+pub fn dispatcher(
+    settings: &Settings,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<Dispatcher, StartError> {
     let templates = Arc::new(load_templates(settings)?);
-    let mailer = Mailer::from_settings(&settings.smtp).map_err(|e| StartError::Config(format!("smtp.url: {e}")))?;
-    let from = settings
-        .smtp
-        .from
-        .parse()
-        .map_err(|_| StartError::Config("smtp.from: expected a mailbox like \"Naam <adres@domein.nl>\"".into()))?;
+    let mailer = Mailer::from_settings(&settings.smtp)
+        .map_err(|e| StartError::Config(format!("smtp.url: {e}")))?;
+    let from = settings.smtp.from.parse().map_err(|_| {
+        StartError::Config("smtp.from: expected a mailbox like \"Naam <adres@domein.nl>\"".into())
+    })?;
     let cfg = DispatchConfig {
         from,
         portal_url: settings.portal.url.clone(),
@@ -100,7 +110,10 @@ pub fn dispatcher(settings: &Settings, store: &Store, metrics: &Metrics) -> Resu
         Arc::new(mailer),
         cfg,
         metrics.clone(),
-        Arc::new(Breaker::new(settings.breaker.failure_threshold, settings.breaker.open_for.0)),
+        Arc::new(Breaker::new(
+            settings.breaker.failure_threshold,
+            settings.breaker.open_for.0,
+        )),
         Arc::new(RateLimiter::new(settings.smtp.max_rate)),
     ))
 }
@@ -117,16 +130,25 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
-    let _lock = RunLock::acquire(&settings.database.url).map_err(|e| StartError::Config(e.to_string()))?;
+    let _lock =
+        RunLock::acquire(&settings.database.url).map_err(|e| StartError::Config(e.to_string()))?;
     let store = open_store(&settings, settings.database.migrate_on_start).await?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::new());
     let dispatcher = dispatcher(&settings, &store, &metrics)?;
-    let consumer = Consumer::new(settings.amqp.clone(), ingestor(&settings, &store, &metrics), metrics.clone(), health.clone());
+    let consumer = Consumer::new(
+        settings.amqp.clone(),
+        ingestor(&settings, &store, &metrics),
+        metrics.clone(),
+        health.clone(),
+    );
 
-    let listener = TcpListener::bind(settings.http.listen)
-        .await
-        .map_err(|e| StartError::Config(format!("http.listen {}: cannot bind: {e}", settings.http.listen)))?;
+    let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
+        StartError::Config(format!(
+            "http.listen {}: cannot bind: {e}",
+            settings.http.listen
+        ))
+    })?;
     let http_addr = listener.local_addr().context("reading the bound address")?;
     let ops = OpsState {
         store: store.clone(),
@@ -142,7 +164,12 @@ pub async fn run(
             })
             .await;
     });
-    let sampler = tokio::spawn(sample_gauges(store.clone(), metrics.clone(), dispatcher.breaker(), shutdown.clone()));
+    let sampler = tokio::spawn(sample_gauges(
+        store.clone(),
+        metrics.clone(),
+        dispatcher.breaker(),
+        shutdown.clone(),
+    ));
     info!(http = %http_addr, backend = ?store.backend(), "notifier running");
     if let Some(tx) = ready {
         let _ = tx.send(Running { http_addr });
@@ -160,11 +187,16 @@ pub async fn run(
 }
 
 /// Refreshes the gauges that come from the database.
-async fn sample_gauges(store: Store, metrics: Metrics, breaker: Arc<Breaker>, mut shutdown: watch::Receiver<bool>) {
+async fn sample_gauges(
+    store: Store,
+    metrics: Metrics,
+    breaker: Arc<Breaker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        metrics
-            .circuit_open
-            .set(i64::from(breaker.state() == crate::mail::relay::CircuitState::Open));
+        metrics.circuit_open.set(i64::from(
+            breaker.state() == crate::mail::relay::CircuitState::Open,
+        ));
         match store.pool().acquire().await {
             Ok(mut c) => {
                 if let Ok((n, oldest)) = deliveries::pending_summary(&mut c).await {

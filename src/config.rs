@@ -220,25 +220,52 @@ impl Settings {
         let bad = |key: &str, what: String| Err(ConfigError::Invalid(format!("{key}: {what}")));
         match url::Url::parse(&self.portal.url) {
             Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
-            _ => return bad("portal.url", format!("expected an https URL, got {:?}", self.portal.url)),
+            _ => {
+                return bad(
+                    "portal.url",
+                    format!("expected an https URL, got {:?}", self.portal.url),
+                );
+            }
         }
         if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
-            return bad("amqp.url", "expected amqp://user:pass@host:port/vhost or amqps://...".into());
+            return bad(
+                "amqp.url",
+                "expected amqp://user:pass@host:port/vhost or amqps://...".into(),
+            );
         }
-        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
-            return bad("database.url", format!("expected sqlite://FILE or postgres://..., got {:?}", redact_url(&self.database.url)));
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return bad(
+                "database.url",
+                format!(
+                    "expected sqlite://FILE or postgres://..., got {:?}",
+                    redact_url(&self.database.url)
+                ),
+            );
         }
         if !self.smtp.url.is_empty() {
-            crate::mail::SmtpTarget::parse(&self.smtp).map_err(|e| ConfigError::Invalid(format!("smtp.url: {e}")))?;
+            crate::mail::SmtpTarget::parse(&self.smtp)
+                .map_err(|e| ConfigError::Invalid(format!("smtp.url: {e}")))?;
         }
         if lettre::message::Mailbox::from_str_checked(&self.smtp.from).is_none() {
-            return bad("smtp.from", format!("expected a mailbox like \"Naam <adres@domein.nl>\", got {:?}", self.smtp.from));
+            return bad(
+                "smtp.from",
+                format!(
+                    "expected a mailbox like \"Naam <adres@domein.nl>\", got {:?}",
+                    self.smtp.from
+                ),
+            );
         }
         if self.smtp.concurrency == 0 {
             return bad("smtp.concurrency", "must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.retry.jitter) {
-            return bad("retry.jitter", "expected a fraction from 0 up to (not including) 1".into());
+            return bad(
+                "retry.jitter",
+                "expected a fraction from 0 up to (not including) 1".into(),
+            );
         }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1".into());
@@ -312,18 +339,31 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(HumanDuration::parse("500ms").unwrap().0, Duration::from_millis(500));
-        assert_eq!(HumanDuration::parse("4h").unwrap().0, Duration::from_secs(14_400));
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            HumanDuration::parse("4h").unwrap().0,
+            Duration::from_secs(14_400)
+        );
         assert!(HumanDuration::parse("4 hours").is_err());
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[dispatch]\nlease = \"soon\""));
+        let fig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[dispatch]\nlease = \"soon\""));
         let e = Settings::from_figment(fig).unwrap_err().to_string();
         assert!(e.contains("dispatch.lease"), "{e}");
-        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[portal]\nurl = \"http://x\""));
-        assert!(Settings::from_figment(fig).unwrap_err().to_string().contains("portal.url"));
+        let fig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[portal]\nurl = \"http://x\""));
+        assert!(
+            Settings::from_figment(fig)
+                .unwrap_err()
+                .to_string()
+                .contains("portal.url")
+        );
     }
 
     #[test]

@@ -34,7 +34,12 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer feeding `ingestor`.
-    pub fn new(settings: AmqpSettings, ingestor: Ingestor, metrics: Metrics, health: Arc<Health>) -> Self {
+    pub fn new(
+        settings: AmqpSettings,
+        ingestor: Ingestor,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             settings,
             ingestor,
@@ -87,10 +92,17 @@ impl Consumer {
         topology::declare(&ch, s).await?;
         ch.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
         let mut events = ch
-            .basic_consume(s.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                s.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let dead_ch = conn.create_channel().await?;
-        dead_ch.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        dead_ch
+            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .await?;
         let mut dead = dead_ch
             .basic_consume(
                 s.dead_letter_queue.as_str().into(),

@@ -28,7 +28,12 @@ impl Publisher {
     }
 
     /// Publishes one body under `routing_key` and waits for the broker's confirm.
-    pub async fn publish(&self, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> Result<(), BrokerError> {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/cloudevents+json"));

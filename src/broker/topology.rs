@@ -14,8 +14,13 @@ pub async fn declare(ch: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error>
         durable: true,
         ..Default::default()
     };
-    ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
-        .await?;
+    ch.exchange_declare(
+        s.exchange.as_str().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
     ch.exchange_declare(
         s.dead_letter_exchange.as_str().into(),
         ExchangeKind::Fanout,
@@ -28,7 +33,10 @@ pub async fn declare(ch: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error>
         ..Default::default()
     };
     let mut dead_args = FieldTable::default();
-    dead_args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+    dead_args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
     ch.queue_declare(s.dead_letter_queue.as_str().into(), queue_opts, dead_args)
         .await?;
     ch.queue_bind(
@@ -41,16 +49,29 @@ pub async fn declare(ch: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error>
     .await?;
 
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(s.delivery_limit as i32));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(s.delivery_limit as i32),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(s.dead_letter_exchange.as_str().into()),
     );
     // Quorum-queue dead-lettering is at-most-once unless both of these are set.
-    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
-    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
-    ch.queue_declare(s.queue.as_str().into(), queue_opts, args).await?;
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(s.queue.as_str().into(), queue_opts, args)
+        .await?;
     ch.queue_bind(
         s.queue.as_str().into(),
         s.exchange.as_str().into(),

@@ -19,7 +19,8 @@ fn read_input(file: &Path) -> Result<String, CliError> {
             .map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?;
         Ok(s)
     } else {
-        std::fs::read_to_string(file).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))
     }
 }
 
@@ -49,7 +50,10 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
                 IngestOutcome::Duplicate { .. } => "duplicate",
                 IngestOutcome::Stale { .. } => "stale",
                 IngestOutcome::UnknownUser { .. } => "unknown user",
-                IngestOutcome::Quarantined { quarantine_id, reason } => {
+                IngestOutcome::Quarantined {
+                    quarantine_id,
+                    reason,
+                } => {
                     eprintln!("line {n}: quarantined as {quarantine_id}: {reason}");
                     rejected += 1;
                     "quarantined"
@@ -60,7 +64,15 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
     }
     store.close().await;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("{} lines: {}", lines.len(), if summary.is_empty() { "nothing".into() } else { summary.join(", ") });
+    println!(
+        "{} lines: {}",
+        lines.len(),
+        if summary.is_empty() {
+            "nothing".into()
+        } else {
+            summary.join(", ")
+        }
+    );
     if rejected > 0 {
         return Err(CliError::Problem(format!(
             "{rejected} lines were bad input and are in quarantine (`notifier quarantine list`)"
@@ -79,7 +91,11 @@ pub struct ImportCounts {
 }
 
 /// Imports `gebruiker.bijgewerkt` data objects, one a line; bad lines go to `report`.
-pub async fn import_users(store: &Store, text: &str, report: &mut dyn FnMut(usize, String)) -> Result<ImportCounts, CliError> {
+pub async fn import_users(
+    store: &Store,
+    text: &str,
+    report: &mut dyn FnMut(usize, String),
+) -> Result<ImportCounts, CliError> {
     let mut c = ImportCounts::default();
     let lines: Vec<(usize, &str)> = text
         .lines()
@@ -102,7 +118,14 @@ pub async fn import_users(store: &Store, text: &str, report: &mut dyn FnMut(usiz
                     VersionCheck::New => c.inserted += 1,
                     VersionCheck::Newer => c.updated += 1,
                     VersionCheck::Stale => {
-                        directory::log_skipped(&mut tx, "import", rec.gebruikersnummer.as_str(), "stale", now).await?;
+                        directory::log_skipped(
+                            &mut tx,
+                            "import",
+                            rec.gebruikersnummer.as_str(),
+                            "stale",
+                            now,
+                        )
+                        .await?;
                         c.stale += 1
                     }
                 },
@@ -121,7 +144,10 @@ pub async fn import_users(store: &Store, text: &str, report: &mut dyn FnMut(usiz
 pub async fn directory_import(settings: Settings, file: &Path) -> Result<(), CliError> {
     let text = read_input(file)?;
     let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
-    let c = import_users(&store, &text, &mut |n, reason| eprintln!("line {n}: rejected: {reason}")).await?;
+    let c = import_users(&store, &text, &mut |n, reason| {
+        eprintln!("line {n}: rejected: {reason}")
+    })
+    .await?;
     store.close().await;
     println!(
         "inserted {}, updated {}, stale {}, rejected {}",

@@ -39,12 +39,18 @@ pub async fn deliveries_list(
     let status = status
         .map(|s| {
             DeliveryStatus::parse(&s).ok_or_else(|| {
-                CliError::Usage(format!("--status {s}: expected pending, sending, sent, failed or cancelled"))
+                CliError::Usage(format!(
+                    "--status {s}: expected pending, sending, sent, failed or cancelled"
+                ))
             })
         })
         .transpose()?;
     let store = app::open_store(&settings, false).await?;
-    let mut conn = store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     let rows = dl::list(
         &mut conn,
         &DeliveryFilter {
@@ -97,7 +103,7 @@ pub fn final_state(event_state: &str, statuses: &[&str]) -> &'static str {
     }
     if statuses.iter().any(|s| *s == "pending" || *s == "sending") {
         "in progress"
-    } else if statuses.iter().any(|s| *s == "failed") {
+    } else if statuses.contains(&"failed") {
         "done with failures"
     } else {
         "done"
@@ -107,11 +113,22 @@ pub fn final_state(event_state: &str, statuses: &[&str]) -> &'static str {
 /// `notifier events show ID`.
 pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<(), CliError> {
     let store = app::open_store(&settings, false).await?;
-    let mut conn = store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     let Some(e) = ev::get_event(&mut conn, id).await? else {
         return Err(CliError::Problem(format!("no event with id {id}")));
     };
-    let rows = dl::list(&mut conn, &DeliveryFilter { event_id: Some(id.to_owned()), ..Default::default() }).await?;
+    let rows = dl::list(
+        &mut conn,
+        &DeliveryFilter {
+            event_id: Some(id.to_owned()),
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut deliveries = Vec::new();
     for d in &rows {
         let users = dl::served_users(&mut conn, &d.id).await?;

@@ -2,9 +2,9 @@
 //! command ran and found a problem; 2 usage or configuration error; 3 a
 //! dependency (database, broker, relay) unavailable.
 
+pub mod input;
 mod inspect;
-mod input;
-mod samples;
+pub mod samples;
 mod service;
 
 use crate::app::StartError;
@@ -179,11 +179,21 @@ pub async fn main() -> ExitCode {
 fn init_logging(settings: &Settings, service: bool) {
     use tracing_subscriber::EnvFilter;
     // Short commands print their results on stdout; their logs stay quiet on stderr.
-    let level = if service { settings.log.level.clone() } else { "warn".to_owned() };
+    let level = if service {
+        settings.log.level.clone()
+    } else {
+        "warn".to_owned()
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
 }
@@ -195,12 +205,24 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
         Command::Migrate => service::migrate(settings).await,
         Command::Dispatch { .. } => service::dispatch_until_idle(settings).await,
         Command::Ingest { file } => input::ingest_file(settings, &file).await,
-        Command::Directory { command: DirectoryCommand::Import { file } } => input::directory_import(settings, &file).await,
-        Command::Deliveries { command: DeliveriesCommand::List { event, status, agb, format } } => {
-            inspect::deliveries_list(settings, event, status, agb, format).await
-        }
-        Command::Events { command: EventsCommand::Show { id, format } } => inspect::event_show(settings, &id, format).await,
-        Command::Templates { command: TemplatesCommand::Check } => samples::templates_check(&settings),
+        Command::Directory {
+            command: DirectoryCommand::Import { file },
+        } => input::directory_import(settings, &file).await,
+        Command::Deliveries {
+            command:
+                DeliveriesCommand::List {
+                    event,
+                    status,
+                    agb,
+                    format,
+                },
+        } => inspect::deliveries_list(settings, event, status, agb, format).await,
+        Command::Events {
+            command: EventsCommand::Show { id, format },
+        } => inspect::event_show(settings, &id, format).await,
+        Command::Templates {
+            command: TemplatesCommand::Check,
+        } => samples::templates_check(&settings),
         Command::Demo { database, outbox } => samples::demo(settings, &database, &outbox).await,
     }
 }

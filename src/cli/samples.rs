@@ -45,7 +45,10 @@ pub const SAMPLE_EVENTS: &[&str] = samples!(
 pub const SAMPLE_DIRECTORY: &str = include_str!("../../templates/samples/directory.jsonl");
 
 /// Renders every kind against sample data; returns (kind, error) for failures.
-pub fn check_all(templates: &crate::templates::Templates, settings: &Settings) -> Vec<(String, String)> {
+pub fn check_all(
+    templates: &crate::templates::Templates,
+    settings: &Settings,
+) -> Vec<(String, String)> {
     let rules = app::validation_rules(settings);
     let portal = &settings.portal.url;
     let mut failures = Vec::new();
@@ -57,7 +60,10 @@ pub fn check_all(templates: &crate::templates::Templates, settings: &Settings) -
                     .filter_map(|s| parse_event(s.as_bytes(), &rules).ok())
                     .find(|e| e.event_type == t);
                 let Some(EventBody::Module(m)) = sample.map(|e| e.body) else {
-                    failures.push((kind.as_str().into(), "no valid sample event (check mail.allowed_link_hosts)".into()));
+                    failures.push((
+                        kind.as_str().into(),
+                        "no valid sample event (check mail.allowed_link_hosts)".into(),
+                    ));
                     continue;
                 };
                 context::module_context(kind.as_str(), &m, "Fysiotherapie Noord", portal)
@@ -77,7 +83,13 @@ pub fn check_all(templates: &crate::templates::Templates, settings: &Settings) -
                     "agb_code": "04123456",
                     "reden": "het adres werd door de ontvangende mailserver geweigerd",
                 });
-                context::notice_context(kind.as_str(), Some("04123456"), Some("Fysiotherapie Noord"), &notice, portal)
+                context::notice_context(
+                    kind.as_str(),
+                    Some("04123456"),
+                    Some("Fysiotherapie Noord"),
+                    &notice,
+                    portal,
+                )
             }
         };
         if let Err(e) = templates.render(kind, &ctx) {
@@ -101,7 +113,10 @@ pub fn templates_check(settings: &Settings) -> Result<(), CliError> {
         println!("all {} templates render", MailKind::all().len());
         Ok(())
     } else {
-        Err(CliError::Problem(format!("{} templates failed to render", failures.len())))
+        Err(CliError::Problem(format!(
+            "{} templates failed to render",
+            failures.len()
+        )))
     }
 }
 
@@ -110,7 +125,8 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
     for suffix in ["", "-wal", "-shm"] {
         let p = format!("{}{suffix}", database.display());
         if Path::new(&p).exists() {
-            std::fs::remove_file(&p).map_err(|e| CliError::Usage(format!("cannot replace {p}: {e}")))?;
+            std::fs::remove_file(&p)
+                .map_err(|e| CliError::Usage(format!("cannot replace {p}: {e}")))?;
         }
     }
     settings.database.url = format!("sqlite://{}", database.display());
@@ -120,23 +136,34 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
 
     let store = app::open_store(&settings, true).await?;
     let metrics = Metrics::new();
-    let c = import_users(&store, SAMPLE_DIRECTORY, &mut |n, r| eprintln!("directory line {n}: {r}")).await?;
+    let c = import_users(&store, SAMPLE_DIRECTORY, &mut |n, r| {
+        eprintln!("directory line {n}: {r}")
+    })
+    .await?;
     println!("directory: {} users imported", c.inserted + c.updated);
 
     let mut events: Vec<&str> = SAMPLE_EVENTS.to_vec();
     events.sort_by_key(|s| {
-        serde_json::from_str::<serde_json::Value>(s).ok().and_then(|v| v["time"].as_str().map(str::to_owned))
+        serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .and_then(|v| v["time"].as_str().map(str::to_owned))
     });
     let ingestor = app::ingestor(&settings, &store, &metrics);
     // Module events first and sent; then the directory changes (an address
     // change, a revocation) with the mails they cause.
     let (module, directory): (Vec<&str>, Vec<&str>) = events.into_iter().partition(|s| {
-        parse_event(s.as_bytes(), &app::validation_rules(&settings)).is_ok_and(|e| e.event_type.is_module())
+        parse_event(s.as_bytes(), &app::validation_rules(&settings))
+            .is_ok_and(|e| e.event_type.is_module())
     });
     for (label, part) in [("module events", module), ("directory events", directory)] {
-        let batch: Vec<Incoming> = part.iter().map(|s| Incoming::new(s.as_bytes().to_vec(), None, Source::File)).collect();
+        let batch: Vec<Incoming> = part
+            .iter()
+            .map(|s| Incoming::new(s.as_bytes().to_vec(), None, Source::File))
+            .collect();
         let outcomes = ingestor.ingest_batch(&batch).await?;
-        let summary = app::dispatcher(&settings, &store, &metrics)?.run_until_idle().await?;
+        let summary = app::dispatcher(&settings, &store, &metrics)?
+            .run_until_idle()
+            .await?;
         println!(
             "{label}: {} ingested; {} mails sent, {} cancelled, {} failed",
             outcomes.len(),
@@ -147,11 +174,21 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
     }
     println!("mails are in {}/", outbox.display());
     println!();
-    let mut conn = store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     let rows = dl::list(&mut conn, &DeliveryFilter::default()).await?;
-    println!("{:<36}  {:<42}  {:<32}  STATUS", "EVENT", "MAIL", "RECIPIENT");
+    println!(
+        "{:<36}  {:<42}  {:<32}  STATUS",
+        "EVENT", "MAIL", "RECIPIENT"
+    );
     for r in &rows {
-        println!("{:<36}  {:<42}  {:<32}  {}", r.event_type, r.kind, r.recipient, r.status);
+        println!(
+            "{:<36}  {:<42}  {:<32}  {}",
+            r.event_type, r.kind, r.recipient, r.status
+        );
     }
     drop(conn);
     store.close().await;

@@ -14,10 +14,12 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         tracing::info!("shutdown requested: finishing in-flight work");
         let _ = tx.send(true);
     });
-    app::run(settings, rx, None).await.map_err(|e| match e.downcast::<app::StartError>() {
-        Ok(s) => s.into(),
-        Err(e) => CliError::Dependency(format!("{e:#}")),
-    })
+    app::run(settings, rx, None)
+        .await
+        .map_err(|e| match e.downcast::<app::StartError>() {
+            Ok(s) => s.into(),
+            Err(e) => CliError::Dependency(format!("{e:#}")),
+        })
 }
 
 async fn wait_for_signal() {
@@ -43,7 +45,10 @@ pub async fn dispatch_until_idle(settings: Settings) -> Result<(), CliError> {
     let d = app::dispatcher(&settings, &store, &Metrics::new())?;
     let s = d.run_until_idle().await?;
     store.close().await;
-    println!("sent {}, retry scheduled {}, failed {}, cancelled {}", s.sent, s.retried, s.failed, s.cancelled);
+    println!(
+        "sent {}, retry scheduled {}, failed {}, cancelled {}",
+        s.sent, s.retried, s.failed, s.cancelled
+    );
     if d.breaker().state() == crate::mail::relay::CircuitState::Open {
         return Err(CliError::Dependency(format!(
             "the relay is unusable: {}",

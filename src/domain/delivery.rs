@@ -207,7 +207,12 @@ pub fn retry_hint(text: &str) -> Option<std::time::Duration> {
             } else {
                 continue;
             };
-            if lower.contains("again") || lower.contains("retry") || lower.contains("wait") || lower.contains("grey") || lower.contains("gray") {
+            if lower.contains("again")
+                || lower.contains("retry")
+                || lower.contains("wait")
+                || lower.contains("grey")
+                || lower.contains("gray")
+            {
                 return Some(std::time::Duration::from_secs(secs));
             }
         }
@@ -246,15 +251,26 @@ mod tests {
         let hi = p.next_due(0, now, far, None, 0.999).unwrap();
         assert_eq!((lo - now).num_seconds(), 24);
         assert!((hi - now).num_milliseconds() <= 36_000);
-        assert!(p.next_due(3, now, now + Duration::hours(1), None, 0.5).is_none());
-        let hinted = p.next_due(0, now, far, Some(StdDuration::from_secs(300)), 0.5).unwrap();
+        assert!(
+            p.next_due(3, now, now + Duration::hours(1), None, 0.5)
+                .is_none()
+        );
+        let hinted = p
+            .next_due(0, now, far, Some(StdDuration::from_secs(300)), 0.5)
+            .unwrap();
         assert_eq!((hinted - now).num_seconds(), 300);
     }
 
     #[test]
     fn relay_hints_are_read() {
-        assert_eq!(retry_hint("4.2.0 Greylisted, try again in 120 seconds"), Some(StdDuration::from_secs(120)));
-        assert_eq!(retry_hint("please retry in 5 minutes"), Some(StdDuration::from_secs(300)));
+        assert_eq!(
+            retry_hint("4.2.0 Greylisted, try again in 120 seconds"),
+            Some(StdDuration::from_secs(120))
+        );
+        assert_eq!(
+            retry_hint("please retry in 5 minutes"),
+            Some(StdDuration::from_secs(300))
+        );
         assert_eq!(retry_hint("4.3.0 mailbox busy"), None);
     }
 

@@ -159,6 +159,8 @@ pub struct AgbSnapshot {
 impl AgbSnapshot {
     /// The practice's display name: its name, or the AGB code while unknown.
     pub fn praktijk(&self) -> String {
-        self.naam.clone().unwrap_or_else(|| self.agb_code.to_string())
+        self.naam
+            .clone()
+            .unwrap_or_else(|| self.agb_code.to_string())
     }
 }

@@ -103,14 +103,21 @@ impl EventType {
     pub fn right(self) -> Option<Recht> {
         use EventType::*;
         match self {
-            VragenlijstKlaargezet | HerinneringSluitingsdatum | AanvullingGevraagd
+            VragenlijstKlaargezet
+            | HerinneringSluitingsdatum
+            | AanvullingGevraagd
             | UitvraagBeoordeeld => Some(Recht::Uitvragen),
-            VoorstelAangeboden | HerinneringAcceptatie | ContractGeaccepteerd
+            VoorstelAangeboden
+            | HerinneringAcceptatie
+            | ContractGeaccepteerd
             | AdministratiefVastgelegd => Some(Recht::Contracteren),
-            OnderhandelingVoorstelGedaan | OnderhandelingGeaccordeerd
-            | OnderhandelingAfgerond => Some(Recht::Onderhandelen),
+            OnderhandelingVoorstelGedaan | OnderhandelingGeaccordeerd | OnderhandelingAfgerond => {
+                Some(Recht::Onderhandelen)
+            }
             Aanleververzoek => Some(Recht::Naleving),
-            GebruikerBijgewerkt | EmailadresGewijzigd | CertificaatIngetrokken
+            GebruikerBijgewerkt
+            | EmailadresGewijzigd
+            | CertificaatIngetrokken
             | OrganisatieBijgewerkt => None,
         }
     }
@@ -125,7 +132,9 @@ impl EventType {
         use EventType::*;
         match self {
             VragenlijstKlaargezet => "Er is een vragenlijst voor u klaargezet",
-            HerinneringSluitingsdatum => "Herinnering: de sluitingsdatum van een vragenlijst nadert",
+            HerinneringSluitingsdatum => {
+                "Herinnering: de sluitingsdatum van een vragenlijst nadert"
+            }
             AanvullingGevraagd => "De zorgverzekeraar vraagt om een aanvulling op een vragenlijst",
             UitvraagBeoordeeld => "Een vragenlijst is beoordeeld",
             VoorstelAangeboden => "Er is een contractvoorstel aangeboden",
@@ -181,11 +190,9 @@ impl EventType {
                 ("contract_naam", Text),
                 ("actor_gebruikersnummer", OptionalUser),
             ],
-            AdministratiefVastgelegd => &[
-                ("contract_id", Id),
-                ("contract_naam", Text),
-                ("jaar", Year),
-            ],
+            AdministratiefVastgelegd => {
+                &[("contract_id", Id), ("contract_naam", Text), ("jaar", Year)]
+            }
             OnderhandelingVoorstelGedaan | OnderhandelingGeaccordeerd => &[
                 ("onderhandeling_id", Id),
                 ("segment", OneOf(&["MSZ", "DGSF", "GGZ", "VenV"])),
@@ -202,7 +209,9 @@ impl EventType {
                 ("periode", Id),
                 ("uiterste_datum", Date),
             ],
-            GebruikerBijgewerkt | EmailadresGewijzigd | CertificaatIngetrokken
+            GebruikerBijgewerkt
+            | EmailadresGewijzigd
+            | CertificaatIngetrokken
             | OrganisatieBijgewerkt => &[],
         }
     }
@@ -355,7 +364,13 @@ pub fn parse_event(body: &[u8], rules: &ValidationRules) -> Result<PortalEvent, 
     let source = req_str(&env, "", "source")?.to_owned();
     let time_str = req_str(&env, "", "time")?;
     let time = DateTime::parse_from_rfc3339(time_str)
-        .map_err(|_| field_err("", "time", format!("expected an RFC 3339 instant, got {time_str:?}")))?
+        .map_err(|_| {
+            field_err(
+                "",
+                "time",
+                format!("expected an RFC 3339 instant, got {time_str:?}"),
+            )
+        })?
         .with_timezone(&Utc);
     if let Some(ct) = env.get("datacontenttype") {
         match ct.as_str() {
@@ -420,7 +435,11 @@ fn parse_module(
     let agb_code = req_agb(data, p)?;
     let zv = match data.get("zorgverzekeraar") {
         Some(Value::Object(z)) => z,
-        _ => return Err(Rejection::new("data.zorgverzekeraar: missing, or not an object")),
+        _ => {
+            return Err(Rejection::new(
+                "data.zorgverzekeraar: missing, or not an object",
+            ));
+        }
     };
     let uzovi = req_str(zv, "data.zorgverzekeraar.", "uzovi")?;
     if !(uzovi.len() == 4 && uzovi.bytes().all(|b| b.is_ascii_digit())) {
@@ -441,7 +460,11 @@ fn parse_module(
             Field::Id => {
                 let v = req_str(data, p, name)?;
                 if v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control) {
-                    return Err(field_err(p, name, "expected an identifier of 1 to 128 printable characters".into()));
+                    return Err(field_err(
+                        p,
+                        name,
+                        "expected an identifier of 1 to 128 printable characters".into(),
+                    ));
                 }
             }
             Field::Text => {
@@ -450,7 +473,11 @@ fn parse_module(
             Field::Date => {
                 let v = req_str(data, p, name)?;
                 if NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err() || v.len() != 10 {
-                    return Err(field_err(p, name, format!("expected a date YYYY-MM-DD, got {v:?}")));
+                    return Err(field_err(
+                        p,
+                        name,
+                        format!("expected a date YYYY-MM-DD, got {v:?}"),
+                    ));
                 }
             }
             Field::Count => match data.get(*name).and_then(Value::as_i64) {
@@ -459,12 +486,22 @@ fn parse_module(
             },
             Field::Year => match data.get(*name).and_then(Value::as_i64) {
                 Some(n) if (2000..=2100).contains(&n) => {}
-                _ => return Err(field_err(p, name, "expected a year (integer 2000..2100)".into())),
+                _ => {
+                    return Err(field_err(
+                        p,
+                        name,
+                        "expected a year (integer 2000..2100)".into(),
+                    ));
+                }
             },
             Field::OneOf(options) => {
                 let v = req_str(data, p, name)?;
                 if !options.contains(&v) {
-                    return Err(field_err(p, name, format!("expected one of {options:?}, got {v:?}")));
+                    return Err(field_err(
+                        p,
+                        name,
+                        format!("expected one of {options:?}, got {v:?}"),
+                    ));
                 }
             }
             Field::OptionalUser => actor = opt_user(data, p, name)?,
@@ -491,15 +528,19 @@ fn parse_module(
 
 /// Checks that a link is absolute `https` on an allowed host.
 pub fn check_link(raw: &str, rules: &ValidationRules) -> Result<String, String> {
-    let parsed = url::Url::parse(raw).map_err(|_| format!("expected an absolute https link, got {:?}", short(raw)))?;
+    let parsed = url::Url::parse(raw)
+        .map_err(|_| format!("expected an absolute https link, got {:?}", short(raw)))?;
     if parsed.scheme() != "https" {
-        return Err(format!("expected an https link, got scheme {:?}", parsed.scheme()));
+        return Err(format!(
+            "expected an https link, got scheme {:?}",
+            parsed.scheme()
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("a link must not carry credentials".into());
     }
     let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-    if !rules.allowed_link_hosts.iter().any(|h| *h == host) {
+    if !rules.allowed_link_hosts.contains(&host) {
         return Err(format!(
             "link host {host:?} is not in mail.allowed_link_hosts"
         ));
@@ -516,7 +557,11 @@ pub fn parse_user_record(data: &Map<String, Value>, p: &str) -> Result<UserRecor
         "actief" => UserStatus::Actief,
         "ingetrokken" => UserStatus::Ingetrokken,
         other => {
-            return Err(field_err(p, "status", format!("expected \"actief\" or \"ingetrokken\", got {other:?}")));
+            return Err(field_err(
+                p,
+                "status",
+                format!("expected \"actief\" or \"ingetrokken\", got {other:?}"),
+            ));
         }
     };
     let Some(Value::Array(links)) = data.get("koppelingen") else {
@@ -579,9 +624,15 @@ fn req_text<'a>(m: &'a Map<String, Value>, p: &str, name: &str) -> Result<&'a st
         return Err(field_err(p, name, "must not be empty".into()));
     }
     if n > MAX_TEXT_CHARS {
-        return Err(field_err(p, name, format!("{n} characters, more than the {MAX_TEXT_CHARS} allowed")));
+        return Err(field_err(
+            p,
+            name,
+            format!("{n} characters, more than the {MAX_TEXT_CHARS} allowed"),
+        ));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+    if s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
         return Err(field_err(p, name, "contains control characters".into()));
     }
     Ok(s)
@@ -608,7 +659,11 @@ fn req_user(m: &Map<String, Value>, p: &str, name: &str) -> Result<Gebruikersnum
     Gebruikersnummer::parse(req_str(m, p, name)?).map_err(|e| field_err(p, name, e.0))
 }
 
-fn opt_user(m: &Map<String, Value>, p: &str, name: &str) -> Result<Option<Gebruikersnummer>, Rejection> {
+fn opt_user(
+    m: &Map<String, Value>,
+    p: &str,
+    name: &str,
+) -> Result<Option<Gebruikersnummer>, Rejection> {
     match m.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => req_user(m, p, name).map(Some),
@@ -640,14 +695,18 @@ mod tests {
     }
 
     fn reject(v: &Value) -> String {
-        parse_event(v.to_string().as_bytes(), &rules()).unwrap_err().reason
+        parse_event(v.to_string().as_bytes(), &rules())
+            .unwrap_err()
+            .reason
     }
 
     #[test]
     fn valid_module_event_parses() {
         let e = parse_event(voorstel().to_string().as_bytes(), &rules()).unwrap();
         assert_eq!(e.event_type, EventType::VoorstelAangeboden);
-        let EventBody::Module(m) = e.body else { panic!() };
+        let EventBody::Module(m) = e.body else {
+            panic!()
+        };
         assert_eq!(m.agb_code.as_str(), "04123456");
         assert_eq!(m.data["jaar"], 2027);
     }
@@ -682,10 +741,25 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_rejected() {
-        assert!(parse_event(b"{not json", &rules()).unwrap_err().reason.contains("JSON"));
-        assert!(parse_event(&[0xff, 0xfe], &rules()).unwrap_err().reason.contains("UTF-8"));
+        assert!(
+            parse_event(b"{not json", &rules())
+                .unwrap_err()
+                .reason
+                .contains("JSON")
+        );
+        assert!(
+            parse_event(&[0xff, 0xfe], &rules())
+                .unwrap_err()
+                .reason
+                .contains("UTF-8")
+        );
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        assert!(parse_event(&big, &rules()).unwrap_err().reason.contains("64 KiB"));
+        assert!(
+            parse_event(&big, &rules())
+                .unwrap_err()
+                .reason
+                .contains("64 KiB")
+        );
     }
 
     #[test]
@@ -693,7 +767,9 @@ mod tests {
         let mut v = voorstel();
         v["data"]["sneaky"] = "<script>".into();
         let e = parse_event(v.to_string().as_bytes(), &rules()).unwrap();
-        let EventBody::Module(m) = e.body else { panic!() };
+        let EventBody::Module(m) = e.body else {
+            panic!()
+        };
         assert!(m.data.get("sneaky").is_none());
     }
 }

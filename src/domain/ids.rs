@@ -56,7 +56,10 @@ impl AgbCode {
         if all_digits(s, 8) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(ParseError(format!("expected an AGB code of exactly 8 digits, got {}", quoted(s))))
+            Err(ParseError(format!(
+                "expected an AGB code of exactly 8 digits, got {}",
+                quoted(s)
+            )))
         }
     }
 }
@@ -126,9 +129,8 @@ impl EmailAddress {
             return Err(bad());
         }
         let (local, domain) = s.split_once('@').ok_or_else(bad)?;
-        let forbidden = |c: char| {
-            c.is_whitespace() || c.is_control() || "<>\"(),:;[]\\@".contains(c)
-        };
+        let forbidden =
+            |c: char| c.is_whitespace() || c.is_control() || "<>\"(),:;[]\\@".contains(c);
         if local.is_empty()
             || local.len() > 64
             || local.chars().any(forbidden)

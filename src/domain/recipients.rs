@@ -149,7 +149,10 @@ impl Grouper {
             d.rules.push(rule);
         }
         if let Some(s) = served
-            && !d.users.iter().any(|u| u.gebruikersnummer == s.gebruikersnummer)
+            && !d
+                .users
+                .iter()
+                .any(|u| u.gebruikersnummer == s.gebruikersnummer)
         {
             d.users.push(s);
         }
@@ -161,7 +164,7 @@ enum Who<'a> {
     User(&'a DirectoryUser),
 }
 
-fn active_with<'a>(dir: &'a AgbSnapshot, right: Recht) -> impl Iterator<Item = &'a Member> {
+fn active_with(dir: &AgbSnapshot, right: Recht) -> impl Iterator<Item = &Member> {
     dir.members
         .iter()
         .filter(move |m| m.is_active() && m.rechten.contains(&right))
@@ -224,7 +227,9 @@ pub fn resolve_module(
                 g.add(kind, Who::User(u), Rule::Actor, None);
             }
             Some(_) => notes.push(format!("actor {number} is revoked: no copy")),
-            None => notes.push(format!("actor {number} is unknown to the directory: no copy")),
+            None => notes.push(format!(
+                "actor {number} is unknown to the directory: no copy"
+            )),
         }
     }
 
@@ -243,9 +248,18 @@ pub fn resolve_module(
             "recht": right.as_str(),
         });
         for m in contact_persons(dir) {
-            g.add(MailKind::GeenOntvanger, Who::Member(m), Rule::Cp, Some(&notice));
+            g.add(
+                MailKind::GeenOntvanger,
+                Who::Member(m),
+                Rule::Cp,
+                Some(&notice),
+            );
         }
-        routing = if g.out.is_empty() { Routing::Unroutable } else { Routing::NoRecipientNotice };
+        routing = if g.out.is_empty() {
+            Routing::Unroutable
+        } else {
+            Routing::NoRecipientNotice
+        };
     } else if no_signer {
         let notice = json!({
             "event_id": event_id,
@@ -259,11 +273,21 @@ pub fn resolve_module(
         if event.event_type == HerinneringAcceptatie {
             // T is empty: the reminder turns into the notice for U(contracteren) and CP.
             for m in active_with(dir, Recht::Contracteren) {
-                g.add(MailKind::GeenTekenbevoegde, Who::Member(m), Rule::U(Recht::Contracteren), Some(&notice));
+                g.add(
+                    MailKind::GeenTekenbevoegde,
+                    Who::Member(m),
+                    Rule::U(Recht::Contracteren),
+                    Some(&notice),
+                );
             }
         }
         for m in contact_persons(dir) {
-            g.add(MailKind::GeenTekenbevoegde, Who::Member(m), Rule::Cp, Some(&notice));
+            g.add(
+                MailKind::GeenTekenbevoegde,
+                Who::Member(m),
+                Rule::Cp,
+                Some(&notice),
+            );
         }
         routing = if module_mails > 0 {
             Routing::Routed
@@ -300,11 +324,21 @@ pub fn revocation_notices(
         "agb_code": dir.agb_code.as_str(),
     });
     for m in contact_persons(dir) {
-        g.add(MailKind::CertificaatIngetrokken, Who::Member(m), Rule::Cp, Some(&notice));
+        g.add(
+            MailKind::CertificaatIngetrokken,
+            Who::Member(m),
+            Rule::Cp,
+            Some(&notice),
+        );
     }
     if was_signer_here && signers(dir).next().is_none() {
         for m in contact_persons(dir) {
-            g.add(MailKind::LaatsteTekenbevoegdeIngetrokken, Who::Member(m), Rule::Cp, Some(&notice));
+            g.add(
+                MailKind::LaatsteTekenbevoegdeIngetrokken,
+                Who::Member(m),
+                Rule::Cp,
+                Some(&notice),
+            );
         }
     }
     for d in &mut g.out {
@@ -315,7 +349,10 @@ pub fn revocation_notices(
 
 /// The two mails of an address change: a confirmation to the user's new
 /// address, and a security notice to the address the directory held before.
-pub fn address_change_mails(user_after: &DirectoryUser, old_address: &EmailAddress) -> Vec<PlannedDelivery> {
+pub fn address_change_mails(
+    user_after: &DirectoryUser,
+    old_address: &EmailAddress,
+) -> Vec<PlannedDelivery> {
     let notice = json!({ "gebruiker_naam": user_after.naam });
     let mut out = vec![PlannedDelivery {
         kind: MailKind::EmailGewijzigd,
@@ -362,7 +399,12 @@ pub fn undeliverable_notices(
         "reden": reden,
     });
     for m in contact_persons(dir) {
-        g.add(MailKind::Onbestelbaar, Who::Member(m), Rule::Cp, Some(&notice));
+        g.add(
+            MailKind::Onbestelbaar,
+            Who::Member(m),
+            Rule::Cp,
+            Some(&notice),
+        );
     }
     for d in &mut g.out {
         d.about = user.gebruikersnummer.to_string();

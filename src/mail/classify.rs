@@ -20,7 +20,10 @@ pub enum Step {
 pub fn enhanced_code(text: &str) -> Option<String> {
     let word = text.split_whitespace().find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     })?;
     matches!(word.as_bytes()[0], b'2' | b'4' | b'5').then(|| word.to_owned())
 }
@@ -99,13 +102,20 @@ mod tests {
             (Step::Message, 250, "2.0.0 Ok", Sent),
         ];
         for (step, code, text, want) in cases {
-            assert_eq!(classify_reply(step, code, text), want, "{step:?} {code} {text}");
+            assert_eq!(
+                classify_reply(step, code, text),
+                want,
+                "{step:?} {code} {text}"
+            );
         }
     }
 
     #[test]
     fn enhanced_codes_are_found() {
-        assert_eq!(enhanced_code("5.1.1 No such user").as_deref(), Some("5.1.1"));
+        assert_eq!(
+            enhanced_code("5.1.1 No such user").as_deref(),
+            Some("5.1.1")
+        );
         assert_eq!(enhanced_code("Ok: queued as 12").as_deref(), None);
     }
 }

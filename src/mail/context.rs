@@ -19,7 +19,13 @@ pub fn module_context(kind: &str, event: &ModuleEvent, praktijk: &str, portal_ur
 }
 
 /// Context for a notice or directory mail; the call to action is the portal.
-pub fn notice_context(kind: &str, agb_code: Option<&str>, praktijk: Option<&str>, notice: &Value, portal_url: &str) -> Value {
+pub fn notice_context(
+    kind: &str,
+    agb_code: Option<&str>,
+    praktijk: Option<&str>,
+    notice: &Value,
+    portal_url: &str,
+) -> Value {
     json!({
         "kind": kind,
         "praktijk": praktijk.or(agb_code),

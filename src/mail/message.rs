@@ -5,7 +5,9 @@
 
 use super::MailError;
 use crate::templates::RenderedMail;
-use lettre::message::header::{ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::header::{
+    ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
+};
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 
 /// `Auto-Submitted: auto-generated` (RFC 3834): tells auto-responders not to answer.
@@ -37,13 +39,16 @@ pub fn build(
     mail: &RenderedMail,
     message_id: &str,
 ) -> Result<Vec<u8>, MailError> {
-    let to: Mailbox = to
-        .parse()
-        .map_err(|e| MailError::Build(format!("recipient address rejected by the mail builder: {e}")))?;
+    let to: Mailbox = to.parse().map_err(|e| {
+        MailError::Build(format!(
+            "recipient address rejected by the mail builder: {e}"
+        ))
+    })?;
     let part = |ct: ContentType, body: &str| {
-        SinglePart::builder()
-            .header(ct)
-            .body(Body::new_with_encoding(crlf(body), ContentTransferEncoding::QuotedPrintable).expect("quoted-printable takes any text"))
+        SinglePart::builder().header(ct).body(
+            Body::new_with_encoding(crlf(body), ContentTransferEncoding::QuotedPrintable)
+                .expect("quoted-printable takes any text"),
+        )
     };
     let message = lettre::Message::builder()
         .from(from.clone())
@@ -71,7 +76,13 @@ mod tests {
             html: "<p>a</p>\n.\nb".into(),
             text: "regel 1\n.\r\nregel 3\rregel 4".into(),
         };
-        let bytes = build(&"Portal <noreply@zip.example.nl>".parse().unwrap(), "a@b.nl", &m, "id-1@x").unwrap();
+        let bytes = build(
+            &"Portal <noreply@zip.example.nl>".parse().unwrap(),
+            "a@b.nl",
+            &m,
+            "id-1@x",
+        )
+        .unwrap();
         let s = String::from_utf8(bytes).unwrap();
         assert!(!s.replace("\r\n", "").contains('\n'), "bare LF found");
         // A lone "." line may remain here: with every line ending CRLF, the

@@ -67,17 +67,22 @@ impl SmtpTarget {
             ("smtp", Some("required")) => (TlsMode::StartTlsRequired, 587),
             ("smtp", Some("opportunistic")) => (TlsMode::StartTlsOpportunistic, 25),
             ("smtp", Some(other)) => {
-                return Err(MailError::Url(format!("tls={other}: expected required, opportunistic or none")));
+                return Err(MailError::Url(format!(
+                    "tls={other}: expected required, opportunistic or none"
+                )));
             }
-            (other, _) => return Err(MailError::Url(format!("scheme {other}: expected smtp or smtps"))),
+            (other, _) => {
+                return Err(MailError::Url(format!(
+                    "scheme {other}: expected smtp or smtps"
+                )));
+            }
         };
         let from_url = (!u.username().is_empty()).then(|| {
-            let dec = |x: &str| {
-                percent_decode(x)
-            };
+            let dec = |x: &str| percent_decode(x);
             (dec(u.username()), dec(u.password().unwrap_or_default()))
         });
-        let from_settings = (!s.username.is_empty()).then(|| (s.username.clone(), s.password.clone()));
+        let from_settings =
+            (!s.username.is_empty()).then(|| (s.username.clone(), s.password.clone()));
         Ok(Self {
             host,
             port: u.port().unwrap_or(default_port),
@@ -124,7 +129,7 @@ impl SendReport {
 
 /// Where mails go: a relay, or `.eml` files.
 pub enum Mailer {
-    Smtp(smtp::SmtpPool),
+    Smtp(Box<smtp::SmtpPool>),
     Outbox(outbox::Outbox),
 }
 
@@ -134,7 +139,10 @@ impl Mailer {
         if s.url.is_empty() {
             Ok(Self::Outbox(outbox::Outbox::new(&s.outbox_dir)))
         } else {
-            Ok(Self::Smtp(smtp::SmtpPool::new(SmtpTarget::parse(s)?, s)))
+            Ok(Self::Smtp(Box::new(smtp::SmtpPool::new(
+                SmtpTarget::parse(s)?,
+                s,
+            ))))
         }
     }
 

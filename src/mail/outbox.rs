@@ -14,7 +14,9 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox in `dir` (created on first write).
     pub fn new(dir: &str) -> Self {
-        Self { dir: PathBuf::from(dir) }
+        Self {
+            dir: PathBuf::from(dir),
+        }
     }
 
     /// Writes one message; the rename makes a half-written file impossible.

@@ -166,12 +166,18 @@ impl RateLimiter {
             let wait = {
                 let mut g = self.inner.lock().expect("limiter lock");
                 let now = Instant::now();
-                while g.completions.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while g
+                    .completions
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     g.completions.pop_front();
                 }
                 if (g.completions.len() as u32) + g.in_flight < self.per_second {
                     g.in_flight += 1;
-                    return Permit { limiter: Some(self) };
+                    return Permit {
+                        limiter: Some(self),
+                    };
                 }
                 g.completions
                     .front()
@@ -221,7 +227,10 @@ mod tests {
         let a = l.acquire().await;
         let _b = l.acquire().await;
         let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
-        assert!(third.is_err(), "a third send must wait while two are in flight");
+        assert!(
+            third.is_err(),
+            "a third send must wait while two are in flight"
+        );
         drop(a);
         let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
         assert!(third.is_err(), "a completed send still counts for a second");

@@ -68,12 +68,15 @@ impl SmtpPool {
                 _ => {
                     let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
                         .await
-                        .map_err(|e| connection_failed(format!("cannot connect to the relay: {e}")))?;
+                        .map_err(|e| {
+                            connection_failed(format!("cannot connect to the relay: {e}"))
+                        })?;
                     // The point of owning the pool: without it every mail waits ~40 ms.
                     let _ = tcp.set_nodelay(true);
-                    let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                        .await
-                        .map_err(|e| connect_error(&e))?;
+                    let mut conn =
+                        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+                            .await
+                            .map_err(|e| connect_error(&e))?;
                     let wants_tls = match t.tls {
                         TlsMode::StartTlsRequired => {
                             if !conn.can_starttls() {
@@ -89,7 +92,9 @@ impl SmtpPool {
                     };
                     if wants_tls {
                         let params = self.tls_parameters()?;
-                        conn.starttls(params, &self.hello).await.map_err(|e| connect_error(&e))?;
+                        conn.starttls(params, &self.hello)
+                            .await
+                            .map_err(|e| connect_error(&e))?;
                     }
                     conn
                 }
@@ -155,10 +160,10 @@ impl SmtpPool {
     }
 
     async fn give_back(&self, conn: Option<AsyncSmtpConnection>) {
-        if let Some(c) = conn {
-            if !c.has_broken() {
-                self.idle.lock().await.push(c);
-            }
+        if let Some(c) = conn
+            && !c.has_broken()
+        {
+            self.idle.lock().await.push(c);
         }
     }
 
@@ -191,7 +196,8 @@ impl SmtpPool {
             Ok(Err(e)) => {
                 let report = attempt_error(step, &e);
                 // After a negative reply the relay keeps the session: reset it and reuse.
-                let reusable = e.status().is_some() && report.smtp_code != Some(421) && !conn.has_broken();
+                let reusable =
+                    e.status().is_some() && report.smtp_code != Some(421) && !conn.has_broken();
                 if reusable
                     && conn
                         .command(lettre::transport::smtp::commands::Rset)
@@ -238,7 +244,9 @@ impl SmtpPool {
 }
 
 fn reply_text(e: &lettre::transport::smtp::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string())
+    e.source()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// Classifies an error from a transaction step.
@@ -251,7 +259,9 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             outcome,
             smtp_code: Some(code),
             enhanced_code: enhanced_code(&text),
-            retry_hint: (outcome == AttemptOutcome::Transient).then(|| retry_hint(&text)).flatten(),
+            retry_hint: (outcome == AttemptOutcome::Transient)
+                .then(|| retry_hint(&text))
+                .flatten(),
             // 421 means the relay is closing the connection: a relay-level condition.
             connect_failed: code == 421,
             detail: format!("{code} {text}"),
@@ -269,7 +279,9 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             retry_hint: None,
         },
         _ if e.is_tls() => relay_fault(format!("TLS with the relay failed: {detail}")),
-        _ => connection_failed(format!("connection to the relay failed at {step:?}: {detail}")),
+        _ => connection_failed(format!(
+            "connection to the relay failed at {step:?}: {detail}"
+        )),
     }
 }
 
@@ -289,7 +301,9 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
         };
     }
     if e.is_tls() {
-        return relay_fault(format!("TLS with the relay failed (certificate or protocol): {e}"));
+        return relay_fault(format!(
+            "TLS with the relay failed (certificate or protocol): {e}"
+        ));
     }
     connection_failed(format!("cannot talk to the relay: {e}"))
 }

@@ -46,7 +46,8 @@ impl Metrics {
         let smtp_attempts = Family::<Labels, Counter>::default();
         let directory_skipped = Family::<Labels, Counter>::default();
         let unroutable = Counter::default();
-        let delivery_latency = Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]);
+        let delivery_latency =
+            Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]);
         let deliveries_pending = Gauge::default();
         let oldest_pending_age = Gauge::<f64, AtomicU64>::default();
         let quarantined = Gauge::default();
@@ -83,15 +84,31 @@ impl Metrics {
             "Seconds from the event time to acceptance by the relay",
             delivery_latency.clone(),
         );
-        r.register("notifier_deliveries_pending", "Deliveries not yet final", deliveries_pending.clone());
+        r.register(
+            "notifier_deliveries_pending",
+            "Deliveries not yet final",
+            deliveries_pending.clone(),
+        );
         r.register(
             "notifier_oldest_pending_age_seconds",
             "Age of the oldest delivery that is not yet final",
             oldest_pending_age.clone(),
         );
-        r.register("notifier_quarantined_events", "Messages in quarantine (open)", quarantined.clone());
-        r.register("notifier_smtp_circuit_open", "1 while the relay circuit is open", circuit_open.clone());
-        r.register("notifier_amqp_connected", "1 while consuming from RabbitMQ", amqp_connected.clone());
+        r.register(
+            "notifier_quarantined_events",
+            "Messages in quarantine (open)",
+            quarantined.clone(),
+        );
+        r.register(
+            "notifier_smtp_circuit_open",
+            "1 while the relay circuit is open",
+            circuit_open.clone(),
+        );
+        r.register(
+            "notifier_amqp_connected",
+            "1 while consuming from RabbitMQ",
+            amqp_connected.clone(),
+        );
         r.register(
             "notifier_stuck_events",
             "Accepted events with a delivery overdue past the reconciliation threshold",
@@ -117,20 +134,28 @@ impl Metrics {
     /// Counts one received event.
     pub fn event_received(&self, event_type: &str, outcome: &str) {
         self.events_received
-            .get_or_create(&vec![("type", event_type.to_owned()), ("outcome", outcome.to_owned())])
+            .get_or_create(&vec![
+                ("type", event_type.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
             .inc();
     }
 
     /// Counts a delivery reaching a final status.
     pub fn delivery_final(&self, kind: &str, status: &str) {
         self.deliveries
-            .get_or_create(&vec![("type", kind.to_owned()), ("status", status.to_owned())])
+            .get_or_create(&vec![
+                ("type", kind.to_owned()),
+                ("status", status.to_owned()),
+            ])
             .inc();
     }
 
     /// Counts one SMTP attempt.
     pub fn smtp_attempt(&self, outcome: &str) {
-        self.smtp_attempts.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+        self.smtp_attempts
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
     }
 
     /// Counts an unroutable event.
@@ -140,7 +165,9 @@ impl Metrics {
 
     /// Counts a directory update that was not applied.
     pub fn directory_skipped(&self, reason: &str) {
-        self.directory_skipped.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+        self.directory_skipped
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -137,9 +137,13 @@ impl Dispatcher {
             Ok(mut c) => match dl::release_leases(&mut c, &self.owner).await {
                 Ok(n) if n > 0 => info!(released = n, "leases released"),
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "could not release leases; they expire after dispatch.lease"),
+                Err(e) => {
+                    warn!(error = %e, "could not release leases; they expire after dispatch.lease")
+                }
             },
-            Err(e) => warn!(error = %e, "could not release leases; they expire after dispatch.lease"),
+            Err(e) => {
+                warn!(error = %e, "could not release leases; they expire after dispatch.lease")
+            }
         }
         self.mailer.close().await;
     }
@@ -232,7 +236,8 @@ impl Dispatcher {
                     .await;
             };
             if current != d.address
-                && dl::address_already_served(&mut conn, &d.id, &d.event_id, &d.kind, &current).await?
+                && dl::address_already_served(&mut conn, &d.id, &d.event_id, &d.kind, &current)
+                    .await?
             {
                 drop(conn);
                 return self
@@ -245,7 +250,10 @@ impl Dispatcher {
         };
 
         let Some(event) = ev::get_event(&mut conn, &d.event_id).await? else {
-            return Err(StoreError::Corrupt(format!("delivery {} has no event", d.id)));
+            return Err(StoreError::Corrupt(format!(
+                "delivery {} has no event",
+                d.id
+            )));
         };
         let praktijk = match &event.agb_code {
             Some(a) => dir::organisation_name(&mut conn, a).await?,
@@ -253,7 +261,13 @@ impl Dispatcher {
         };
         drop(conn);
 
-        let rendered = self.render(kind, &d, &event.payload, event.agb_code.as_deref(), praktijk.as_deref());
+        let rendered = self.render(
+            kind,
+            &d,
+            &event.payload,
+            event.agb_code.as_deref(),
+            praktijk.as_deref(),
+        );
         let bytes = match rendered.and_then(|m| {
             message::build(&self.cfg.from, &address, &m, &d.message_id).map_err(|e| e.to_string())
         }) {
@@ -261,7 +275,15 @@ impl Dispatcher {
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
                 return self
-                    .finish(&d, kind, None, Transition::Failed { error: reason, sent_to: None })
+                    .finish(
+                        &d,
+                        kind,
+                        None,
+                        Transition::Failed {
+                            error: reason,
+                            sent_to: None,
+                        },
+                    )
                     .await;
             }
         };
@@ -269,7 +291,10 @@ impl Dispatcher {
         let permit = self.limiter.acquire().await;
         let started = Utc::now();
         let clock = Instant::now();
-        let report = self.mailer.send(&self.cfg.from.email.to_string(), &address, &d.id, &bytes).await;
+        let report = self
+            .mailer
+            .send(self.cfg.from.email.as_ref(), &address, &d.id, &bytes)
+            .await;
         let duration = clock.elapsed();
         drop(permit);
         self.metrics.smtp_attempt(report.outcome.as_str());
@@ -287,7 +312,8 @@ impl Dispatcher {
         };
         match report.outcome {
             AttemptOutcome::Sent => {
-                let latency = (now - from_ms(event.occurred_at)).num_milliseconds().max(0) as f64 / 1000.0;
+                let latency =
+                    (now - from_ms(event.occurred_at)).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.delivery_latency.observe(latency);
                 info!(attempt = d.attempts + 1, "sent");
             }
@@ -321,7 +347,9 @@ impl Dispatcher {
                 let EventBody::Module(m) = e.body else {
                     return Err("stored event is not a module event".into());
                 };
-                let praktijk = praktijk.map(str::to_owned).unwrap_or_else(|| m.agb_code.to_string());
+                let praktijk = praktijk
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| m.agb_code.to_string());
                 context::module_context(kind.as_str(), &m, &praktijk, &self.cfg.portal_url)
             }
             _ => {
@@ -336,9 +364,9 @@ impl Dispatcher {
                 context::notice_context(kind.as_str(), agb, praktijk, &notice, &self.cfg.portal_url)
             }
         };
-        self.templates
-            .render(kind, &ctx)
-            .map_err(|e| format!("{e} (fix the template, then `notifier replay deliveries --status failed`)"))
+        self.templates.render(kind, &ctx).map_err(|e| {
+            format!("{e} (fix the template, then `notifier replay deliveries --status failed`)")
+        })
     }
 
     fn observe_relay(&self, r: &SendReport) {
@@ -359,32 +387,68 @@ impl Dispatcher {
         }
     }
 
-    fn next_state(&self, d: &Claimed, r: &SendReport, address: &str, now: chrono::DateTime<Utc>) -> Transition {
+    fn next_state(
+        &self,
+        d: &Claimed,
+        r: &SendReport,
+        address: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Transition {
         let deadline = from_ms(d.deadline);
         let sent_to = Some(address.to_owned());
         let error = r.detail.clone();
         match r.outcome {
-            AttemptOutcome::Sent => Transition::Sent { sent_to: address.to_owned(), at_ms: ms(now) },
+            AttemptOutcome::Sent => Transition::Sent {
+                sent_to: address.to_owned(),
+                at_ms: ms(now),
+            },
             AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
             AttemptOutcome::RelayFault => {
                 // The relay's fault, not the recipient's: keep the retry step,
                 // come back when the circuit probes again.
                 let due = now + self.cfg.breaker_open_for;
-                Transition::Retry { due_ms: ms(due), retry_step: d.retry_step, error, sent_to: None }
+                Transition::Retry {
+                    due_ms: ms(due),
+                    retry_step: d.retry_step,
+                    error,
+                    sent_to: None,
+                }
             }
             AttemptOutcome::Transient if r.connect_failed => {
                 let due = now + self.cfg.breaker_open_for.min(self.cfg.retry.base_delay(0));
                 if now > deadline {
-                    Transition::Failed { error: format!("deadline passed: {error}"), sent_to: None }
+                    Transition::Failed {
+                        error: format!("deadline passed: {error}"),
+                        sent_to: None,
+                    }
                 } else {
-                    Transition::Retry { due_ms: ms(due), retry_step: d.retry_step, error, sent_to: None }
+                    Transition::Retry {
+                        due_ms: ms(due),
+                        retry_step: d.retry_step,
+                        error,
+                        sent_to: None,
+                    }
                 }
             }
             AttemptOutcome::Transient | AttemptOutcome::Unknown => {
                 let unit: f64 = rand::random();
-                match self.cfg.retry.next_due(d.retry_step as u32, now, deadline, r.retry_hint, unit) {
-                    Some(due) => Transition::Retry { due_ms: ms(due), retry_step: d.retry_step + 1, error, sent_to },
-                    None => Transition::Failed { error: format!("deadline passed: {error}"), sent_to },
+                match self.cfg.retry.next_due(
+                    d.retry_step as u32,
+                    now,
+                    deadline,
+                    r.retry_hint,
+                    unit,
+                ) {
+                    Some(due) => Transition::Retry {
+                        due_ms: ms(due),
+                        retry_step: d.retry_step + 1,
+                        error,
+                        sent_to,
+                    },
+                    None => Transition::Failed {
+                        error: format!("deadline passed: {error}"),
+                        sent_to,
+                    },
                 }
             }
         }
@@ -401,22 +465,38 @@ impl Dispatcher {
         let kept = dl::finish(&mut tx, &d.id, &self.owner, attempt, &next).await?;
         tx.commit().await?;
         if !kept {
-            warn!("lease lost before the result was recorded; another dispatcher owns this delivery now");
+            warn!(
+                "lease lost before the result was recorded; another dispatcher owns this delivery now"
+            );
             return Ok(next);
         }
         if next.status().is_final() {
-            self.metrics.delivery_final(kind.as_str(), next.status().as_str());
+            self.metrics
+                .delivery_final(kind.as_str(), next.status().as_str());
         }
         Ok(next)
     }
 
     /// A module mail to a user ended failed: tell the AGB's contact persons,
     /// at most once per user per day.
-    async fn escalate(&self, d: &Claimed, event_type: &str, r: &SendReport) -> Result<(), StoreError> {
-        let Some(et) = EventType::parse(event_type) else { return Ok(()) };
+    async fn escalate(
+        &self,
+        d: &Claimed,
+        event_type: &str,
+        r: &SendReport,
+    ) -> Result<(), StoreError> {
+        let Some(et) = EventType::parse(event_type) else {
+            return Ok(());
+        };
         let mut tx = self.store.begin().await?;
-        let Some(event) = ev::get_event(&mut tx, &d.event_id).await? else { return Ok(()) };
-        let Some(agb) = event.agb_code.as_deref().and_then(|a| crate::domain::ids::AgbCode::parse(a).ok()) else {
+        let Some(event) = ev::get_event(&mut tx, &d.event_id).await? else {
+            return Ok(());
+        };
+        let Some(agb) = event
+            .agb_code
+            .as_deref()
+            .and_then(|a| crate::domain::ids::AgbCode::parse(a).ok())
+        else {
             return Ok(());
         };
         let snapshot = dir::agb_snapshot(&mut tx, &agb).await?;
@@ -429,17 +509,32 @@ impl Dispatcher {
         let day_ago = ms(Utc::now()) - 86_400_000;
         let mut n = 0;
         for u in served {
-            let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else { continue };
-            let Some(user) = dir::get_user(&mut tx, &nr).await? else { continue };
+            let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else {
+                continue;
+            };
+            let Some(user) = dir::get_user(&mut tx, &nr).await? else {
+                continue;
+            };
             if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), day_ago).await? {
                 continue;
             }
-            let planned = recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden);
+            let planned =
+                recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden);
             let deadline = Utc::now() + chrono::Duration::hours(72);
-            for p in planned.iter().filter(|p| Some(&p.address) != EmailAddress::parse(&d.address).ok().as_ref()) {
-                if dl::insert_planned(&mut tx, &d.event_id, p, ms(Utc::now()), ms(Utc::now()), ms(deadline))
-                    .await?
-                    .is_some()
+            for p in planned
+                .iter()
+                .filter(|p| Some(&p.address) != EmailAddress::parse(&d.address).ok().as_ref())
+            {
+                if dl::insert_planned(
+                    &mut tx,
+                    &d.event_id,
+                    p,
+                    ms(Utc::now()),
+                    ms(Utc::now()),
+                    ms(deadline),
+                )
+                .await?
+                .is_some()
                 {
                     n += 1;
                 }
@@ -447,7 +542,10 @@ impl Dispatcher {
         }
         tx.commit().await?;
         if n > 0 {
-            info!(notices = n, "undeliverable module mail escalated to the contact persons");
+            info!(
+                notices = n,
+                "undeliverable module mail escalated to the contact persons"
+            );
         }
         Ok(())
     }

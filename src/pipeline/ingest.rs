@@ -64,7 +64,11 @@ impl Incoming {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
     /// A module event, recorded with its deliveries.
-    Accepted { event_id: String, deliveries: usize, routing: &'static str },
+    Accepted {
+        event_id: String,
+        deliveries: usize,
+        routing: &'static str,
+    },
     /// A directory event applied (with the mails it causes, if any).
     Applied { event_id: String, deliveries: usize },
     /// The event id was seen before: nothing new happened.
@@ -125,7 +129,9 @@ impl Ingestor {
         for (t, o) in types.iter().zip(&outcomes) {
             self.metrics.event_received(t, o.label());
             match o {
-                IngestOutcome::Accepted { routing, .. } if *routing == "unroutable" => self.metrics.unroutable(),
+                IngestOutcome::Accepted { routing, .. } if *routing == "unroutable" => {
+                    self.metrics.unroutable()
+                }
                 IngestOutcome::Stale { .. } => self.metrics.directory_skipped("stale"),
                 IngestOutcome::UnknownUser { .. } => self.metrics.directory_skipped("unknown_user"),
                 _ => {}
@@ -168,10 +174,17 @@ impl Ingestor {
                     .as_deref()
                     .and_then(crate::domain::event::EventType::parse)
                     .map_or("unknown", |t| t.as_str());
-                return Ok((t.to_owned(), IngestOutcome::Quarantined { quarantine_id: id, reason }));
+                return Ok((
+                    t.to_owned(),
+                    IngestOutcome::Quarantined {
+                        quarantine_id: id,
+                        reason,
+                    },
+                ));
             }
         };
-        let span = info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
+        let span =
+            info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
         let _g = span.enter();
         let payload = String::from_utf8_lossy(&m.body);
         let inserted = ev::insert_event(
@@ -190,7 +203,12 @@ impl Ingestor {
         let t = event.event_type.as_str().to_owned();
         if !inserted {
             info!("duplicate event id: nothing new");
-            return Ok((t, IngestOutcome::Duplicate { event_id: event.id.to_string() }));
+            return Ok((
+                t,
+                IngestOutcome::Duplicate {
+                    event_id: event.id.to_string(),
+                },
+            ));
         }
         let outcome = self.apply(conn, &event, now).await?;
         Ok((t, outcome))
@@ -206,9 +224,16 @@ impl Ingestor {
         let deadline = event.time + self.deadline;
         let mut n = 0;
         for p in planned {
-            if deliveries::insert_planned(conn, event.id.as_str(), p, ms(now), ms(now), ms(deadline))
-                .await?
-                .is_some()
+            if deliveries::insert_planned(
+                conn,
+                event.id.as_str(),
+                p,
+                ms(now),
+                ms(now),
+                ms(deadline),
+            )
+            .await?
+            .is_some()
             {
                 n += 1;
             }
@@ -251,20 +276,31 @@ impl Ingestor {
                     )),
                     Routing::Routed => detail,
                 };
-                ev::set_event_state(conn, &id, res.routing.event_state(), detail.as_deref()).await?;
+                ev::set_event_state(conn, &id, res.routing.event_state(), detail.as_deref())
+                    .await?;
                 if res.routing == Routing::Unroutable {
                     warn!(agb_code = %m.agb_code, "unroutable event: no recipient and no contact person");
                 }
                 info!(deliveries = n, routing, "event accepted");
-                Ok(IngestOutcome::Accepted { event_id: id, deliveries: n, routing })
+                Ok(IngestOutcome::Accepted {
+                    event_id: id,
+                    deliveries: n,
+                    routing,
+                })
             }
             EventBody::GebruikerBijgewerkt(rec) => {
                 let check = dir::apply_user(conn, rec, now_ms).await?;
-                self.directory_outcome(conn, &id, &rec.gebruikersnummer.to_string(), check).await
+                self.directory_outcome(conn, &id, rec.gebruikersnummer.as_ref(), check)
+                    .await
             }
-            EventBody::OrganisatieBijgewerkt { agb_code, naam, versie } => {
+            EventBody::OrganisatieBijgewerkt {
+                agb_code,
+                naam,
+                versie,
+            } => {
                 let check = dir::apply_organisation(conn, agb_code, naam, *versie, now_ms).await?;
-                self.directory_outcome(conn, &id, agb_code.as_str(), check).await
+                self.directory_outcome(conn, &id, agb_code.as_str(), check)
+                    .await
             }
             EventBody::EmailadresGewijzigd {
                 gebruikersnummer,
@@ -276,9 +312,14 @@ impl Ingestor {
                 match dir::set_email(conn, gebruikersnummer, nieuw_email, *versie, now_ms).await? {
                     UserChange::Applied => {
                         let before = before.expect("applied implies known");
-                        let after = dir::get_user(conn, gebruikersnummer)
-                            .await?
-                            .ok_or_else(|| StoreError::Corrupt("user vanished during an address change".into()))?;
+                        let after =
+                            dir::get_user(conn, gebruikersnummer)
+                                .await?
+                                .ok_or_else(|| {
+                                    StoreError::Corrupt(
+                                        "user vanished during an address change".into(),
+                                    )
+                                })?;
                         let mut planned = recipients::address_change_mails(&after, &before.email);
                         if after.status != UserStatus::Actief {
                             // A revoked user gets nothing, not even this confirmation.
@@ -286,18 +327,29 @@ impl Ingestor {
                         }
                         let n = self.plan(conn, event, &planned, now).await?;
                         ev::set_event_state(conn, &id, "applied", None).await?;
-                        Ok(IngestOutcome::Applied { event_id: id, deliveries: n })
+                        Ok(IngestOutcome::Applied {
+                            event_id: id,
+                            deliveries: n,
+                        })
                     }
-                    other => self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms).await,
+                    other => {
+                        self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms)
+                            .await
+                    }
                 }
             }
-            EventBody::CertificaatIngetrokken { gebruikersnummer, .. } => {
+            EventBody::CertificaatIngetrokken {
+                gebruikersnummer, ..
+            } => {
                 let links_before = dir::user_links(conn, gebruikersnummer).await?;
                 match dir::revoke(conn, gebruikersnummer, event_versie(event), now_ms).await? {
                     UserChange::Applied => {
-                        let user = dir::get_user(conn, gebruikersnummer)
-                            .await?
-                            .ok_or_else(|| StoreError::Corrupt("user vanished during a revocation".into()))?;
+                        let user =
+                            dir::get_user(conn, gebruikersnummer)
+                                .await?
+                                .ok_or_else(|| {
+                                    StoreError::Corrupt("user vanished during a revocation".into())
+                                })?;
                         let cancelled = deliveries::cancel_for_revoked(
                             conn,
                             gebruikersnummer.as_str(),
@@ -319,7 +371,10 @@ impl Ingestor {
                             if no_cp.is_empty() {
                                 String::new()
                             } else {
-                                format!("; no active contact person to notify for AGB {}", no_cp.join(", "))
+                                format!(
+                                    "; no active contact person to notify for AGB {}",
+                                    no_cp.join(", ")
+                                )
                             }
                         );
                         ev::set_event_state(conn, &id, "applied", Some(&detail)).await?;
@@ -327,9 +382,15 @@ impl Ingestor {
                             warn!("revocation notice unroutable: no active contact person");
                         }
                         info!(cancelled, notices = n, "certificate revoked");
-                        Ok(IngestOutcome::Applied { event_id: id, deliveries: n })
+                        Ok(IngestOutcome::Applied {
+                            event_id: id,
+                            deliveries: n,
+                        })
                     }
-                    other => self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms).await,
+                    other => {
+                        self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms)
+                            .await
+                    }
                 }
             }
         }
@@ -343,13 +404,24 @@ impl Ingestor {
         check: VersionCheck,
     ) -> Result<IngestOutcome, StoreError> {
         if check == VersionCheck::Stale {
-            ev::set_event_state(conn, id, "stale", Some("versie not higher than stored: ignored")).await?;
+            ev::set_event_state(
+                conn,
+                id,
+                "stale",
+                Some("versie not higher than stored: ignored"),
+            )
+            .await?;
             dir::log_skipped(conn, "event", subject, "stale", ms(Utc::now())).await?;
             info!("stale directory update ignored");
-            Ok(IngestOutcome::Stale { event_id: id.to_owned() })
+            Ok(IngestOutcome::Stale {
+                event_id: id.to_owned(),
+            })
         } else {
             ev::set_event_state(conn, id, "applied", None).await?;
-            Ok(IngestOutcome::Applied { event_id: id.to_owned(), deliveries: 0 })
+            Ok(IngestOutcome::Applied {
+                event_id: id.to_owned(),
+                deliveries: 0,
+            })
         }
     }
 
@@ -363,15 +435,31 @@ impl Ingestor {
     ) -> Result<IngestOutcome, StoreError> {
         match change {
             UserChange::UnknownUser => {
-                ev::set_event_state(conn, id, "ignored", Some("user unknown to the directory: nothing sent")).await?;
+                ev::set_event_state(
+                    conn,
+                    id,
+                    "ignored",
+                    Some("user unknown to the directory: nothing sent"),
+                )
+                .await?;
                 dir::log_skipped(conn, "event", subject, "unknown_user", now_ms).await?;
                 warn!("directory update for an unknown user: recorded, nothing sent");
-                Ok(IngestOutcome::UnknownUser { event_id: id.to_owned() })
+                Ok(IngestOutcome::UnknownUser {
+                    event_id: id.to_owned(),
+                })
             }
             _ => {
-                ev::set_event_state(conn, id, "stale", Some("versie not higher than stored: ignored")).await?;
+                ev::set_event_state(
+                    conn,
+                    id,
+                    "stale",
+                    Some("versie not higher than stored: ignored"),
+                )
+                .await?;
                 dir::log_skipped(conn, "event", subject, "stale", now_ms).await?;
-                Ok(IngestOutcome::Stale { event_id: id.to_owned() })
+                Ok(IngestOutcome::Stale {
+                    event_id: id.to_owned(),
+                })
             }
         }
     }
@@ -379,7 +467,8 @@ impl Ingestor {
 
 fn event_versie(e: &PortalEvent) -> i64 {
     match &e.body {
-        EventBody::CertificaatIngetrokken { versie, .. } | EventBody::EmailadresGewijzigd { versie, .. } => *versie,
+        EventBody::CertificaatIngetrokken { versie, .. }
+        | EventBody::EmailadresGewijzigd { versie, .. } => *versie,
         _ => 0,
     }
 }

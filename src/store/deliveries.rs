@@ -136,7 +136,10 @@ pub struct ServedNow {
 }
 
 /// The users a delivery serves, joined with their current directory entry.
-pub async fn served_users(conn: &mut AnyConnection, delivery_id: &str) -> Result<Vec<ServedNow>, StoreError> {
+pub async fn served_users(
+    conn: &mut AnyConnection,
+    delivery_id: &str,
+) -> Result<Vec<ServedNow>, StoreError> {
     let rows = sqlx::query(
         "SELECT du.gebruikersnummer, du.rule, u.naam, u.email, u.status FROM delivery_users du \
          LEFT JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
@@ -194,10 +197,23 @@ pub struct AttemptRecord {
 /// Where a delivery goes after an attempt (or a check before one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    Sent { sent_to: String, at_ms: i64 },
-    Retry { due_ms: i64, retry_step: i64, error: String, sent_to: Option<String> },
-    Failed { error: String, sent_to: Option<String> },
-    Cancelled { reason: String },
+    Sent {
+        sent_to: String,
+        at_ms: i64,
+    },
+    Retry {
+        due_ms: i64,
+        retry_step: i64,
+        error: String,
+        sent_to: Option<String>,
+    },
+    Failed {
+        error: String,
+        sent_to: Option<String>,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl Transition {
@@ -221,12 +237,34 @@ pub async fn finish(
     attempt: Option<&AttemptRecord>,
     next: &Transition,
 ) -> Result<bool, StoreError> {
-    let (status, due, step, err, sent_to, sent_at): (&str, Option<i64>, Option<i64>, Option<&str>, Option<&str>, Option<i64>) = match next {
-        Transition::Sent { sent_to, at_ms } => ("sent", None, None, None, Some(sent_to), Some(*at_ms)),
-        Transition::Retry { due_ms, retry_step, error, sent_to } => {
-            ("pending", Some(*due_ms), Some(*retry_step), Some(error), sent_to.as_deref(), None)
+    #[allow(clippy::type_complexity)]
+    let (status, due, step, err, sent_to, sent_at): (
+        &str,
+        Option<i64>,
+        Option<i64>,
+        Option<&str>,
+        Option<&str>,
+        Option<i64>,
+    ) = match next {
+        Transition::Sent { sent_to, at_ms } => {
+            ("sent", None, None, None, Some(sent_to), Some(*at_ms))
         }
-        Transition::Failed { error, sent_to } => ("failed", None, None, Some(error), sent_to.as_deref(), None),
+        Transition::Retry {
+            due_ms,
+            retry_step,
+            error,
+            sent_to,
+        } => (
+            "pending",
+            Some(*due_ms),
+            Some(*retry_step),
+            Some(error),
+            sent_to.as_deref(),
+            None,
+        ),
+        Transition::Failed { error, sent_to } => {
+            ("failed", None, None, Some(error), sent_to.as_deref(), None)
+        }
         Transition::Cancelled { reason } => ("cancelled", None, None, Some(reason), None, None),
     };
     let bump = i64::from(attempt.is_some());
@@ -340,7 +378,10 @@ pub struct DeliveryFilter {
 }
 
 /// Deliveries matching `f`, oldest first.
-pub async fn list(conn: &mut AnyConnection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+pub async fn list(
+    conn: &mut AnyConnection,
+    f: &DeliveryFilter,
+) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut sql = String::from(
         "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
          d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about \
@@ -423,7 +464,10 @@ pub struct AttemptRow {
 }
 
 /// The attempts of one delivery, in order.
-pub async fn attempts(conn: &mut AnyConnection, delivery_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+pub async fn attempts(
+    conn: &mut AnyConnection,
+    delivery_id: &str,
+) -> Result<Vec<AttemptRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail FROM attempts WHERE delivery_id = $1 ORDER BY n",
     )

@@ -18,8 +18,10 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<DirectoryUser, StoreError> {
         gebruikersnummer: Gebruikersnummer::parse(&row.try_get::<String, _>("gebruikersnummer")?)
             .map_err(|_| corrupt("gebruikersnummer"))?,
         naam: row.try_get("naam")?,
-        email: EmailAddress::parse(&row.try_get::<String, _>("email")?).map_err(|_| corrupt("email"))?,
-        status: UserStatus::parse(&row.try_get::<String, _>("status")?).ok_or_else(|| corrupt("status"))?,
+        email: EmailAddress::parse(&row.try_get::<String, _>("email")?)
+            .map_err(|_| corrupt("email"))?,
+        status: UserStatus::parse(&row.try_get::<String, _>("status")?)
+            .ok_or_else(|| corrupt("status"))?,
         versie: row.try_get("versie")?,
     })
 }
@@ -51,21 +53,28 @@ pub async fn user_links(
     .await?;
     rows.iter()
         .map(|r| {
-            let agb = AgbCode::parse(&r.try_get::<String, _>("agb_code")?).map_err(|_| corrupt("agb_code"))?;
+            let agb = AgbCode::parse(&r.try_get::<String, _>("agb_code")?)
+                .map_err(|_| corrupt("agb_code"))?;
             let rechten: String = r.try_get("rechten")?;
             let signer = r.try_get::<i64, _>("tekenbevoegd")? != 0
-                && rechten.split(',').any(|x| x == Recht::Contracteren.as_str());
+                && rechten
+                    .split(',')
+                    .any(|x| x == Recht::Contracteren.as_str());
             Ok((agb, signer))
         })
         .collect()
 }
 
 /// Everything the recipient rules need about one AGB code.
-pub async fn agb_snapshot(conn: &mut AnyConnection, agb: &AgbCode) -> Result<AgbSnapshot, StoreError> {
-    let naam: Option<String> = sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
-        .bind(agb.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn agb_snapshot(
+    conn: &mut AnyConnection,
+    agb: &AgbCode,
+) -> Result<AgbSnapshot, StoreError> {
+    let naam: Option<String> =
+        sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
+            .bind(agb.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     let rows = sqlx::query(
         "SELECT u.gebruikersnummer, u.naam, u.email, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
          FROM user_links l JOIN users u ON u.gebruikersnummer = l.gebruikersnummer \
@@ -96,11 +105,16 @@ pub async fn agb_snapshot(conn: &mut AnyConnection, agb: &AgbCode) -> Result<Agb
     })
 }
 
-async fn stored_user_versie(conn: &mut AnyConnection, nr: &Gebruikersnummer) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT versie FROM users WHERE gebruikersnummer = $1")
-        .bind(nr.as_str())
-        .fetch_optional(&mut *conn)
-        .await?)
+async fn stored_user_versie(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT versie FROM users WHERE gebruikersnummer = $1")
+            .bind(nr.as_str())
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
 }
 
 /// Applies a whole user (`gebruiker.bijgewerkt`, or an import line) under the versie rule.
@@ -109,7 +123,10 @@ pub async fn apply_user(
     rec: &UserRecord,
     now_ms: i64,
 ) -> Result<VersionCheck, StoreError> {
-    let check = VersionCheck::of(stored_user_versie(conn, &rec.gebruikersnummer).await?, rec.versie);
+    let check = VersionCheck::of(
+        stored_user_versie(conn, &rec.gebruikersnummer).await?,
+        rec.versie,
+    );
     if check == VersionCheck::Stale {
         return Ok(check);
     }
@@ -180,7 +197,15 @@ pub async fn revoke(
     versie: i64,
     now_ms: i64,
 ) -> Result<UserChange, StoreError> {
-    conditional_user_update(conn, nr, versie, "status", UserStatus::Ingetrokken.as_str(), now_ms).await
+    conditional_user_update(
+        conn,
+        nr,
+        versie,
+        "status",
+        UserStatus::Ingetrokken.as_str(),
+        now_ms,
+    )
+    .await
 }
 
 async fn conditional_user_update(
@@ -208,7 +233,11 @@ async fn conditional_user_update(
         .execute(&mut *conn)
         .await?
         .rows_affected();
-    Ok(if n == 1 { UserChange::Applied } else { UserChange::Stale })
+    Ok(if n == 1 {
+        UserChange::Applied
+    } else {
+        UserChange::Stale
+    })
 }
 
 /// Applies `organisatie.bijgewerkt` under the versie rule.
@@ -219,10 +248,11 @@ pub async fn apply_organisation(
     versie: i64,
     now_ms: i64,
 ) -> Result<VersionCheck, StoreError> {
-    let stored: Option<i64> = sqlx::query_scalar("SELECT versie FROM organisations WHERE agb_code = $1")
-        .bind(agb.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let stored: Option<i64> =
+        sqlx::query_scalar("SELECT versie FROM organisations WHERE agb_code = $1")
+            .bind(agb.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     let check = VersionCheck::of(stored, versie);
     if check == VersionCheck::Stale {
         return Ok(check);
@@ -243,11 +273,16 @@ pub async fn apply_organisation(
 }
 
 /// The practice name of an AGB code, if known.
-pub async fn organisation_name(conn: &mut AnyConnection, agb: &str) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
-        .bind(agb)
-        .fetch_optional(&mut *conn)
-        .await?)
+pub async fn organisation_name(
+    conn: &mut AnyConnection,
+    agb: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
+            .bind(agb)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
 }
 
 /// Records a directory update that was not applied (stale, unknown user), for counts and audits.

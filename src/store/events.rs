@@ -102,7 +102,10 @@ pub struct NewQuarantine<'a> {
 }
 
 /// Keeps a bad message with its reason; returns the quarantine id.
-pub async fn quarantine(conn: &mut AnyConnection, q: &NewQuarantine<'_>) -> Result<i64, StoreError> {
+pub async fn quarantine(
+    conn: &mut AnyConnection,
+    q: &NewQuarantine<'_>,
+) -> Result<i64, StoreError> {
     let raw = &q.raw[..q.raw.len().min(QUARANTINE_RAW_LIMIT)];
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO quarantine (received_at, source, routing_key, event_id, event_type, reason, size, raw) \
@@ -154,23 +157,39 @@ fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
     })
 }
 
-const QUARANTINE_COLUMNS: &str =
-    "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives";
+const QUARANTINE_COLUMNS: &str = "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives";
 
 /// Quarantined messages, newest first; `open_only` hides redriven ones.
-pub async fn list_quarantine(conn: &mut AnyConnection, open_only: bool, limit: i64) -> Result<Vec<QuarantineRow>, StoreError> {
+pub async fn list_quarantine(
+    conn: &mut AnyConnection,
+    open_only: bool,
+    limit: i64,
+) -> Result<Vec<QuarantineRow>, StoreError> {
     let sql = format!(
         "SELECT {QUARANTINE_COLUMNS} FROM quarantine {} ORDER BY id DESC LIMIT $1",
-        if open_only { "WHERE state = 'open'" } else { "" }
+        if open_only {
+            "WHERE state = 'open'"
+        } else {
+            ""
+        }
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter().map(quarantine_row).collect()
 }
 
 /// One quarantined message.
-pub async fn get_quarantine(conn: &mut AnyConnection, id: i64) -> Result<Option<QuarantineRow>, StoreError> {
+pub async fn get_quarantine(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<Option<QuarantineRow>, StoreError> {
     let sql = format!("SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     row.as_ref().map(quarantine_row).transpose()
 }
 
@@ -204,7 +223,9 @@ pub async fn mark_redrive(
 
 /// Open quarantine size.
 pub async fn open_quarantine_count(conn: &mut AnyConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE state = 'open'")
-        .fetch_one(&mut *conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE state = 'open'")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }

@@ -160,15 +160,30 @@ impl Templates {
 }
 
 const MAANDEN: [&str; 12] = [
-    "januari", "februari", "maart", "april", "mei", "juni", "juli", "augustus", "september",
-    "oktober", "november", "december",
+    "januari",
+    "februari",
+    "maart",
+    "april",
+    "mei",
+    "juni",
+    "juli",
+    "augustus",
+    "september",
+    "oktober",
+    "november",
+    "december",
 ];
 
 /// Formats `YYYY-MM-DD` as a Dutch date: `2026-11-01` → `1 november 2026`.
 pub fn dutch_date(iso: &str) -> Option<String> {
     let d = chrono::NaiveDate::parse_from_str(iso, "%Y-%m-%d").ok()?;
     use chrono::Datelike;
-    Some(format!("{} {} {}", d.day(), MAANDEN[d.month0() as usize], d.year()))
+    Some(format!(
+        "{} {} {}",
+        d.day(),
+        MAANDEN[d.month0() as usize],
+        d.year()
+    ))
 }
 
 fn datum_helper(
@@ -182,9 +197,8 @@ fn datum_helper(
         .param(0)
         .ok_or(RenderErrorReason::ParamNotFoundForIndex("datum", 0))?;
     let s = v.value().as_str().unwrap_or_default();
-    let formatted = dutch_date(s).ok_or_else(|| {
-        RenderErrorReason::InvalidParamType("a date YYYY-MM-DD for datum")
-    })?;
+    let formatted = dutch_date(s)
+        .ok_or_else(|| RenderErrorReason::InvalidParamType("a date YYYY-MM-DD for datum"))?;
     out.write(&formatted)?;
     Ok(())
 }

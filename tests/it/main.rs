@@ -1,1 +1,7 @@
+//! The one integration-test binary: the real service against the real
+//! RabbitMQ, a SQLite file and an SMTP server over TCP.
 
+mod cli;
+mod delivery;
+mod pipeline;
+mod support;

@@ -1,0 +1,195 @@
+//! The operator commands, run as the real binary.
+
+use crate::support::smtp_server::TestSmtpServer;
+use crate::support::{cli, fresh, sample_directory, test_settings};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+// Multi-threaded: the SMTP server must keep running while this thread waits on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_ingest_dispatch_list_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let s = test_settings(dir.path(), &smtp.url(), "");
+    let out = cli(&s, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let dir_file = dir.path().join("directory.jsonl");
+    std::fs::write(
+        &dir_file,
+        format!(
+            "{}\n{{\"gebruikersnummer\": \"123\"}}\nnot json\n",
+            sample_directory().trim_end()
+        ),
+    )
+    .unwrap();
+    let out = cli(&s, &["directory", "import", dir_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "rejected lines: exit 1");
+    assert!(
+        stdout(&out).contains("inserted 5, updated 0, stale 0, rejected 2"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("line 6: rejected: gebruikersnummer"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("line 7: rejected: not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&s, &["directory", "import", dir_file.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("inserted 0, updated 0, stale 5, rejected 2"),
+        "{}",
+        stdout(&out)
+    );
+
+    let ev = fresh("contract.voorstel_aangeboden");
+    let id = ev["id"].as_str().unwrap().to_owned();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        format!("{}\n{}\n", ev, fresh("uitvraag.beoordeeld")),
+    )
+    .unwrap();
+    let out = cli(&s, &["ingest", events.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("accepted 2"), "{}", stdout(&out));
+    let out = cli(&s, &["ingest", events.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("duplicate 2"),
+        "ingest is idempotent: {}",
+        stdout(&out)
+    );
+
+    let out = cli(&s, &["dispatch", "--until-idle"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("sent 4"), "{}", stdout(&out));
+    assert_eq!(smtp.count(), 4);
+
+    let out = cli(
+        &s,
+        &["deliveries", "list", "--event", &id, "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for key in [
+            "id",
+            "event_id",
+            "event_type",
+            "kind",
+            "agb_code",
+            "recipient",
+            "status",
+            "attempts",
+            "message_id",
+            "created_at",
+            "sent_at",
+            "last_error",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+        assert_eq!(r["status"], "sent");
+        assert_eq!(r["attempts"], 1);
+        assert_eq!(r["event_type"], "contract.voorstel_aangeboden");
+        assert!(!r["message_id"].as_str().unwrap().contains('<'));
+        assert!(r["sent_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    let out = cli(&s, &["events", "show", &id, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["final_state"], "done");
+    assert_eq!(v["deliveries"][0]["users"][0]["rule"], "U(contracteren)");
+    assert_eq!(v["deliveries"][0]["attempt_log"][0]["outcome"], "sent");
+}
+
+#[tokio::test]
+async fn templates_check_passes_and_a_broken_template_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(dir.path(), "", "");
+    let out = cli(&s, &["templates", "check"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("all 19 templates render"));
+
+    let tpl = dir.path().join("tpl");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        &tpl,
+    );
+    std::fs::write(
+        tpl.join("uitvraag.beoordeeld/text.hbs"),
+        "{{data.bestaat_niet}}",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["templates", "check"])
+        .env("NOTIFIER_MAIL__TEMPLATES_DIR", &tpl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FAIL  uitvraag.beoordeeld"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &p);
+        } else {
+            std::fs::copy(e.path(), p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_bad_setting_names_the_key_and_exits_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["migrate"])
+        .env("NOTIFIER_SMTP__URL", "smtp://relay?tls=maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("smtp.url"), "{}", stderr(&out));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["migrate"])
+        .env("NOTIFIER_DISPATCH__LEASE", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("dispatch.lease"), "{}", stderr(&out));
+}
+
+#[test]
+fn demo_runs_without_broker_or_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .arg("demo")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("contract.voorstel_aangeboden"));
+    assert!(!text.lines().any(|l| l.ends_with("  failed")), "{text}");
+    let emls = std::fs::read_dir(dir.path().join("outbox"))
+        .unwrap()
+        .count();
+    assert!(emls >= 20, "one .eml per sent mail, got {emls}");
+}

@@ -1,0 +1,257 @@
+//! End to end: portal events published to RabbitMQ become the right mails.
+
+use crate::support::{fresh, parse_mail, sample_directory, spawn_app};
+use std::collections::BTreeSet;
+
+fn recipients(mails: &[crate::support::smtp_server::ReceivedMail]) -> BTreeSet<String> {
+    mails.iter().flat_map(|m| m.rcpt_to.clone()).collect()
+}
+
+#[tokio::test]
+async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let event = fresh("contract.voorstel_aangeboden");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+
+    let rows = app
+        .wait_deliveries(Some(&id), "both deliveries sent", |r| {
+            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    let mails = app.wait_mails(2).await;
+    // J. de Vries and P. Jansen have contracteren; K. Smit (also contracteren) is revoked;
+    // A. Bakker and S. Visser do not have the right.
+    assert_eq!(
+        recipients(&mails),
+        BTreeSet::from([
+            "j.devries@fysio-noord.example".to_string(),
+            "p.jansen@fysio-noord.example".to_string()
+        ])
+    );
+    assert_eq!(app.smtp.count(), 2, "exactly one mail per address");
+    for m in &mails {
+        let p = parse_mail(m);
+        assert_eq!(
+            p.subject,
+            "Contractvoorstel Overeenkomst fysiotherapie 2027 van Zorgverzekeraar Noord"
+        );
+        assert!(
+            p.text.contains("Alleen een tekenbevoegde"),
+            "text part says only a signer can accept"
+        );
+        assert!(p.html.contains("Alleen een tekenbevoegde"));
+        assert!(
+            p.text
+                .contains("https://zip.example.nl/contract/C-2027-118734")
+        );
+        assert!(
+            p.html
+                .contains("href=\"https://zip.example.nl/contract/C-2027-118734\"")
+        );
+        assert!(p.text.contains("12 november 2026"), "dates in Dutch");
+        assert!(
+            p.text.contains("niet afmelden") || p.text.to_lowercase().contains("afmelden"),
+            "footer: no opt-out"
+        );
+        assert!(p.raw.contains("Auto-Submitted: auto-generated"));
+        let d = rows
+            .iter()
+            .find(|d| d.recipient == m.rcpt_to[0])
+            .expect("a delivery per mail");
+        assert_eq!(
+            p.message_id, d.message_id,
+            "Message-ID derived from the delivery id"
+        );
+        assert!(d.message_id.starts_with(&d.id));
+        assert_eq!(d.rule, "U(contracteren)");
+        assert_eq!(d.attempts, 1);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_quarantined_and_the_next_good_message_still_delivered() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.publish_raw("contract.voorstel_aangeboden", b"{ this is not json")
+        .await;
+    let mut unknown = fresh("contract.voorstel_aangeboden");
+    unknown["type"] = "contract.iets_nieuws".into();
+    app.publish(&unknown).await;
+    let mut bad_link = fresh("uitvraag.beoordeeld");
+    bad_link["data"]["url"] = "https://phishing.example/login".into();
+    app.publish(&bad_link).await;
+    app.publish_raw("x", &vec![b' '; 70 * 1024]).await;
+
+    let good = fresh("naleving.aanleververzoek");
+    let id = good["id"].as_str().unwrap().to_owned();
+    app.publish(&good).await;
+    app.wait_deliveries(Some(&id), "the good event sent", |r| {
+        r.len() == 1 && r[0].status == "sent"
+    })
+    .await;
+
+    let q = app.quarantine().await;
+    assert_eq!(q.len(), 4, "{q:#?}");
+    let reasons: Vec<&str> = q.iter().map(|r| r.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown event type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("data.url") && r.contains("allowed_link_hosts")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("64 KiB")), "{reasons:?}");
+    let unknown_row = q
+        .iter()
+        .find(|r| r.reason.contains("unknown event type"))
+        .unwrap();
+    assert_eq!(
+        unknown_row.event_type.as_deref(),
+        Some("contract.iets_nieuws")
+    );
+    assert!(!unknown_row.raw.is_empty(), "raw bytes kept for operators");
+    // Nothing from bad input was mailed: only the good event's one mail.
+    let mails = app.wait_mails(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].rcpt_to, vec!["praktijk@fysio-noord.example"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_event_id_causes_nothing_new() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let event = fresh("uitvraag.beoordeeld");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.publish(&event).await;
+    let marker = fresh("naleving.aanleververzoek");
+    let marker_id = marker["id"].as_str().unwrap().to_owned();
+    app.publish(&marker).await;
+    // Messages are consumed in order: once the marker is done, the repeat was handled.
+    app.wait_deliveries(Some(&marker_id), "marker sent", |r| {
+        r.iter().all(|d| d.status == "sent") && !r.is_empty()
+    })
+    .await;
+    let rows = app
+        .wait_deliveries(Some(&id), "first copy sent", |r| {
+            r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    assert_eq!(rows.len(), 2, "U(uitvragen): J. de Vries and P. Jansen");
+    assert_eq!(app.smtp.count(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_address_gets_one_mail_and_the_actor_is_not_doubled() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    // Actor 10000000000003 (A. Bakker, Praktijk@... in upper case) also has onderhandelen,
+    // and shares the address with S. Visser.
+    let event = fresh("onderhandeling.voorstel_gedaan");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "all sent", |r| {
+            !r.is_empty() && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let shared = rows
+        .iter()
+        .find(|d| d.recipient == "praktijk@fysio-noord.example")
+        .expect("shared address");
+    assert_eq!(shared.rule, "U(onderhandelen)+ACTOR");
+    let mails = app.wait_mails(2).await;
+    assert_eq!(
+        recipients(&mails),
+        BTreeSet::from([
+            "j.devries@fysio-noord.example".to_string(),
+            "praktijk@fysio-noord.example".to_string()
+        ])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn directory_events_follow_the_versie_rule() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    // P. Jansen is at versie 3: a versie-2 update that would grant naleving is stale.
+    let mut stale = fresh("gebruiker.bijgewerkt");
+    stale["data"]["gebruikersnummer"] = "10000000000002".into();
+    stale["data"]["email"] = "oud@fysio-noord.example".into();
+    stale["data"]["versie"] = 2.into();
+    app.publish(&stale).await;
+    let mut org = fresh("organisatie.bijgewerkt");
+    org["data"]["naam"] = "Fysio & Co <Noord>".into();
+    app.publish(&org).await;
+    let e = app.wait_event(stale["id"].as_str().unwrap()).await;
+    assert_eq!(e.state, "stale");
+    let e = app.wait_event(org["id"].as_str().unwrap()).await;
+    assert_eq!(e.state, "applied");
+
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .await;
+    let mails = app.wait_mails(1).await;
+    let p = crate::support::parse_mail(&mails[0]);
+    assert_eq!(
+        mails[0].rcpt_to,
+        vec!["praktijk@fysio-noord.example"],
+        "the stale address was not applied"
+    );
+    assert!(
+        p.html.contains("Fysio &amp; Co &lt;Noord&gt;"),
+        "practice name from organisatie.bijgewerkt, escaped"
+    );
+    assert!(p.text.contains("Fysio & Co <Noord>"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn event_data_is_escaped_and_cannot_end_the_smtp_data() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let mut event = fresh("uitvraag.aanvulling_gevraagd");
+    event["data"]["toelichting"] =
+        "Regel een <script>alert(1)</script>\n.\nRegel drie\r\n.\r\nSlot".into();
+    event["data"]["vragenlijst_naam"] = "Lijst\r\nBcc: kwaad@evil.example".into();
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "sent", |r| {
+        !r.is_empty() && r.iter().all(|d| d.status == "sent")
+    })
+    .await;
+    let mails = app.wait_mails(2).await;
+    for m in &mails {
+        assert_eq!(m.rcpt_to.len(), 1);
+        let p = parse_mail(m);
+        assert!(
+            p.text.contains("Slot"),
+            "the whole body arrived: the lone dots did not end the data"
+        );
+        assert!(!p.html.contains("<script>"));
+        assert!(p.html.contains("&lt;script&gt;"));
+        let headers = p.raw.split("\r\n\r\n").next().unwrap().to_lowercase();
+        assert!(
+            !headers.contains("\r\nbcc:"),
+            "no header injected: {headers}"
+        );
+        assert!(p.subject.contains("Lijst"));
+    }
+    app.stop().await;
+}
