@@ -238,7 +238,9 @@ pub fn resolve_module(
     let no_signer = needs_signer && signers(dir).next().is_none();
     let routing;
 
-    if module_mails == 0 && event.event_type != HerinneringAcceptatie {
+    let reminder_has_contracteren_users = event.event_type == HerinneringAcceptatie
+        && active_with(dir, Recht::Contracteren).next().is_some();
+    if module_mails == 0 && !reminder_has_contracteren_users {
         // Nobody with the right: the practice must still hear about it.
         let notice = json!({
             "event_id": event_id,
@@ -410,4 +412,262 @@ pub fn undeliverable_notices(
         d.about = user.gebruikersnummer.to_string();
     }
     g.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::directory::UserStatus;
+    use crate::domain::event::{EventType, ModuleEvent, Zorgverzekeraar};
+    use crate::domain::ids::AgbCode;
+
+    fn member(
+        nr: &str,
+        email: &str,
+        rechten: &[Recht],
+        teken: bool,
+        cp: bool,
+        active: bool,
+    ) -> Member {
+        Member {
+            gebruikersnummer: Gebruikersnummer::parse(nr).unwrap(),
+            naam: format!("Gebruiker {nr}"),
+            email: EmailAddress::parse(email).unwrap(),
+            status: if active {
+                UserStatus::Actief
+            } else {
+                UserStatus::Ingetrokken
+            },
+            versie: 1,
+            rechten: rechten.iter().copied().collect(),
+            tekenbevoegd: teken,
+            contactpersoon: cp,
+        }
+    }
+
+    fn dir(members: Vec<Member>) -> AgbSnapshot {
+        AgbSnapshot {
+            agb_code: AgbCode::parse("04123456").unwrap(),
+            naam: None,
+            members,
+        }
+    }
+
+    fn event(t: EventType, actor: Option<&str>) -> ModuleEvent {
+        ModuleEvent {
+            event_type: t,
+            agb_code: AgbCode::parse("04123456").unwrap(),
+            zorgverzekeraar: Zorgverzekeraar {
+                uzovi: "3311".into(),
+                naam: "ZN".into(),
+            },
+            url: "https://zip.example.nl/x".into(),
+            actor: actor.map(|a| Gebruikersnummer::parse(a).unwrap()),
+            data: serde_json::json!({"contract_naam": "C", "uiterste_acceptatiedatum": "2026-11-12"}),
+        }
+    }
+
+    fn summary(r: &Resolution) -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = r
+            .deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.kind.as_str().to_owned(),
+                    d.address.to_string(),
+                    d.rule_label(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    use Recht::*;
+    const A: &str = "10000000000001";
+    const B: &str = "10000000000002";
+    const C: &str = "10000000000003";
+
+    #[test]
+    fn rules_per_event_type() {
+        let d = dir(vec![
+            member(A, "a@p.nl", &[Uitvragen, Contracteren], true, true, true),
+            member(
+                B,
+                "Gedeeld@P.nl",
+                &[Contracteren, Onderhandelen],
+                false,
+                false,
+                true,
+            ),
+            member(
+                C,
+                "gedeeld@p.nl",
+                &[Onderhandelen, Naleving],
+                false,
+                false,
+                true,
+            ),
+            member(
+                "10000000000009",
+                "weg@p.nl",
+                &[Uitvragen, Contracteren, Onderhandelen, Naleving],
+                true,
+                true,
+                false,
+            ),
+        ]);
+        let k = |t: EventType| t.as_str().to_owned();
+        let cases: Vec<(EventType, Vec<(&str, &str)>)> = vec![
+            (
+                EventType::VragenlijstKlaargezet,
+                vec![("a@p.nl", "U(uitvragen)")],
+            ),
+            (
+                EventType::VoorstelAangeboden,
+                vec![
+                    ("a@p.nl", "U(contracteren)"),
+                    ("gedeeld@p.nl", "U(contracteren)"),
+                ],
+            ),
+            (EventType::HerinneringAcceptatie, vec![("a@p.nl", "T")]),
+            (
+                EventType::OnderhandelingAfgerond,
+                vec![
+                    ("a@p.nl", "U(contracteren)"),
+                    ("gedeeld@p.nl", "U(onderhandelen)+U(contracteren)"),
+                ],
+            ),
+            (
+                EventType::Aanleververzoek,
+                vec![("gedeeld@p.nl", "U(naleving)")],
+            ),
+        ];
+        for (t, want) in cases {
+            let r = resolve_module(&event(t, None), "e1", &d, None);
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(a, rule)| (k(t), a.to_owned(), rule.to_owned()))
+                .collect();
+            assert_eq!(summary(&r), want, "{t:?}");
+            assert_eq!(r.routing, Routing::Routed);
+        }
+    }
+
+    #[test]
+    fn actor_gets_one_copy_and_revoked_or_unknown_actors_none() {
+        let d = dir(vec![member(
+            A,
+            "a@p.nl",
+            &[Onderhandelen],
+            false,
+            true,
+            true,
+        )]);
+        let actor_same = DirectoryUser {
+            gebruikersnummer: Gebruikersnummer::parse(A).unwrap(),
+            naam: "A".into(),
+            email: EmailAddress::parse("A@p.nl").unwrap(),
+            status: UserStatus::Actief,
+            versie: 1,
+        };
+        let r = resolve_module(
+            &event(EventType::OnderhandelingGeaccordeerd, Some(A)),
+            "e",
+            &d,
+            Some(&actor_same),
+        );
+        assert_eq!(r.deliveries.len(), 1);
+        assert_eq!(r.deliveries[0].rule_label(), "U(onderhandelen)+ACTOR");
+        let mut other = actor_same.clone();
+        other.gebruikersnummer = Gebruikersnummer::parse(C).unwrap();
+        other.email = EmailAddress::parse("elders@q.nl").unwrap();
+        let r = resolve_module(
+            &event(EventType::OnderhandelingGeaccordeerd, Some(C)),
+            "e",
+            &d,
+            Some(&other),
+        );
+        assert_eq!(r.deliveries.len(), 2);
+        other.status = UserStatus::Ingetrokken;
+        let r = resolve_module(
+            &event(EventType::OnderhandelingGeaccordeerd, Some(C)),
+            "e",
+            &d,
+            Some(&other),
+        );
+        assert_eq!(r.deliveries.len(), 1);
+        assert!(r.notes[0].contains("revoked"));
+        let r = resolve_module(
+            &event(EventType::OnderhandelingGeaccordeerd, Some(C)),
+            "e",
+            &d,
+            None,
+        );
+        assert!(r.notes[0].contains("unknown"));
+    }
+
+    #[test]
+    fn no_signer_and_no_recipient_notices() {
+        // Contracteren but nobody may sign: module mail plus geen_tekenbevoegde to CP.
+        let d = dir(vec![member(
+            A,
+            "a@p.nl",
+            &[Contracteren],
+            false,
+            true,
+            true,
+        )]);
+        let r = resolve_module(&event(EventType::VoorstelAangeboden, None), "e", &d, None);
+        assert_eq!(
+            summary(&r),
+            vec![
+                (
+                    "beheer.geen_tekenbevoegde".into(),
+                    "a@p.nl".into(),
+                    "CP".into()
+                ),
+                (
+                    "contract.voorstel_aangeboden".into(),
+                    "a@p.nl".into(),
+                    "U(contracteren)".into()
+                ),
+            ]
+        );
+        // The reminder without signers becomes the notice for U(contracteren) and CP.
+        let r = resolve_module(
+            &event(EventType::HerinneringAcceptatie, None),
+            "e",
+            &d,
+            None,
+        );
+        assert_eq!(
+            summary(&r),
+            vec![(
+                "beheer.geen_tekenbevoegde".into(),
+                "a@p.nl".into(),
+                "U(contracteren)+CP".into()
+            )]
+        );
+        assert_eq!(r.routing, Routing::NoRecipientNotice);
+        // Nobody with the right: geen_ontvanger to CP (also for the reminder).
+        let d = dir(vec![member(A, "a@p.nl", &[Naleving], false, true, true)]);
+        for t in [
+            EventType::VoorstelAangeboden,
+            EventType::HerinneringAcceptatie,
+            EventType::UitvraagBeoordeeld,
+        ] {
+            let r = resolve_module(&event(t, None), "e", &d, None);
+            assert_eq!(
+                summary(&r),
+                vec![("beheer.geen_ontvanger".into(), "a@p.nl".into(), "CP".into())],
+                "{t:?}"
+            );
+        }
+        // Nobody, not even an active contact person: unroutable.
+        let d = dir(vec![member(A, "a@p.nl", &[Naleving], false, true, false)]);
+        let r = resolve_module(&event(EventType::UitvraagBeoordeeld, None), "e", &d, None);
+        assert!(r.deliveries.is_empty());
+        assert_eq!(r.routing, Routing::Unroutable);
+    }
 }

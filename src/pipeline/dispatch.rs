@@ -187,10 +187,13 @@ impl Dispatcher {
             c
         };
         let n = claimed.len();
+        // A delivery still waiting in this batch when its lease is nearly up is
+        // handed back instead of sent: another dispatcher may claim it then.
+        let lease_guard = Instant::now() + self.cfg.lease.mul_f64(0.8);
         let results: Vec<Result<Transition, StoreError>> = futures_util::stream::iter(claimed)
             .map(|d| {
                 let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
-                self.handle(d).instrument(span)
+                self.handle(d, lease_guard).instrument(span)
             })
             .buffer_unordered(self.cfg.concurrency.max(1))
             .collect()
@@ -210,7 +213,7 @@ impl Dispatcher {
     }
 
     /// Checks, renders, sends and records one claimed delivery.
-    async fn handle(&self, d: Claimed) -> Result<Transition, StoreError> {
+    async fn handle(&self, d: Claimed, lease_guard: Instant) -> Result<Transition, StoreError> {
         let kind = MailKind::parse(&d.kind)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown mail kind {:?}", d.kind)))?;
         let mut conn = self.store.pool().acquire().await?;
@@ -289,6 +292,17 @@ impl Dispatcher {
         };
 
         let permit = self.limiter.acquire().await;
+        if Instant::now() > lease_guard {
+            drop(permit);
+            warn!("lease nearly expired before the send: handing the delivery back");
+            let retry = Transition::Retry {
+                due_ms: ms(Utc::now()),
+                retry_step: d.retry_step,
+                error: d.last_error_hint(),
+                sent_to: None,
+            };
+            return self.finish(&d, kind, None, retry).await;
+        }
         let started = Utc::now();
         let clock = Instant::now();
         let report = self

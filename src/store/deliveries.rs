@@ -124,6 +124,13 @@ pub async fn claim(
         .collect()
 }
 
+impl Claimed {
+    /// The text kept as `last_error` when a delivery is handed back unsent.
+    pub fn last_error_hint(&self) -> String {
+        "handed back unsent: lease nearly expired (raise dispatch.lease or lower dispatch.batch_size)".into()
+    }
+}
+
 /// A user a delivery serves, as the directory has it now.
 #[derive(Debug, Clone)]
 pub struct ServedNow {

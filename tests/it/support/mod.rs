@@ -96,6 +96,7 @@ pub struct TestApp {
     pub publisher: Publisher,
     pub store: Store,
     pub http_addr: std::net::SocketAddr,
+    amqp: notifier::config::AmqpSettings,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -120,6 +121,7 @@ pub async fn spawn_app(extra: &str) -> TestApp {
         publisher,
         store,
         http_addr: running.http_addr,
+        amqp: settings.amqp.clone(),
         _dir: dir,
         shutdown: tx,
         handle: Some(handle),
@@ -231,11 +233,13 @@ impl TestApp {
         self.smtp.wait_for_count(n, WAIT).await.unwrap()
     }
 
+    /// Shuts the service down (it must exit cleanly) and removes the test's queues and exchanges.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
+        delete_topology(&self.amqp).await;
     }
 }
 
@@ -291,4 +295,27 @@ pub fn cli(settings: &Settings, args: &[&str]) -> std::process::Output {
         .env("NOTIFIER_SMTP__MAX_RATE", "0")
         .output()
         .expect("run notifier")
+}
+
+/// Deletes a test's queues and exchanges (quorum queues are not free on the broker).
+pub async fn delete_topology(a: &notifier::config::AmqpSettings) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(conn) =
+        lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in [&a.queue, &a.dead_letter_queue] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in [&a.exchange, &a.dead_letter_exchange] {
+            let _ = ch
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "test done".into()).await;
 }
