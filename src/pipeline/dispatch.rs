@@ -230,6 +230,32 @@ impl Dispatcher {
                 .collect();
             active.sort();
             active.dedup();
+            // Keep the delivery on its own address while any served user still has it.
+            if let Some(pos) = active.iter().position(|a| *a == d.address) {
+                active.swap(0, pos);
+            }
+            if active.len() > 1 {
+                // Users who shared an address no longer do: each address gets its own delivery.
+                drop(conn);
+                let mut tx = self.store.begin().await?;
+                for other in &active[1..] {
+                    let users: Vec<&str> = served
+                        .iter()
+                        .filter(|u| {
+                            u.status.as_deref() == Some("actief")
+                                && u.email.as_deref() == Some(other)
+                        })
+                        .map(|u| u.gebruikersnummer.as_str())
+                        .collect();
+                    dl::split_off(&mut tx, &d.id, other, &users, ms(Utc::now())).await?;
+                }
+                tx.commit().await?;
+                info!(
+                    split = active.len() - 1,
+                    "served users now have different addresses: split into separate deliveries"
+                );
+                conn = self.store.pool().acquire().await?;
+            }
             let Some(current) = active.into_iter().next() else {
                 drop(conn);
                 return self
@@ -417,6 +443,10 @@ impl Dispatcher {
                 at_ms: ms(now),
             },
             AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
+            AttemptOutcome::RelayFault if now > deadline => Transition::Failed {
+                error: format!("deadline passed while the relay was unusable: {error}"),
+                sent_to: None,
+            },
             AttemptOutcome::RelayFault => {
                 // The relay's fault, not the recipient's: keep the retry step,
                 // come back when the circuit probes again.

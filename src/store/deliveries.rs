@@ -168,6 +168,57 @@ pub async fn served_users(
         .collect()
 }
 
+/// Moves `users` off delivery `from` onto a new pending delivery (same event,
+/// kind, rule and notice) to `address`; when that delivery exists already,
+/// the users join it.
+pub async fn split_off(
+    conn: &mut AnyConnection,
+    from: &str,
+    address: &str,
+    users: &[&str],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO deliveries (id, event_id, kind, about, address, rule, notice, status, due_at, deadline, message_id, created_at) \
+         SELECT $1, event_id, kind, about, $2, rule, notice, 'pending', $3, deadline, $4, $3 FROM deliveries WHERE id = $5 \
+         ON CONFLICT (event_id, kind, address, about) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(address)
+    .bind(now_ms)
+    .bind(message_id_for(&id))
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    let target: String = sqlx::query_scalar(
+        "SELECT d.id FROM deliveries d JOIN deliveries o ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about \
+         WHERE o.id = $1 AND d.address = $2",
+    )
+    .bind(from)
+    .bind(address)
+    .fetch_one(&mut *conn)
+    .await?;
+    for u in users {
+        sqlx::query(
+            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) \
+             SELECT $1, gebruikersnummer, versie, rule FROM delivery_users WHERE delivery_id = $2 AND gebruikersnummer = $3 \
+             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
+        )
+        .bind(&target)
+        .bind(from)
+        .bind(*u)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM delivery_users WHERE delivery_id = $1 AND gebruikersnummer = $2")
+            .bind(from)
+            .bind(*u)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// True when another delivery of the same event and kind already went (or is
 /// going) to `address`.
 pub async fn address_already_served(

@@ -163,3 +163,483 @@ async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn other_transient_replies_are_retried() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    // Mailbox full at RCPT (452 and 552), and the relay closing the session at MAIL (421).
+    app.smtp
+        .reply_for_rcpt_times("p.jansen", "452 4.2.2 Mailbox full", 1);
+    app.smtp
+        .reply_for_rcpt_times("j.devries", "552 5.2.2 Mailbox full", 1);
+    let event = fresh("uitvraag.beoordeeld");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "both sent", |r| {
+            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    let mut c = app.store.pool().acquire().await.unwrap();
+    for d in &rows {
+        let a = notifier::store::deliveries::attempts(&mut c, &d.id)
+            .await
+            .unwrap();
+        assert_eq!(a[0].outcome, "transient", "{d:?}");
+        assert!(matches!(a[0].smtp_code, Some(452) | Some(552)));
+        assert_eq!(a.last().unwrap().outcome, "sent");
+    }
+    drop(c);
+    // A 421 on a pooled connection is retried once at once on a fresh one (the relay
+    // may just have closed an idle session); a second 421 is a recorded transient attempt.
+    app.smtp
+        .reply_for_command_times("MAIL", "421 4.3.0 closing, try later", 2);
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .await;
+    let mut c = app.store.pool().acquire().await.unwrap();
+    let a = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
+        .await
+        .unwrap();
+    assert_eq!(a[0].outcome, "transient");
+    assert_eq!(a[0].smtp_code, Some(421));
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn content_rejected_after_the_data_fails_permanently() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .reply_for_command("DATA_END", "552 5.3.4 Message too big");
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "failed", |r| {
+            r.iter().any(|d| d.status == "failed")
+        })
+        .await;
+    let d = rows
+        .iter()
+        .find(|d| d.kind == "naleving.aanleververzoek")
+        .unwrap();
+    assert_eq!(d.attempts, 1);
+    assert!(d.last_error.as_deref().unwrap().contains("5.3.4"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_reply_to_the_data_is_bounded_and_counted_as_unknown() {
+    let app = spawn_app("[smtp]\ntimeout = \"1s\"").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .stall_after_data(Some(std::time::Duration::from_secs(3)));
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "a first attempt", |r| {
+            r.len() == 1 && r[0].attempts >= 1
+        })
+        .await;
+    app.smtp.stall_after_data(None);
+    let rows = app
+        .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .await
+        .into_iter()
+        .chain(rows)
+        .collect::<Vec<_>>();
+    let mut c = app.store.pool().acquire().await.unwrap();
+    let a = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
+        .await
+        .unwrap();
+    assert_eq!(a[0].outcome, "unknown");
+    assert!(
+        a[0].detail.as_deref().unwrap().contains("smtp.timeout"),
+        "{a:?}"
+    );
+    assert!(a[0].duration_ms < 2900, "bounded by smtp.timeout: {a:?}");
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
+    let app = spawn_app("").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Same service, but the relay URL demands STARTTLS, which the test server does not offer.
+    let s =
+        crate::support::test_settings(dir.path(), &format!("{}?tls=required", app.smtp.url()), "");
+    let store = notifier::store::Store::connect(&s.database.url, 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
+        .await
+        .unwrap();
+    let metrics = notifier::ops::metrics::Metrics::new();
+    let ingestor = notifier::app::ingestor(&s, &store, &metrics);
+    let ev = fresh("naleving.aanleververzoek");
+    ingestor
+        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
+            ev.to_string().into_bytes(),
+            None,
+            notifier::pipeline::ingest::Source::File,
+        )])
+        .await
+        .unwrap();
+    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
+    let summary = d.run_until_idle().await.unwrap();
+    assert_eq!(summary.failed, 0);
+    assert_eq!(summary.retried, 1);
+    assert_eq!(
+        d.breaker().state(),
+        notifier::mail::relay::CircuitState::Open
+    );
+    assert!(d.breaker().last_reason().unwrap().contains("STARTTLS"));
+    assert_eq!(app.smtp.count(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
+    let app = spawn_app("[smtp]\nmax_rate = 100\nconcurrency = 8\n[breaker]\nfailure_threshold = 3\nopen_for = \"500ms\"").await;
+    app.import_directory(&crate::support::many_users("01999999", 1000))
+        .await;
+    app.smtp.stop_listening().await;
+    let event = crate::support::event_for("01999999");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "1000 deliveries", |r| r.len() == 1000)
+        .await;
+    // The relay is down: the breaker opens and nothing fails.
+    let ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    let mut ready = ready;
+    while !ready.contains("\"open\"") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "circuit never opened: {ready}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
+            .await
+            .unwrap();
+    }
+    assert!(
+        ready.starts_with("HTTP/1.1 503") || ready.starts_with("HTTP/1.0 503"),
+        "{ready}"
+    );
+    app.smtp.start_listening().await;
+    let mails = app
+        .smtp
+        .wait_for_count(1000, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    let rows = app
+        .wait_deliveries(Some(&id), "all sent", |r| {
+            r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    assert_eq!(rows.len(), 1000);
+    let distinct: std::collections::BTreeSet<_> =
+        mails.iter().map(|m| m.rcpt_to[0].clone()).collect();
+    assert_eq!(distinct.len(), 1000, "every address exactly once");
+    assert_eq!(mails.len(), 1000);
+    let peak = app
+        .smtp
+        .max_accepted_in_any_window(std::time::Duration::from_secs(1));
+    assert!(
+        peak <= 100,
+        "{peak} mails accepted within one second, more than smtp.max_rate"
+    );
+    app.stop().await;
+}
+
+async fn wait_status(
+    store: &notifier::store::Store,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT * 2;
+    loop {
+        let mut c = store.pool().acquire().await.unwrap();
+        let rows = notifier::store::deliveries::list(
+            &mut c,
+            &notifier::store::deliveries::DeliveryFilter {
+                event_id: Some(id.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        drop(c);
+        if pred(&rows) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
+    let app = spawn_app("[shutdown]\ngrace = \"10s\"").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .stall_after_data(Some(std::time::Duration::from_millis(700)));
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "the send in flight", |r| {
+        r.len() == 1 && r[0].status == "sending"
+    })
+    .await;
+    let store = app.store.clone();
+    app.stop().await; // asserts a clean exit
+    wait_status(&store, &id, "sent", |r| {
+        r[0].status == "sent" && r[0].attempts == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_releases_the_lease_when_the_grace_passes() {
+    let app = spawn_app("[shutdown]\ngrace = \"200ms\"").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .stall_after_data(Some(std::time::Duration::from_secs(20)));
+    let event = fresh("naleving.aanleververzoek");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "the send in flight", |r| {
+        r.len() == 1 && r[0].status == "sending"
+    })
+    .await;
+    let store = app.store.clone();
+    app.stop().await;
+    // Handed back for the next run, not left claimed until the lease runs out.
+    wait_status(&store, &id, "pending again", |r| {
+        r[0].status == "pending" && r[0].attempts == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
+    use crate::support::smtp_server::TestSmtpServer;
+    use figment::providers::{Format, Toml};
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let toml = crate::support::test_toml(dir.path(), &smtp.url());
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let s = notifier::config::Settings::from_figment(
+        figment::Figment::from(Toml::string(notifier::config::DEFAULT_TOML))
+            .merge(Toml::string(&toml)),
+    )
+    .unwrap();
+    let store = notifier::store::Store::connect(&s.database.url, 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    notifier::cli::input::import_users(
+        &store,
+        &crate::support::many_users("02888888", 300),
+        &mut |_, r| panic!("{r}"),
+    )
+    .await
+    .unwrap();
+    // Declare the topology first so the event is queued before any worker runs.
+    {
+        let conn = lapin::Connection::connect(
+            crate::support::AMQP_URL,
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        notifier::broker::topology::declare(&ch, &s.amqp)
+            .await
+            .unwrap();
+        let _ = conn.close(200, "ok".into()).await;
+    }
+    let publisher =
+        notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
+            .await
+            .unwrap();
+    let event = crate::support::event_for("02888888");
+    let id = event["id"].as_str().unwrap().to_owned();
+    publisher
+        .publish(
+            "uitvraag.vragenlijst_klaargezet",
+            Some(&id),
+            event.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["--config", cfg.to_str().unwrap(), "run"])
+            .env("NOTIFIER_SMTP__MAX_RATE", "100")
+            .env("NOTIFIER_SMTP__CONCURRENCY", "4")
+            .env("NOTIFIER_DISPATCH__LEASE", "2s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while smtp.count() < 60 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first worker never got going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let at_kill = smtp.count();
+    assert!(at_kill < 300, "killed mid-batch");
+
+    let mut second = spawn();
+    wait_status(&store, &id, "every delivery sent", |r| {
+        r.len() == 300 && r.iter().all(|d| d.status == "sent")
+    })
+    .await;
+    // Graceful stop: SIGTERM, exit code 0.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        second.wait().unwrap().success(),
+        "SIGTERM ends the worker with exit 0"
+    );
+
+    let mails = smtp.messages();
+    let mut per_address: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in &mails {
+        per_address
+            .entry(m.rcpt_to[0].clone())
+            .or_default()
+            .push(crate::support::parse_mail(m).message_id);
+    }
+    assert_eq!(per_address.len(), 300, "nothing lost");
+    let duplicated: Vec<_> = per_address
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
+    // Only a send in flight at the kill (at most smtp.concurrency) can repeat, with the same Message-ID.
+    assert!(
+        duplicated.len() <= 4,
+        "{} addresses got the mail twice",
+        duplicated.len()
+    );
+    for (_, ids) in &duplicated {
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            ids[0], ids[1],
+            "a repeated mail carries the same Message-ID"
+        );
+    }
+    crate::support::delete_topology(&s.amqp).await;
+}
+
+#[tokio::test]
+async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp.stop_listening().await;
+    // A. Bakker (03) and S. Visser (04) share praktijk@ for onderhandelen.
+    let event = fresh("onderhandeling.geaccordeerd");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "deliveries", |r| r.len() == 2)
+        .await;
+    let mut change = fresh("gebruiker.emailadres_gewijzigd");
+    change["data"]["gebruikersnummer"] = "10000000000004".into();
+    change["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
+    change["data"]["nieuw_email"] = "S.Visser@Fysio-Noord.example".into();
+    change["data"]["versie"] = 3.into();
+    app.publish(&change).await;
+    assert_eq!(
+        app.wait_event(change["id"].as_str().unwrap()).await.state,
+        "applied"
+    );
+    app.smtp.start_listening().await;
+    let rows = app
+        .wait_deliveries(Some(&id), "all sent", |r| {
+            r.len() == 3 && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    let mut to: Vec<_> = rows.iter().map(|d| d.recipient.as_str()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        vec![
+            "j.devries@fysio-noord.example",
+            "praktijk@fysio-noord.example",
+            "s.visser@fysio-noord.example"
+        ]
+    );
+    let mails = app.smtp.messages();
+    let module_mails = mails
+        .iter()
+        .filter(|m| {
+            crate::support::parse_mail(m)
+                .subject
+                .to_lowercase()
+                .contains("onderhandeling")
+        })
+        .count();
+    assert_eq!(module_mails, 3, "one module mail per current address");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_revocation() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp.stop_listening().await;
+    let event = fresh("onderhandeling.geaccordeerd");
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "deliveries", |r| r.len() == 2)
+        .await;
+    // S. Visser (04) is revoked; A. Bakker (03) still uses praktijk@.
+    let mut revoke = fresh("certificaat.ingetrokken");
+    revoke["data"]["gebruikersnummer"] = "10000000000004".into();
+    revoke["data"]["versie"] = 3.into();
+    app.publish(&revoke).await;
+    assert_eq!(
+        app.wait_event(revoke["id"].as_str().unwrap()).await.state,
+        "applied"
+    );
+    app.smtp.start_listening().await;
+    let rows = app
+        .wait_deliveries(Some(&id), "all sent", |r| {
+            r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    assert!(
+        rows.iter()
+            .any(|d| d.recipient == "praktijk@fysio-noord.example")
+    );
+    app.stop().await;
+}

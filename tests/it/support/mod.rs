@@ -47,9 +47,18 @@ pub fn sample_directory() -> String {
 
 /// Settings for one test: unique AMQP names, a temp database, fast timings.
 pub fn test_settings(dir: &std::path::Path, smtp_url: &str, extra: &str) -> Settings {
+    let toml = test_toml(dir, smtp_url);
+    let fig = Figment::from(Toml::string(DEFAULT_TOML))
+        .merge(Toml::string(&toml))
+        .merge(Toml::string(extra));
+    Settings::from_figment(fig).expect("test settings")
+}
+
+/// The TOML behind [`test_settings`], for a `notifier` subprocess (`--config`).
+pub fn test_toml(dir: &std::path::Path, smtp_url: &str) -> String {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let db = dir.join("notifier.db");
-    let toml = format!(
+    format!(
         r#"
 [amqp]
 exchange = "test.{tag}.events"
@@ -83,11 +92,7 @@ level = "warn"
 "#,
         db = db.display(),
         outbox = dir.join("outbox").display(),
-    );
-    let fig = Figment::from(Toml::string(DEFAULT_TOML))
-        .merge(Toml::string(&toml))
-        .merge(Toml::string(extra));
-    Settings::from_figment(fig).expect("test settings")
+    )
 }
 
 /// A running service with its SMTP server and a publisher.
@@ -318,4 +323,30 @@ pub async fn delete_topology(a: &notifier::config::AmqpSettings) {
         }
     }
     let _ = conn.close(200, "test done".into()).await;
+}
+
+/// A directory of `n` active users of `agb` with every right, each with its own address.
+pub fn many_users(agb: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "gebruikersnummer": format!("2{i:013}"),
+                "naam": format!("Gebruiker {i}"),
+                "email": format!("user{i}@praktijk{agb}.example"),
+                "status": "actief",
+                "koppelingen": [{"agb_code": agb, "rechten": ["uitvragen", "contracteren", "onderhandelen", "naleving"],
+                                 "tekenbevoegd": i == 0, "contactpersoon": i == 0}],
+                "versie": 1
+            })
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A module event for `agb` that every user of [`many_users`] receives.
+pub fn event_for(agb: &str) -> serde_json::Value {
+    let mut e = fresh("uitvraag.vragenlijst_klaargezet");
+    e["data"]["agb_code"] = agb.into();
+    e
 }
