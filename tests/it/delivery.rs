@@ -8,9 +8,7 @@ async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .reply_for_rcpt("p.jansen", "550 5.1.1 No such user");
-    let event = fresh("contract.voorstel_aangeboden");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
     let rows = app
         .wait_deliveries(Some(&id), "final", |r| {
             r.len() >= 2
@@ -49,19 +47,14 @@ async fn a_transient_reply_is_retried_and_delivered() {
         "450 4.2.0 Greylisted, try again in 1 seconds",
         1,
     );
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent after a retry", |r| {
             r.len() == 1 && r[0].status == "sent"
         })
         .await;
     assert_eq!(rows[0].attempts, 2);
-    let mut c = app.store.pool().acquire().await.unwrap();
-    let attempts = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
-        .await
-        .unwrap();
+    let attempts = app.attempts(&rows[0].id).await;
     assert_eq!(attempts[0].outcome, "transient");
     assert_eq!(attempts[0].smtp_code, Some(450));
     assert_eq!(attempts[1].outcome, "sent");
@@ -74,16 +67,11 @@ async fn a_drop_after_the_data_is_unknown_and_resent_with_the_same_message_id() 
     let app = spawn_app("").await;
     app.import_directory(&sample_directory()).await;
     app.smtp.drop_after_data_times(1);
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
         .await;
-    let mut c = app.store.pool().acquire().await.unwrap();
-    let attempts = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
-        .await
-        .unwrap();
+    let attempts = app.attempts(&rows[0].id).await;
     assert_eq!(
         attempts
             .iter()
@@ -108,18 +96,13 @@ async fn a_relay_fault_opens_the_circuit_without_failing_deliveries() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .reply_for_command_times("MAIL", "530 5.7.0 Authentication required", 2);
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent once the relay works", |r| {
             r.len() == 1 && r[0].status == "sent"
         })
         .await;
-    let mut c = app.store.pool().acquire().await.unwrap();
-    let attempts = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
-        .await
-        .unwrap();
+    let attempts = app.attempts(&rows[0].id).await;
     assert_eq!(attempts[0].outcome, "relay_fault");
     assert_eq!(attempts.last().unwrap().outcome, "sent");
     app.stop().await;
@@ -131,9 +114,7 @@ async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
     app.import_directory(&sample_directory()).await;
     // Hold sending: the relay refuses connections until the revocation is in.
     app.smtp.stop_listening().await;
-    let event = fresh("contract.voorstel_aangeboden");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
     app.wait_deliveries(Some(&id), "two deliveries", |r| r.len() == 2)
         .await;
     let mut revoke = fresh("certificaat.ingetrokken");
@@ -173,41 +154,29 @@ async fn other_transient_replies_are_retried() {
         .reply_for_rcpt_times("p.jansen", "452 4.2.2 Mailbox full", 1);
     app.smtp
         .reply_for_rcpt_times("j.devries", "552 5.2.2 Mailbox full", 1);
-    let event = fresh("uitvraag.beoordeeld");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("uitvraag.beoordeeld").await;
     let rows = app
         .wait_deliveries(Some(&id), "both sent", |r| {
             r.len() == 2 && r.iter().all(|d| d.status == "sent")
         })
         .await;
-    let mut c = app.store.pool().acquire().await.unwrap();
     for d in &rows {
-        let a = notifier::store::deliveries::attempts(&mut c, &d.id)
-            .await
-            .unwrap();
+        let a = app.attempts(&d.id).await;
         assert_eq!(a[0].outcome, "transient", "{d:?}");
         assert!(matches!(a[0].smtp_code, Some(452) | Some(552)));
         assert_eq!(a.last().unwrap().outcome, "sent");
     }
-    drop(c);
     // A 421 on a pooled connection is retried once at once on a fresh one (the relay
     // may just have closed an idle session); a second 421 is a recorded transient attempt.
     app.smtp
         .reply_for_command_times("MAIL", "421 4.3.0 closing, try later", 2);
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
         .await;
-    let mut c = app.store.pool().acquire().await.unwrap();
-    let a = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
-        .await
-        .unwrap();
+    let a = app.attempts(&rows[0].id).await;
     assert_eq!(a[0].outcome, "transient");
     assert_eq!(a[0].smtp_code, Some(421));
-    drop(c);
     app.stop().await;
 }
 
@@ -217,9 +186,7 @@ async fn content_rejected_after_the_data_fails_permanently() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .reply_for_command("DATA_END", "552 5.3.4 Message too big");
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "failed", |r| {
             r.iter().any(|d| d.status == "failed")
@@ -240,9 +207,7 @@ async fn a_stalled_reply_to_the_data_is_bounded_and_counted_as_unknown() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .stall_after_data(Some(std::time::Duration::from_secs(3)));
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "a first attempt", |r| {
             r.len() == 1 && r[0].attempts >= 1
@@ -255,17 +220,13 @@ async fn a_stalled_reply_to_the_data_is_bounded_and_counted_as_unknown() {
         .into_iter()
         .chain(rows)
         .collect::<Vec<_>>();
-    let mut c = app.store.pool().acquire().await.unwrap();
-    let a = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
-        .await
-        .unwrap();
+    let a = app.attempts(&rows[0].id).await;
     assert_eq!(a[0].outcome, "unknown");
     assert!(
         a[0].detail.as_deref().unwrap().contains("smtp.timeout"),
         "{a:?}"
     );
     assert!(a[0].duration_ms < 2900, "bounded by smtp.timeout: {a:?}");
-    drop(c);
     app.stop().await;
 }
 
@@ -382,7 +343,6 @@ async fn wait_status(
         )
         .await
         .unwrap();
-        drop(c);
         if pred(&rows) {
             return;
         }
@@ -400,9 +360,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .stall_after_data(Some(std::time::Duration::from_millis(700)));
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&id), "the send in flight", |r| {
         r.len() == 1 && r[0].status == "sending"
     })
@@ -421,9 +379,7 @@ async fn shutdown_releases_the_lease_when_the_grace_passes() {
     app.import_directory(&sample_directory()).await;
     app.smtp
         .stall_after_data(Some(std::time::Duration::from_secs(20)));
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&id), "the send in flight", |r| {
         r.len() == 1 && r[0].status == "sending"
     })
@@ -567,9 +523,7 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
     app.import_directory(&sample_directory()).await;
     app.smtp.stop_listening().await;
     // A. Bakker (03) and S. Visser (04) share praktijk@ for onderhandelen.
-    let event = fresh("onderhandeling.geaccordeerd");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
     app.wait_deliveries(Some(&id), "deliveries", |r| r.len() == 2)
         .await;
     let mut change = fresh("gebruiker.emailadres_gewijzigd");
@@ -617,9 +571,7 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
     let app = spawn_app("").await;
     app.import_directory(&sample_directory()).await;
     app.smtp.stop_listening().await;
-    let event = fresh("onderhandeling.geaccordeerd");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
     app.wait_deliveries(Some(&id), "deliveries", |r| r.len() == 2)
         .await;
     // S. Visser (04) is revoked; A. Bakker (03) still uses praktijk@.

@@ -11,9 +11,7 @@ fn recipients(mails: &[crate::support::smtp_server::ReceivedMail]) -> BTreeSet<S
 async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() {
     let app = spawn_app("").await;
     app.import_directory(&sample_directory()).await;
-    let event = fresh("contract.voorstel_aangeboden");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
 
     let rows = app
         .wait_deliveries(Some(&id), "both deliveries sent", |r| {
@@ -159,9 +157,7 @@ async fn a_shared_address_gets_one_mail_and_the_actor_is_not_doubled() {
     app.import_directory(&sample_directory()).await;
     // Actor 10000000000003 (A. Bakker, Praktijk@... in upper case) also has onderhandelen,
     // and shares the address with S. Visser.
-    let event = fresh("onderhandeling.voorstel_gedaan");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("onderhandeling.voorstel_gedaan").await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
             !r.is_empty() && r.iter().all(|d| d.status == "sent")
@@ -202,9 +198,7 @@ async fn directory_events_follow_the_versie_rule() {
     let e = app.wait_event(org["id"].as_str().unwrap()).await;
     assert_eq!(e.state, "applied");
 
-    let event = fresh("naleving.aanleververzoek");
-    let id = event["id"].as_str().unwrap().to_owned();
-    app.publish(&event).await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
         .await;
     let mails = app.wait_mails(1).await;

@@ -151,6 +151,19 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Publishes the sample of `event_type` with a fresh id; returns the id.
+    pub async fn publish_fresh(&self, event_type: &str) -> String {
+        let e = fresh(event_type);
+        self.publish(&e).await;
+        e["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The attempts of one delivery, in order.
+    pub async fn attempts(&self, delivery_id: &str) -> Vec<dl::AttemptRow> {
+        let mut c = self.store.pool().acquire().await.unwrap();
+        dl::attempts(&mut c, delivery_id).await.unwrap()
+    }
+
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         self.publisher
             .publish(routing_key, None, body)
