@@ -4,4 +4,5 @@
 mod cli;
 mod delivery;
 mod pipeline;
+mod recipients;
 mod support;
