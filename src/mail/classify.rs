@@ -16,6 +16,16 @@ pub enum Step {
     Message,
 }
 
+/// Relay replies often quote the recipient (`<naam@praktijk.nl>: Recipient
+/// address rejected`): for logs, readiness and metrics every word with an `@`
+/// is replaced. The attempts table keeps the full text for operators.
+pub fn redact_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|w| if w.contains('@') { "<address>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The enhanced status code (`5.1.1`) at the start of a reply text, if any.
 pub fn enhanced_code(text: &str) -> Option<String> {
     let word = text.split_whitespace().find(|w| {
@@ -108,6 +118,14 @@ mod tests {
                 "{step:?} {code} {text}"
             );
         }
+    }
+
+    #[test]
+    fn addresses_are_redacted_for_logs() {
+        assert_eq!(
+            redact_addresses("550 5.1.1 <p.jansen@x.nl>: Recipient address rejected"),
+            "550 5.1.1 <address> Recipient address rejected"
+        );
     }
 
     #[test]

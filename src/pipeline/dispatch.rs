@@ -6,6 +6,7 @@ use crate::domain::delivery::{AttemptOutcome, MailKind, RetryPolicy};
 use crate::domain::event::{EventBody, EventType, ValidationRules, parse_event};
 use crate::domain::ids::{EmailAddress, Gebruikersnummer};
 use crate::domain::recipients;
+use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter};
 use crate::mail::{Mailer, SendReport, context, message};
 use crate::ops::metrics::Metrics;
@@ -363,7 +364,7 @@ impl Dispatcher {
                 attempt = d.attempts + 1,
                 outcome = outcome.as_str(),
                 smtp_code = report.smtp_code,
-                detail = %report.detail,
+                detail = %redact_addresses(&report.detail),
                 "not sent"
             ),
         }
@@ -413,8 +414,10 @@ impl Dispatcher {
 
     fn observe_relay(&self, r: &SendReport) {
         let opened = match r.outcome {
-            AttemptOutcome::RelayFault => self.breaker.failure(&r.detail, true),
-            AttemptOutcome::Transient if r.connect_failed => self.breaker.failure(&r.detail, false),
+            AttemptOutcome::RelayFault => self.breaker.failure(&redact_addresses(&r.detail), true),
+            AttemptOutcome::Transient if r.connect_failed => {
+                self.breaker.failure(&redact_addresses(&r.detail), false)
+            }
             _ => {
                 if self.breaker.success() {
                     info!("relay answers again: circuit closed, sending resumes");
@@ -425,7 +428,7 @@ impl Dispatcher {
         };
         if opened {
             self.metrics.circuit_open.set(1);
-            error!(reason = %r.detail, "relay circuit open: dispatch paused; it probes again after breaker.open_for");
+            error!(reason = %redact_addresses(&r.detail), "relay circuit open: dispatch paused; it probes again after breaker.open_for");
         }
     }
 

@@ -458,7 +458,7 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
             .spawn()
             .unwrap()
     };
-    let mut first = spawn();
+    let mut first = crate::support::ChildGuard(spawn());
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while smtp.count() < 60 {
         assert!(
@@ -467,12 +467,12 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
     let at_kill = smtp.count();
     assert!(at_kill < 300, "killed mid-batch");
 
-    let mut second = spawn();
+    let mut second = crate::support::ChildGuard(spawn());
     wait_status(&store, &id, "every delivery sent", |r| {
         r.len() == 300 && r.iter().all(|d| d.status == "sent")
     })
@@ -594,4 +594,99 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
             .any(|d| d.recipient == "praktijk@fysio-noord.example")
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_ids_never_addresses() {
+    use crate::support::smtp_server::TestSmtpServer;
+    use figment::providers::{Format, Toml};
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    // The relay quotes the address in its rejection, as real relays do.
+    smtp.reply_for_rcpt(
+        "p.jansen",
+        "550 5.1.1 <p.jansen@fysio-noord.example>: Recipient address rejected",
+    );
+    let toml = crate::support::test_toml(dir.path(), &smtp.url());
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let s = notifier::config::Settings::from_figment(
+        figment::Figment::from(Toml::string(notifier::config::DEFAULT_TOML))
+            .merge(Toml::string(&toml)),
+    )
+    .unwrap();
+    let store = notifier::store::Store::connect(&s.database.url, 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
+        .await
+        .unwrap();
+    let log = dir.path().join("notifier.log");
+    let mut child = crate::support::ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["--config", cfg.to_str().unwrap(), "run"])
+            .env("NOTIFIER_LOG__FORMAT", "json")
+            .env("NOTIFIER_LOG__LEVEL", "debug")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the worker declared its queue, then publish.
+    let publisher =
+        notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
+            .await
+            .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("consuming portal events")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never consumed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut events = vec![
+        fresh("contract.voorstel_aangeboden"),
+        fresh("onderhandeling.voorstel_gedaan"),
+    ];
+    let mut change = fresh("gebruiker.emailadres_gewijzigd");
+    change["data"]["versie"] = 4.into();
+    events.push(change);
+    events.push(serde_json::json!({"specversion": "1.0", "id": "bad-1", "type": "contract.voorstel_aangeboden",
+        "source": "/x", "time": "2026-10-14T08:05:00Z", "data": {"agb_code": "04123456", "email": "x.y@geheim.example"}}));
+    for e in &events {
+        publisher
+            .publish(e["type"].as_str().unwrap(), None, e.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let first = events[0]["id"].as_str().unwrap().to_owned();
+    wait_status(&store, &first, "final", |r| {
+        r.len() == 2 && r.iter().all(|d| d.status == "sent" || d.status == "failed")
+    })
+    .await;
+    let change_id = events[2]["id"].as_str().unwrap().to_owned();
+    wait_status(&store, &change_id, "final", |r| {
+        r.len() == 2 && r.iter().all(|d| d.status == "sent" || d.status == "failed")
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&first), "logs carry event ids");
+    assert!(text.contains("delivery_id"), "logs carry delivery ids");
+    for line in text.lines() {
+        assert!(!line.contains('@'), "an address in the log: {line}");
+        assert!(
+            !line.contains("Jansen") && !line.contains("de Vries"),
+            "a name in the log: {line}"
+        );
+    }
+    crate::support::delete_topology(&s.amqp).await;
 }
