@@ -479,12 +479,12 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
     .await;
     // Graceful stop: SIGTERM, exit code 0.
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
+        .args(["-TERM", &second.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     assert!(
-        second.wait().unwrap().success(),
+        second.0.wait().unwrap().success(),
         "SIGTERM ends the worker with exit 0"
     );
 
