@@ -3,5 +3,6 @@
 
 mod cli;
 mod delivery;
+mod ops;
 mod pipeline;
 mod support;
