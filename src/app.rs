@@ -170,6 +170,7 @@ pub async fn run(
         store.clone(),
         metrics.clone(),
         dispatcher.breaker(),
+        settings.dispatch.stuck_after.0,
         shutdown.clone(),
     ));
     info!(http = %http_addr, backend = ?store.backend(), "notifier running");
@@ -188,11 +189,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Refreshes the gauges that come from the database.
+/// Refreshes the gauges that come from the database, including the
+/// periodic reconciliation (`notifier_stuck_events`, the same query as
+/// `notifier check` with `dispatch.stuck_after` as its threshold).
 async fn sample_gauges(
     store: Store,
     metrics: Metrics,
     breaker: Arc<Breaker>,
+    stuck_after: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -210,6 +214,13 @@ async fn sample_gauges(
                 }
                 if let Ok(q) = events::open_quarantine_count(&mut c).await {
                     metrics.quarantined.set(q);
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                match deliveries::stuck_events(&mut c, now, stuck_after.as_millis() as i64).await {
+                    Ok(stuck) => {
+                        metrics.stuck_events.set(stuck.len() as i64);
+                    }
+                    Err(e) => warn!(error = %e, "reconciliation query failed"),
                 }
             }
             Err(e) => warn!(error = %e, "cannot sample database gauges"),

@@ -123,6 +123,8 @@ pub struct DispatchSettings {
     pub batch_size: u32,
     pub lease: HumanDuration,
     pub idle_poll: HumanDuration,
+    /// Reconciliation: a delivery overdue by more than this makes its event stuck.
+    pub stuck_after: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

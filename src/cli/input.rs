@@ -58,6 +58,12 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
                     rejected += 1;
                     "quarantined"
                 }
+                // Files are ingested with quarantine_on_reject = true.
+                IngestOutcome::Rejected { reason } => {
+                    eprintln!("line {n}: rejected: {reason}");
+                    rejected += 1;
+                    "rejected"
+                }
             };
             *counts.entry(key).or_default() += 1;
         }

@@ -2,14 +2,17 @@
 //! command ran and found a problem; 2 usage or configuration error; 3 a
 //! dependency (database, broker, relay) unavailable.
 
+mod check;
 pub mod input;
 mod inspect;
+mod quarantine;
+mod replay;
 pub mod samples;
 mod service;
 
 use crate::app::StartError;
 use crate::config::{LogFormat, Settings};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,6 +71,32 @@ pub enum Command {
         #[command(subcommand)]
         command: TemplatesCommand,
     },
+    /// Recovery: give deliveries a new attempt cycle, resolve events again, list past replays. Dry-run unless --execute.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+    /// Bad input kept by ingest: list, show, redrive after a fix.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// Reconciliation: exit 1 when an event has a delivery overdue past the threshold, or an accepted module event has none.
+    Check {
+        /// Overdue by more than this counts as stuck (default: dispatch.stuck_after, 1h).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Counts for the first look in an incident: deliveries, pending, attempts, quarantine, relay.
+    Stats {
+        /// Window start: RFC 3339, or a duration back from now (30m, 2h, 3d).
+        #[arg(long, default_value = "24h", value_name = "T")]
+        since: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Run the whole pipeline on sample data: a fresh SQLite file, mails to ./outbox. No broker or relay needed.
     Demo {
         /// The SQLite file to (re)create.
@@ -123,6 +152,130 @@ pub enum EventsCommand {
         id: String,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+}
+
+/// Filters shared by `replay deliveries` and `replay events`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayFilters {
+    /// From this time on: RFC 3339, or a duration back from now (30m, 2h, 3d).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Before this time: RFC 3339, or a duration back from now.
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only events of this type, e.g. contract.voorstel_aangeboden.
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    pub event_type: Option<String>,
+    /// Only events about this AGB code.
+    #[arg(long, value_name = "CODE")]
+    pub agb: Option<String>,
+    /// Only this event.
+    #[arg(long, value_name = "ID")]
+    pub event: Option<String>,
+}
+
+/// What turns a dry run into a recorded change.
+#[derive(Debug, Clone, Args)]
+pub struct ExecuteArgs {
+    /// Act (without it: print what would happen, change nothing). Needs --operator and --reason.
+    #[arg(long)]
+    pub execute: bool,
+    /// Who runs the replay (recorded in `replay history`).
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
+    /// Why (recorded in `replay history`), e.g. an incident number.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// The delivery statuses a replay can start from (`sending` never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayStatus {
+    Failed,
+    Cancelled,
+    Pending,
+    Sent,
+}
+
+/// Whose directory `replay events` resolves against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Resolve {
+    /// The directory as it is now.
+    Current,
+    /// The directory at the event's time (not supported: the directory is not versioned).
+    Original,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Give the matching deliveries a new attempt cycle: pending, due now, retry step 0, a new deadline.
+    Deliveries {
+        /// The status to replay from. `sent` also needs --include-sent.
+        #[arg(long, value_enum)]
+        status: ReplayStatus,
+        #[command(flatten)]
+        filters: ReplayFilters,
+        /// Allow re-sending deliveries that were already sent (with --status sent).
+        #[arg(long)]
+        include_sent: bool,
+        #[command(flatten)]
+        execute: ExecuteArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Resolve recipients again for stored module events and add deliveries for addresses that have none yet.
+    Events {
+        #[command(flatten)]
+        filters: ReplayFilters,
+        /// Resolve against the current directory (`original` is not supported).
+        #[arg(long, value_enum, default_value = "current")]
+        resolve: Resolve,
+        #[command(flatten)]
+        execute: ExecuteArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Executed replays and redrives, newest first.
+    History {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Quarantined messages, newest first (open ones unless --all).
+    List {
+        /// Also the ones already redriven.
+        #[arg(long)]
+        all: bool,
+        /// At most this many rows.
+        #[arg(long, default_value = "100")]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// One quarantined message with its raw body (as text).
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Ingest quarantined messages again after a fix; those still invalid stay, with the new reason.
+    Redrive {
+        /// Quarantine ids.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every open row.
+        #[arg(long)]
+        all: bool,
+        /// Who redrives (recorded in `replay history`).
+        #[arg(long, value_name = "NAME")]
+        operator: Option<String>,
+        /// Why (recorded in `replay history`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
 }
 
@@ -249,7 +402,66 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
             command: TemplatesCommand::Check,
         } => samples::templates_check(&settings),
         Command::Demo { database, outbox } => samples::demo(settings, &database, &outbox).await,
+        Command::Replay { command } => match command {
+            ReplayCommand::Deliveries {
+                status,
+                filters,
+                include_sent,
+                execute,
+                format,
+            } => replay::deliveries(settings, status, filters, include_sent, execute, format).await,
+            ReplayCommand::Events {
+                filters,
+                resolve,
+                execute,
+                format,
+            } => replay::events(settings, filters, resolve, execute, format).await,
+            ReplayCommand::History { format } => replay::history(settings, format).await,
+        },
+        Command::Quarantine { command } => match command {
+            QuarantineCommand::List { all, limit, format } => {
+                quarantine::list(settings, all, limit, format).await
+            }
+            QuarantineCommand::Show { id, format } => quarantine::show(settings, id, format).await,
+            QuarantineCommand::Redrive {
+                ids,
+                all,
+                operator,
+                reason,
+            } => quarantine::redrive(settings, ids, all, operator, reason).await,
+        },
+        Command::Check { older_than, format } => check::check(settings, older_than, format).await,
+        Command::Stats { since, format } => check::stats(settings, &since, format).await,
     }
+}
+
+/// A time given on the command line: RFC 3339 (`2026-10-14T08:00:00Z`), or
+/// a duration back from `now` (`30m`, `2h`, `3d`). Epoch milliseconds.
+pub fn parse_time(
+    flag: &str,
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, CliError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.timestamp_millis());
+    }
+    match crate::config::HumanDuration::parse(s) {
+        Ok(d) => Ok(now.timestamp_millis() - d.0.as_millis() as i64),
+        Err(_) => Err(CliError::Usage(format!(
+            "{flag} {s}: expected an RFC 3339 time like 2026-10-14T08:00:00Z, or a duration back from now like 30m, 2h or 3d"
+        ))),
+    }
+}
+
+/// A pooled connection for read-only commands.
+async fn read_conn(
+    store: &crate::store::Store,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, CliError> {
+    Ok(store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?)
 }
 
 /// RFC 3339 UTC of epoch milliseconds.

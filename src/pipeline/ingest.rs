@@ -49,6 +49,10 @@ pub struct Incoming {
     pub source: Source,
     /// Set for dead-lettered messages: quarantined with this reason, unparsed.
     pub forced_rejection: Option<String>,
+    /// False for a quarantine redrive: bad input is reported as
+    /// [`IngestOutcome::Rejected`] instead of adding a second quarantine row
+    /// for a message that already has one.
+    pub quarantine_on_reject: bool,
 }
 
 impl Incoming {
@@ -59,6 +63,20 @@ impl Incoming {
             routing_key,
             source,
             forced_rejection: None,
+            quarantine_on_reject: true,
+        }
+    }
+
+    /// A quarantined message sent through ingest again: parsed normally
+    /// (also when it came from the dead-letter queue), and reported instead
+    /// of quarantined when it is still bad.
+    pub fn redrive(body: Vec<u8>, routing_key: Option<String>) -> Self {
+        Self {
+            body,
+            routing_key,
+            source: Source::Redrive,
+            forced_rejection: None,
+            quarantine_on_reject: false,
         }
     }
 }
@@ -88,6 +106,9 @@ pub enum IngestOutcome {
     UnknownUser { event_id: String },
     /// Bad input, kept in quarantine with the reason.
     Quarantined { quarantine_id: i64, reason: String },
+    /// Bad input not stored ([`Incoming::quarantine_on_reject`] was false):
+    /// the caller keeps the message where it already is.
+    Rejected { reason: String },
 }
 
 impl IngestOutcome {
@@ -97,7 +118,8 @@ impl IngestOutcome {
             Self::Accepted { .. } | Self::Applied { .. } | Self::UnknownUser { .. } => "accepted",
             Self::Duplicate { .. } => "duplicate",
             Self::Stale { .. } => "stale",
-            Self::Quarantined { .. } => "quarantined",
+            // A rejected redrive stays in quarantine.
+            Self::Quarantined { .. } | Self::Rejected { .. } => "quarantined",
         }
     }
 }
@@ -177,6 +199,16 @@ impl Ingestor {
             Ok(e) => e,
             Err(reason) => {
                 let hint = envelope_hint(&m.body);
+                // Metrics label: a known type, or "unknown" (never free text from the message).
+                let t = hint
+                    .event_type
+                    .as_deref()
+                    .and_then(crate::domain::event::EventType::parse)
+                    .map_or("unknown", |t| t.as_str());
+                if !m.quarantine_on_reject {
+                    info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
+                    return Ok((t.to_owned(), IngestOutcome::Rejected { reason }));
+                }
                 let id = ev::quarantine(
                     conn,
                     &NewQuarantine {
@@ -191,12 +223,6 @@ impl Ingestor {
                 )
                 .await?;
                 warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
-                // Metrics label: a known type, or "unknown" (never free text from the message).
-                let t = hint
-                    .event_type
-                    .as_deref()
-                    .and_then(crate::domain::event::EventType::parse)
-                    .map_or("unknown", |t| t.as_str());
                 return Ok((
                     t.to_owned(),
                     IngestOutcome::Quarantined {

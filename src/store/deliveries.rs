@@ -595,3 +595,246 @@ pub async fn recent_undeliverable_notice(
     .await?;
     Ok(n > 0)
 }
+
+/// Gives the deliveries `ids` that are still in `from` a new attempt cycle
+/// (`notifier replay deliveries`): pending, due at `now_ms`, retry step 0, a
+/// new deadline, lease cleared. `attempts` and the attempt log are kept, so
+/// attempt numbers continue, and so is `last_error` until the next attempt.
+/// A row whose status changed since it was selected (a dispatcher claimed
+/// it) is left alone; `sending` is never touched. Returns the rows changed.
+pub async fn replay(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    from: DeliveryStatus,
+    now_ms: i64,
+    deadline_ms: i64,
+) -> Result<u64, StoreError> {
+    if from == DeliveryStatus::Sending {
+        return Ok(0);
+    }
+    // sent_at is cleared when a sent row is replayed: it is no longer sent;
+    // the attempt log still shows when the earlier copy went out.
+    let clear_sent_at = if from == DeliveryStatus::Sent {
+        ", sent_at = NULL"
+    } else {
+        ""
+    };
+    let mut n = 0;
+    // Bounded IN lists: SQLite allows at most 32766 bound parameters.
+    for chunk in ids.chunks(500) {
+        let list = (0..chunk.len())
+            .map(|i| format!("${}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', due_at = $1, retry_step = 0, deadline = $2, \
+             lease_until = NULL, lease_owner = NULL{clear_sent_at} \
+             WHERE status = $3 AND id IN ({list})"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(deadline_ms)
+            .bind(from.as_str());
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        n += q.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// Why `notifier replay events` does not add a planned delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayConflict {
+    /// The same (event, kind, address, about) row exists, in this status
+    /// (`notifier replay deliveries` is the way to send a failed one again).
+    Exists(String),
+    /// Another delivery of this event and kind was sent to this address, or
+    /// is on its way there (the status; the address finally used counts).
+    Served(String),
+}
+
+/// Whether a planned delivery of a stored event would duplicate one that
+/// exists; `None` when it is new.
+pub async fn replay_conflict(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    kind: &str,
+    address: &str,
+    about: &str,
+) -> Result<Option<ReplayConflict>, StoreError> {
+    let same: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 AND address = $3 AND about = $4",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(address)
+    .bind(about)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(status) = same {
+        return Ok(Some(ReplayConflict::Exists(status)));
+    }
+    // 'sent' sorts after 'sending' and 'pending': report the strongest reason.
+    let served: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 \
+         AND COALESCE(sent_to, address) = $3 AND status IN ('sent', 'pending', 'sending') \
+         ORDER BY status DESC LIMIT 1",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(address)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(served.map(ReplayConflict::Served))
+}
+
+/// An event that reconciliation flags.
+#[derive(Debug, Clone)]
+pub struct StuckEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub agb_code: Option<String>,
+    pub received_at: i64,
+    pub state: String,
+    /// Deliveries overdue by more than the threshold (0: the event has no deliveries).
+    pub overdue: i64,
+    /// The earliest time an overdue delivery should have moved on
+    /// (`due_at` of a pending one, `lease_until` of a sending one).
+    pub overdue_since: Option<i64>,
+}
+
+/// Reconciliation: events with a delivery overdue by more than `threshold_ms`
+/// (pending with `due_at` before `now - threshold`, or sending with a lease
+/// that ran out before then), and module events in state `accepted` without
+/// any delivery. Everything else is final or due in the future.
+pub async fn stuck_events(
+    conn: &mut AnyConnection,
+    now_ms: i64,
+    threshold_ms: i64,
+) -> Result<Vec<StuckEvent>, StoreError> {
+    let before = now_ms - threshold_ms;
+    let rows = sqlx::query(
+        "SELECT e.id, e.type, e.agb_code, e.received_at, e.state, COUNT(d.id) AS overdue, \
+         MIN(CASE WHEN d.status = 'pending' THEN d.due_at ELSE d.lease_until END) AS since \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE (d.status = 'pending' AND d.due_at < $1) OR (d.status = 'sending' AND d.lease_until < $1) \
+         GROUP BY e.id, e.type, e.agb_code, e.received_at, e.state \
+         ORDER BY since, e.id",
+    )
+    .bind(before)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Ok(StuckEvent {
+                event_id: r.try_get("id")?,
+                event_type: r.try_get("type")?,
+                agb_code: r.try_get("agb_code")?,
+                received_at: r.try_get("received_at")?,
+                state: r.try_get("state")?,
+                overdue: r.try_get("overdue")?,
+                overdue_since: r.try_get("since")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // Ingest commits a module event together with its deliveries, so an
+    // accepted one without any means its deliveries were lost.
+    let module_types = crate::domain::event::EventType::ALL
+        .iter()
+        .filter(|t| t.is_module())
+        .map(|t| format!("'{}'", t.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT e.id, e.type, e.agb_code, e.received_at, e.state FROM events e \
+         WHERE e.state = 'accepted' AND e.type IN ({module_types}) \
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) \
+         ORDER BY e.received_at, e.id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    for r in &rows {
+        out.push(StuckEvent {
+            event_id: r.try_get("id")?,
+            event_type: r.try_get("type")?,
+            agb_code: r.try_get("agb_code")?,
+            received_at: r.try_get("received_at")?,
+            state: r.try_get("state")?,
+            overdue: 0,
+            overdue_since: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Deliveries created since `since_ms`, counted per (kind, status).
+pub async fn counts_by_kind_and_status(
+    conn: &mut AnyConnection,
+    since_ms: i64,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT kind, status, COUNT(*) AS n FROM deliveries WHERE created_at >= $1 \
+         GROUP BY kind, status ORDER BY kind, status",
+    )
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// Attempts started since `since_ms`, counted per outcome.
+pub async fn attempt_outcomes(
+    conn: &mut AnyConnection,
+    since_ms: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT outcome, COUNT(*) AS n FROM attempts WHERE started_at >= $1 GROUP BY outcome ORDER BY outcome",
+    )
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// The relay as the database last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct RelaySeen {
+    /// The most recent attempt: when it started, its outcome, SMTP code and detail.
+    pub last_attempt: Option<(i64, String, Option<i64>, Option<String>)>,
+    /// When the relay last accepted a mail.
+    pub last_sent_at: Option<i64>,
+}
+
+/// The last attempt and the last acceptance, over all deliveries.
+pub async fn relay_seen(conn: &mut AnyConnection) -> Result<RelaySeen, StoreError> {
+    let last = sqlx::query(
+        "SELECT started_at, outcome, smtp_code, detail FROM attempts ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let last_attempt = last
+        .map(|r| {
+            Ok::<_, StoreError>((
+                r.try_get("started_at")?,
+                r.try_get("outcome")?,
+                r.try_get("smtp_code")?,
+                r.try_get("detail")?,
+            ))
+        })
+        .transpose()?;
+    let last_sent_at: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(started_at) FROM attempts WHERE outcome = 'sent'")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(RelaySeen {
+        last_attempt,
+        last_sent_at,
+    })
+}

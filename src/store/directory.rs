@@ -302,3 +302,20 @@ pub async fn log_skipped(
         .await?;
     Ok(())
 }
+
+/// Directory updates not applied since `since_ms`, counted per outcome
+/// (`stale`, `unknown_user`).
+pub async fn skipped_counts(
+    conn: &mut AnyConnection,
+    since_ms: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT outcome, COUNT(*) AS n FROM directory_log WHERE at >= $1 GROUP BY outcome ORDER BY outcome",
+    )
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+        .collect()
+}

@@ -196,6 +196,7 @@ pub struct QuarantineRow {
     pub raw: Vec<u8>,
     pub state: String,
     pub redrives: i64,
+    pub last_redrive_at: Option<i64>,
 }
 
 fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
@@ -211,10 +212,11 @@ fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
         raw: r.try_get("raw")?,
         state: r.try_get("state")?,
         redrives: r.try_get("redrives")?,
+        last_redrive_at: r.try_get("last_redrive_at")?,
     })
 }
 
-const QUARANTINE_COLUMNS: &str = "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives";
+const QUARANTINE_COLUMNS: &str = "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives, last_redrive_at";
 
 /// Quarantined messages, newest first; `open_only` hides redriven ones.
 pub async fn list_quarantine(
@@ -285,4 +287,98 @@ pub async fn open_quarantine_count(conn: &mut AnyConnection) -> Result<i64, Stor
             .fetch_one(&mut *conn)
             .await?,
     )
+}
+
+/// Filters for selecting stored events (`notifier replay events`).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub agb_code: Option<String>,
+    /// On `received_at`, inclusive.
+    pub since_ms: Option<i64>,
+    /// On `received_at`, exclusive.
+    pub until_ms: Option<i64>,
+    /// Event states to include; empty: any.
+    pub states: Vec<String>,
+}
+
+/// Stored events matching `f`, oldest received first.
+pub async fn list_events(
+    conn: &mut AnyConnection,
+    f: &EventFilter,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut sql = String::from(
+        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE 1 = 1",
+    );
+    // Placeholders are numbered in the order the values are pushed.
+    let mut binds: Vec<Val> = Vec::new();
+    let placeholder = |binds: &mut Vec<Val>, v: Val| {
+        binds.push(v);
+        format!("${}", binds.len())
+    };
+    for (col, v) in [
+        ("id", &f.event_id),
+        ("type", &f.event_type),
+        ("agb_code", &f.agb_code),
+    ] {
+        if let Some(v) = v {
+            let p = placeholder(&mut binds, Val::S(v.clone()));
+            sql.push_str(&format!(" AND {col} = {p}"));
+        }
+    }
+    if let Some(v) = f.since_ms {
+        let p = placeholder(&mut binds, Val::I(v));
+        sql.push_str(&format!(" AND received_at >= {p}"));
+    }
+    if let Some(v) = f.until_ms {
+        let p = placeholder(&mut binds, Val::I(v));
+        sql.push_str(&format!(" AND received_at < {p}"));
+    }
+    if !f.states.is_empty() {
+        let list: Vec<String> = f
+            .states
+            .iter()
+            .map(|s| placeholder(&mut binds, Val::S(s.clone())))
+            .collect();
+        sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
+    }
+    sql.push_str(" ORDER BY received_at, id");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Val::S(s) => q.bind(s),
+            Val::I(v) => q.bind(v),
+        };
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventRow {
+                id: r.try_get("id")?,
+                event_type: r.try_get("type")?,
+                agb_code: r.try_get("agb_code")?,
+                occurred_at: r.try_get("occurred_at")?,
+                received_at: r.try_get("received_at")?,
+                payload: r.try_get("payload")?,
+                state: r.try_get("state")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+enum Val {
+    S(String),
+    I(i64),
+}
+
+/// Module events received since `since_ms` that nobody could be mailed about.
+pub async fn unroutable_count(conn: &mut AnyConnection, since_ms: i64) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE state = 'unroutable' AND received_at >= $1",
+    )
+    .bind(since_ms)
+    .fetch_one(&mut *conn)
+    .await?)
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod delivery;
+mod ops;
 mod pipeline;
 mod recipients;
 mod support;

@@ -101,6 +101,8 @@ pub struct TestApp {
     pub publisher: Publisher,
     pub store: Store,
     pub http_addr: std::net::SocketAddr,
+    /// The service's settings (for running the CLI against its database).
+    pub settings: Settings,
     amqp: notifier::config::AmqpSettings,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
@@ -127,6 +129,7 @@ pub async fn spawn_app(extra: &str) -> TestApp {
         store,
         http_addr: running.http_addr,
         amqp: settings.amqp.clone(),
+        settings: settings.clone(),
         _dir: dir,
         shutdown: tx,
         handle: Some(handle),
