@@ -104,14 +104,15 @@ pub async fn events_list(
         .acquire()
         .await
         .map_err(crate::store::StoreError::from)?;
-    let rows = ev::list_events(
-        &mut conn,
-        state.as_deref(),
-        event_type.as_deref(),
-        agb.as_deref(),
-        limit,
-    )
-    .await?;
+    let filter = ev::EventFilter {
+        event_type,
+        agb_code: agb,
+        states: state.into_iter().collect(),
+        newest_first: true,
+        limit: Some(limit),
+        ..Default::default()
+    };
+    let rows = ev::list_events(&mut conn, &filter).await?;
     match format {
         Format::Json => {
             let v: Vec<Value> = rows

@@ -260,6 +260,7 @@ pub async fn redrive(
                     event_id,
                     deliveries,
                     routing,
+                    ..
                 } => (
                     None,
                     Redrive::Redriven(format!(
@@ -269,6 +270,7 @@ pub async fn redrive(
                 IngestOutcome::Applied {
                     event_id,
                     deliveries,
+                    ..
                 } => (
                     None,
                     Redrive::Redriven(format!(

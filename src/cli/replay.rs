@@ -467,6 +467,7 @@ pub async fn events(
         since_ms: f.since_ms,
         until_ms: f.until_ms,
         states: vec!["accepted".into(), "unroutable".into()],
+        ..Default::default()
     };
     let mut filters_json = f.json();
     filters_json["resolve"] = "current".into();

@@ -285,8 +285,16 @@ impl Ingestor {
         let deadline = event_time + self.deadline;
         let mut n = 0;
         for p in planned {
-            if deliveries::already_sent_to(conn, event_id, p.kind.as_str(), p.address.as_str())
-                .await?
+            // Re-resolution: an address already served (or on its way) stays untouched.
+            if deliveries::replay_conflict(
+                conn,
+                event_id,
+                p.kind.as_str(),
+                p.address.as_str(),
+                &p.about,
+            )
+            .await?
+            .is_some()
             {
                 continue;
             }

@@ -222,26 +222,6 @@ pub async fn split_off(
     Ok(())
 }
 
-/// True when this event's mail of this kind was already sent to `address`
-/// (also by a delivery planned for another address that moved there).
-pub async fn already_sent_to(
-    conn: &mut AnyConnection,
-    event_id: &str,
-    kind: &str,
-    address: &str,
-) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE event_id = $1 AND kind = $2 AND status = 'sent' \
-         AND COALESCE(sent_to, address) = $3",
-    )
-    .bind(event_id)
-    .bind(kind)
-    .bind(address)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n > 0)
-}
-
 /// True when another delivery of the same event and kind already went (or is
 /// going) to `address`.
 pub async fn address_already_served(

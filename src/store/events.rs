@@ -124,28 +124,6 @@ fn event_row(r: &sqlx::any::AnyRow) -> Result<EventRow, StoreError> {
     })
 }
 
-/// Events, newest first, optionally only those in `state`, of `event_type` or about `agb`.
-pub async fn list_events(
-    conn: &mut AnyConnection,
-    state: Option<&str>,
-    event_type: Option<&str>,
-    agb: Option<&str>,
-    limit: i64,
-) -> Result<Vec<EventRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events \
-         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR type = $2) AND ($3 IS NULL OR agb_code = $3) \
-         ORDER BY received_at DESC LIMIT $4",
-    )
-    .bind(state)
-    .bind(event_type)
-    .bind(agb)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(event_row).collect()
-}
-
 /// A bad message on its way into quarantine.
 pub struct NewQuarantine<'a> {
     pub received_at_ms: i64,
@@ -301,6 +279,10 @@ pub struct EventFilter {
     pub until_ms: Option<i64>,
     /// Event states to include; empty: any.
     pub states: Vec<String>,
+    /// Newest received first (default: oldest first).
+    pub newest_first: bool,
+    /// At most this many.
+    pub limit: Option<i64>,
 }
 
 /// Stored events matching `f`, oldest received first.
@@ -343,7 +325,14 @@ pub async fn list_events(
             .collect();
         sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
     }
-    sql.push_str(" ORDER BY received_at, id");
+    sql.push_str(if f.newest_first {
+        " ORDER BY received_at DESC, id DESC"
+    } else {
+        " ORDER BY received_at, id"
+    });
+    if let Some(l) = f.limit {
+        sql.push_str(&format!(" LIMIT {}", l.max(0)));
+    }
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for b in binds {
         q = match b {

@@ -664,8 +664,9 @@ async fn logs_name_ids_never_addresses() {
             .unwrap();
     }
     let first = events[0]["id"].as_str().unwrap().to_owned();
+    // The rejected mail also escalates (beheer.onbestelbaar): wait for that notice too.
     wait_status(&store, &first, "final", |r| {
-        r.len() == 2 && r.iter().all(|d| d.status == "sent" || d.status == "failed")
+        r.len() == 3 && r.iter().all(|d| d.status == "sent" || d.status == "failed")
     })
     .await;
     let change_id = events[2]["id"].as_str().unwrap().to_owned();
