@@ -4,4 +4,5 @@
 mod cli;
 mod delivery;
 mod pipeline;
+mod store_contract;
 mod support;

@@ -1,6 +1,8 @@
 //! Test support: `spawn_app` runs the real service in-process against the
 //! machine's RabbitMQ (a unique exchange and queue per test), a temp SQLite
-//! file, and a scriptable SMTP server over TCP.
+//! file (or, with `NOTIFIER_TEST_BACKEND=postgres`, a fresh PostgreSQL
+//! database), and a scriptable SMTP server over TCP. [`TestDb`] makes and
+//! removes the per-test databases.
 
 pub mod smtp_server;
 
@@ -95,6 +97,121 @@ level = "warn"
     )
 }
 
+/// The PostgreSQL server the tests use (trust auth), without a database name.
+/// `NOTIFIER_TEST_PG` overrides it, e.g. `postgres://postgres@db:5432`.
+pub fn pg_server() -> String {
+    std::env::var("NOTIFIER_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl TestBackend {
+    /// The backend `spawn_app` uses: PostgreSQL when
+    /// `NOTIFIER_TEST_BACKEND=postgres`, else SQLite.
+    pub fn from_env() -> Self {
+        match std::env::var("NOTIFIER_TEST_BACKEND").as_deref() {
+            Ok("postgres") | Ok("pg") => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
+}
+
+/// A fresh, empty database for one test. SQLite: a file in a temp directory.
+/// PostgreSQL: a new database `notifier_test_<uuid>`, dropped (`WITH (FORCE)`,
+/// so open pools do not keep it alive) when this value is dropped.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A new database on `backend`.
+    pub async fn new(backend: TestBackend) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let mut db = Self::sqlite(dir.path());
+                db._dir = Some(dir);
+                db
+            }
+            TestBackend::Postgres => Self::postgres().await,
+        }
+    }
+
+    /// A SQLite file `notifier.db` in `dir` (removed with `dir`).
+    pub fn sqlite(dir: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", dir.join("notifier.db").display()),
+            pg_name: None,
+            _dir: None,
+        }
+    }
+
+    /// A new PostgreSQL database, created through the `postgres` database.
+    pub async fn postgres() -> Self {
+        use sqlx::Connection;
+        let name = format!("notifier_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("{}/postgres", pg_server());
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin} (trust auth, user postgres) is needed: {e}")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let _ = c.close().await;
+        Self {
+            url: format!("{}/{name}", pg_server()),
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop may run inside a runtime: do the async work on a thread of its own.
+        let admin = format!("{}/postgres", pg_server());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// A running service with its SMTP server and a publisher.
 pub struct TestApp {
     pub smtp: TestSmtpServer,
@@ -102,6 +219,7 @@ pub struct TestApp {
     pub store: Store,
     pub http_addr: std::net::SocketAddr,
     amqp: notifier::config::AmqpSettings,
+    _db: Option<TestDb>,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -111,7 +229,15 @@ pub struct TestApp {
 pub async fn spawn_app(extra: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let settings = test_settings(dir.path(), &smtp.url(), extra);
+    let mut settings = test_settings(dir.path(), &smtp.url(), extra);
+    let db = match TestBackend::from_env() {
+        TestBackend::Sqlite => None,
+        TestBackend::Postgres => {
+            let db = TestDb::postgres().await;
+            settings.database.url = db.url.clone();
+            Some(db)
+        }
+    };
     let store = Store::connect(&settings.database.url, 4).await.unwrap();
     store.migrate().await.unwrap();
     let (tx, rx) = watch::channel(false);
@@ -127,6 +253,7 @@ pub async fn spawn_app(extra: &str) -> TestApp {
         store,
         http_addr: running.http_addr,
         amqp: settings.amqp.clone(),
+        _db: db,
         _dir: dir,
         shutdown: tx,
         handle: Some(handle),
