@@ -3,6 +3,7 @@
 
 mod cli;
 mod delivery;
+mod instances;
 mod pipeline;
 mod store_contract;
 mod support;

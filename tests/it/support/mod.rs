@@ -1,6 +1,6 @@
 //! Test support: `spawn_app` runs the real service in-process against the
 //! machine's RabbitMQ (a unique exchange and queue per test), a temp SQLite
-//! file (or, with `NOTIFIER_TEST_BACKEND=postgres`, a fresh PostgreSQL
+//! file (or, with `TEST_BACKEND=postgres`, a fresh PostgreSQL
 //! database), and a scriptable SMTP server over TCP. [`TestDb`] makes and
 //! removes the per-test databases.
 
@@ -98,9 +98,11 @@ level = "warn"
 }
 
 /// The PostgreSQL server the tests use (trust auth), without a database name.
-/// `NOTIFIER_TEST_PG` overrides it, e.g. `postgres://postgres@db:5432`.
+/// `TEST_PG_SERVER` overrides it, e.g. `postgres://postgres@db:5432`. (Not a
+/// `NOTIFIER_` variable: the binary refuses unknown `NOTIFIER_*` settings, and
+/// subprocesses inherit the environment.)
 pub fn pg_server() -> String {
-    std::env::var("NOTIFIER_TEST_PG")
+    std::env::var("TEST_PG_SERVER")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
@@ -113,9 +115,9 @@ pub enum TestBackend {
 
 impl TestBackend {
     /// The backend `spawn_app` uses: PostgreSQL when
-    /// `NOTIFIER_TEST_BACKEND=postgres`, else SQLite.
+    /// `TEST_BACKEND=postgres`, else SQLite.
     pub fn from_env() -> Self {
-        match std::env::var("NOTIFIER_TEST_BACKEND").as_deref() {
+        match std::env::var("TEST_BACKEND").as_deref() {
             Ok("postgres") | Ok("pg") => Self::Postgres,
             _ => Self::Sqlite,
         }
@@ -378,13 +380,16 @@ impl TestApp {
         self.smtp.wait_for_count(n, WAIT).await.unwrap()
     }
 
-    /// Shuts the service down (it must exit cleanly) and removes the test's queues and exchanges.
-    pub async fn stop(mut self) {
+    /// Shuts the service down (it must exit cleanly) and removes the test's
+    /// queues and exchanges. Returns the PostgreSQL test database (if any):
+    /// it is dropped, with the data, when the caller drops it.
+    pub async fn stop(mut self) -> Option<TestDb> {
         let _ = self.shutdown.send(true);
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
         delete_topology(&self.amqp).await;
+        self._db.take()
     }
 }
 
@@ -489,4 +494,155 @@ pub fn event_for(agb: &str) -> serde_json::Value {
     let mut e = fresh("uitvraag.vragenlijst_klaargezet");
     e["data"]["agb_code"] = agb.into();
     e
+}
+
+/// [`test_toml`] with `database.url` set to `db_url` (e.g. a [`TestDb`]'s).
+pub fn test_toml_with_db(dir: &std::path::Path, smtp_url: &str, db_url: &str) -> String {
+    let toml = test_toml(dir, smtp_url);
+    let sqlite_line = toml
+        .lines()
+        .find(|l| l.starts_with("url = \"sqlite://"))
+        .expect("test_toml sets database.url")
+        .to_owned();
+    toml.replace(&sqlite_line, &format!("url = \"{db_url}\""))
+}
+
+/// Settings parsed from a TOML written by [`test_toml`] (the same a `notifier --config` subprocess reads).
+pub fn settings_from_toml(toml: &str) -> Settings {
+    Settings::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+        .expect("test settings")
+}
+
+/// Declares the test's exchange and queues, so events published before any
+/// worker runs are queued.
+pub async fn declare_topology(a: &notifier::config::AmqpSettings) {
+    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    notifier::broker::topology::declare(&ch, a).await.unwrap();
+    let _ = conn.close(200, "ok".into()).await;
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `notifier run` subprocess (the real binary) with its own HTTP port and a
+/// log file. Dropping it kills the process, so a failed test leaves none behind.
+pub struct RunProcess {
+    pub child: std::process::Child,
+    pub http: std::net::SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl RunProcess {
+    /// Starts `notifier --config CONFIG run` with `env` on top.
+    pub fn spawn(config: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Self {
+        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = config.with_file_name(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("NOTIFIER_HTTP__LISTEN", http.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, http, log }
+    }
+
+    /// Waits until `/readyz` says it consumes from the queue.
+    pub async fn wait_consuming(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let body = http_get(&format!("http://{}/readyz", self.http))
+                .await
+                .unwrap_or_default();
+            if body.contains("\"consuming\"") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("notifier run exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "notifier run never consumed: {body}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.http))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, leases and unacked messages left behind.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        ok && self.child.wait().unwrap().success()
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `pred` holds for all deliveries in `store`, polling with a deadline.
+pub async fn wait_all_deliveries(
+    store: &Store,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&[DeliveryRow]) -> bool,
+) -> Vec<DeliveryRow> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let rows = {
+            let mut c = store.pool().acquire().await.unwrap();
+            dl::list(&mut c, &DeliveryFilter::default()).await.unwrap()
+        };
+        if pred(&rows) {
+            return rows;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
+            for r in &rows {
+                *by_status.entry(r.status.as_str()).or_default() += 1;
+            }
+            panic!(
+                "timed out waiting for {what}: {} deliveries {by_status:?}",
+                rows.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
