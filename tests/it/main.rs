@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real service against the real
 //! RabbitMQ, a SQLite file and an SMTP server over TCP.
 
+mod backends;
 mod cli;
 mod delivery;
 mod instances;
