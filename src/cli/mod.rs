@@ -6,6 +6,7 @@ pub mod input;
 mod inspect;
 pub mod samples;
 mod service;
+mod transfer;
 
 use crate::app::StartError;
 use crate::config::{LogFormat, Settings};
@@ -67,6 +68,18 @@ pub enum Command {
     Templates {
         #[command(subcommand)]
         command: TemplatesCommand,
+    },
+    /// Write the whole database (events, directory, deliveries, attempts, quarantine) as JSON lines, e.g. to move to PostgreSQL.
+    Export {
+        /// The file to write; `-` writes standard output.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Load a `notifier export` file into an empty, migrated database; deliveries being sent become pending.
+    Import {
+        /// The export file; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
     },
     /// Run the whole pipeline on sample data: a fresh SQLite file, mails to ./outbox. No broker or relay needed.
     Demo {
@@ -224,6 +237,8 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
             command: TemplatesCommand::Check,
         } => samples::templates_check(&settings),
         Command::Demo { database, outbox } => samples::demo(settings, &database, &outbox).await,
+        Command::Export { output } => transfer::export(settings, &output).await,
+        Command::Import { input } => transfer::import(settings, &input).await,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod deliveries;
 pub mod directory;
 pub mod events;
+pub mod transfer;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

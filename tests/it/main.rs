@@ -8,3 +8,4 @@ mod instances;
 mod pipeline;
 mod store_contract;
 mod support;
+mod transfer;
