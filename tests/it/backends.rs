@@ -5,7 +5,7 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestBackend, TestDb, cli, declare_topology, delete_topology, event_for, many_users,
+    RunProcess, TestBackend, TestDb, TopologyGuard, cli, declare_topology, event_for, many_users,
     settings_from_toml, test_toml, wait_all_deliveries,
 };
 use std::time::Duration;
@@ -49,6 +49,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let s = settings_from_toml(&toml);
+    let _topology = TopologyGuard(s.amqp.clone());
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let users = dir.path().join("users.jsonl");
@@ -102,7 +103,6 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     let mut again = RunProcess::spawn(&cfg, "again", &[]);
     again.wait_consuming().await;
     assert!(again.terminate(), "{}", again.log_text());
-    delete_topology(&s.amqp).await;
 }
 
 /// `run` and a read-only command on a database that was never migrated, with

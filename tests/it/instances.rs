@@ -5,7 +5,7 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, declare_topology, delete_topology, event_for, many_users, parse_mail,
+    RunProcess, TestDb, TopologyGuard, declare_topology, event_for, many_users, parse_mail,
     settings_from_toml, test_toml_with_db, wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
@@ -54,6 +54,7 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let s = settings_from_toml(&toml);
+    let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
     let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());
     notifier::cli::input::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
@@ -215,5 +216,4 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
         );
     }
     store.close().await;
-    delete_topology(&s.amqp).await;
 }

@@ -5,7 +5,7 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, cli, delete_topology, fresh, parse_mail, sample_directory,
+    RunProcess, TestDb, TopologyGuard, cli, fresh, parse_mail, sample_directory,
     settings_from_toml, test_toml, wait_all_deliveries,
 };
 use notifier::store::Store;
@@ -49,6 +49,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let s = settings_from_toml(&toml);
+    let _topology = TopologyGuard(s.amqp.clone());
     let sqlite = s.database.url.clone();
 
     // A SQLite installation with history: one mail sent, a quarantined line,
@@ -254,7 +255,6 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         .unwrap();
     assert_eq!(raw, b"{ not json", "quarantined bytes moved as they were");
     pg_store.close().await;
-    delete_topology(&s.amqp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -646,3 +646,21 @@ pub async fn wait_all_deliveries(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Deletes a test's queues and exchanges when dropped, also when the test
+/// fails half-way (quorum queues left behind cost the broker memory).
+pub struct TopologyGuard(pub notifier::config::AmqpSettings);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let a = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(delete_topology(&a));
+        })
+        .join();
+    }
+}
