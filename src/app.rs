@@ -77,6 +77,7 @@ pub fn ingestor(settings: &Settings, store: &Store, metrics: &Metrics) -> Ingest
         store.clone(),
         validation_rules(settings),
         settings.retry.deadline.0,
+        settings.recipients.late_directory_window.0,
         metrics.clone(),
     )
 }
@@ -103,6 +104,7 @@ pub fn dispatcher(
         idle_poll: settings.dispatch.idle_poll.0,
         concurrency: settings.smtp.concurrency,
         breaker_open_for: settings.breaker.open_for.0,
+        deadline: settings.retry.deadline.0,
     };
     Ok(Dispatcher::new(
         store.clone(),

@@ -60,6 +60,7 @@ pub struct Settings {
     pub dispatch: DispatchSettings,
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
+    pub recipients: RecipientSettings,
     pub portal: PortalSettings,
     pub mail: MailSettings,
     pub http: HttpSettings,
@@ -138,6 +139,12 @@ pub struct RetrySettings {
 pub struct BreakerSettings {
     pub failure_threshold: u32,
     pub open_for: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientSettings {
+    pub late_directory_window: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -89,6 +89,62 @@ pub async fn deliveries_list(
     Ok(())
 }
 
+/// `notifier events list`.
+pub async fn events_list(
+    settings: Settings,
+    state: Option<String>,
+    event_type: Option<String>,
+    agb: Option<String>,
+    limit: i64,
+    format: Format,
+) -> Result<(), CliError> {
+    let store = app::open_store(&settings, false).await?;
+    let mut conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let rows = ev::list_events(
+        &mut conn,
+        state.as_deref(),
+        event_type.as_deref(),
+        agb.as_deref(),
+        limit,
+    )
+    .await?;
+    match format {
+        Format::Json => {
+            let v: Vec<Value> = rows
+                .iter()
+                .map(|e| {
+                    json!({"id": e.id, "type": e.event_type, "agb_code": e.agb_code, "state": e.state,
+                           "detail": e.detail, "occurred_at": rfc3339(e.occurred_at), "received_at": rfc3339(e.received_at)})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        }
+        Format::Table => {
+            println!(
+                "{:<36}  {:<36}  {:<8}  {:<10}  {:<20}  DETAIL",
+                "ID", "TYPE", "AGB", "STATE", "RECEIVED"
+            );
+            for e in &rows {
+                println!(
+                    "{:<36}  {:<36}  {:<8}  {:<10}  {:<20}  {}",
+                    e.id,
+                    e.event_type,
+                    e.agb_code.as_deref().unwrap_or("-"),
+                    e.state,
+                    rfc3339(e.received_at),
+                    e.detail.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} events", rows.len());
+        }
+    }
+    Ok(())
+}
+
 /// The final state of an event as operators read it.
 pub fn final_state(event_state: &str, statuses: &[&str]) -> &'static str {
     if event_state == "unroutable" {
@@ -136,7 +192,7 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
         let mut v = delivery_json(d);
         v["users"] = users
             .iter()
-            .map(|u| json!({"gebruikersnummer": u.gebruikersnummer, "rule": u.rule, "status_now": u.status}))
+            .map(|u| json!({"gebruikersnummer": u.gebruikersnummer, "rule": u.rule, "versie": u.versie, "status_now": u.status}))
             .collect();
         v["attempt_log"] = attempts
             .iter()
@@ -182,9 +238,10 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
                 );
                 for u in d["users"].as_array().into_iter().flatten() {
                     println!(
-                        "    serves {} by {} (now {})",
+                        "    serves {} by {} at versie {} (now {})",
                         u["gebruikersnummer"].as_str().unwrap_or(""),
                         u["rule"].as_str().unwrap_or(""),
+                        u["versie"],
                         u["status_now"].as_str().unwrap_or("unknown")
                     );
                 }

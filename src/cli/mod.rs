@@ -116,6 +116,21 @@ pub enum DeliveriesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
+    /// List events, newest first (e.g. `--state unroutable`: events nobody could be told about).
+    List {
+        /// accepted, unroutable, applied, stale or ignored.
+        #[arg(long)]
+        state: Option<String>,
+        /// An event type, e.g. contract.voorstel_aangeboden.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long)]
+        agb: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// An event, its recipients with their reasons, every delivery with its attempts, and its final state.
     Show {
         id: String,
@@ -233,6 +248,16 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
         Command::Events {
             command: EventsCommand::Show { id, format },
         } => inspect::event_show(settings, &id, format).await,
+        Command::Events {
+            command:
+                EventsCommand::List {
+                    state,
+                    event_type,
+                    agb,
+                    limit,
+                    format,
+                },
+        } => inspect::events_list(settings, state, event_type, agb, limit, format).await,
         Command::Templates {
             command: TemplatesCommand::Check,
         } => samples::templates_check(&settings),

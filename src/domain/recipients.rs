@@ -103,6 +103,8 @@ pub struct Resolution {
     pub routing: Routing,
     /// Things worth recording that did not produce a mail (unknown actor, ...).
     pub notes: Vec<String>,
+    /// A notice was due but the AGB has no active contact person to get it.
+    pub unroutable_notice: bool,
 }
 
 /// Groups (user, rule) pairs by address into planned deliveries of one kind.
@@ -291,6 +293,12 @@ pub fn resolve_module(
                 Some(&notice),
             );
         }
+        if contact_persons(dir).next().is_none() {
+            notes.push(format!(
+                "{} not sent: no active contact person",
+                MailKind::GeenTekenbevoegde.as_str()
+            ));
+        }
         routing = if module_mails > 0 {
             Routing::Routed
         } else if g.out.len() > before {
@@ -302,10 +310,13 @@ pub fn resolve_module(
         routing = Routing::Routed;
     }
 
+    let unroutable_notice =
+        routing != Routing::Unroutable && no_signer && contact_persons(dir).next().is_none();
     Resolution {
         deliveries: g.out,
         routing,
         notes,
+        unroutable_notice,
     }
 }
 
@@ -518,19 +529,26 @@ mod tests {
             ),
         ]);
         let k = |t: EventType| t.as_str().to_owned();
+        // Every module row of the contract: U(r) by the event's module, T for the
+        // acceptance reminder, U(onderhandelen) ∪ U(contracteren) for afgerond.
+        // The revoked user (…09) has every right and never appears.
+        let u_uit = vec![("a@p.nl", "U(uitvragen)")];
+        let u_con = vec![
+            ("a@p.nl", "U(contracteren)"),
+            ("gedeeld@p.nl", "U(contracteren)"),
+        ];
+        let u_ond = vec![("gedeeld@p.nl", "U(onderhandelen)")];
         let cases: Vec<(EventType, Vec<(&str, &str)>)> = vec![
-            (
-                EventType::VragenlijstKlaargezet,
-                vec![("a@p.nl", "U(uitvragen)")],
-            ),
-            (
-                EventType::VoorstelAangeboden,
-                vec![
-                    ("a@p.nl", "U(contracteren)"),
-                    ("gedeeld@p.nl", "U(contracteren)"),
-                ],
-            ),
+            (EventType::VragenlijstKlaargezet, u_uit.clone()),
+            (EventType::HerinneringSluitingsdatum, u_uit.clone()),
+            (EventType::AanvullingGevraagd, u_uit.clone()),
+            (EventType::UitvraagBeoordeeld, u_uit),
+            (EventType::VoorstelAangeboden, u_con.clone()),
             (EventType::HerinneringAcceptatie, vec![("a@p.nl", "T")]),
+            (EventType::ContractGeaccepteerd, u_con.clone()),
+            (EventType::AdministratiefVastgelegd, u_con),
+            (EventType::OnderhandelingVoorstelGedaan, u_ond.clone()),
+            (EventType::OnderhandelingGeaccordeerd, u_ond),
             (
                 EventType::OnderhandelingAfgerond,
                 vec![
@@ -543,6 +561,10 @@ mod tests {
                 vec![("gedeeld@p.nl", "U(naleving)")],
             ),
         ];
+        assert_eq!(
+            cases.len(),
+            EventType::ALL.iter().filter(|t| t.is_module()).count()
+        );
         for (t, want) in cases {
             let r = resolve_module(&event(t, None), "e1", &d, None);
             let want: Vec<_> = want
@@ -605,6 +627,104 @@ mod tests {
             None,
         );
         assert!(r.notes[0].contains("unknown"));
+        // Events without an actor field ignore one (contract.administratief_vastgelegd has none).
+        let r = resolve_module(
+            &event(EventType::AdministratiefVastgelegd, Some(C)),
+            "e",
+            &d,
+            Some(&other),
+        );
+        assert!(r.deliveries.iter().all(|x| !x.rules.contains(&Rule::Actor)));
+    }
+
+    #[test]
+    fn revocation_notices_warn_only_when_the_last_signer_goes() {
+        let revoked = DirectoryUser {
+            gebruikersnummer: Gebruikersnummer::parse(B).unwrap(),
+            naam: "B".into(),
+            email: EmailAddress::parse("b@p.nl").unwrap(),
+            status: UserStatus::Ingetrokken,
+            versie: 2,
+        };
+        let cp = member(A, "cp@p.nl", &[Uitvragen], false, true, true);
+        let other_signer = member(C, "c@p.nl", &[Contracteren], true, false, true);
+        let r = revocation_notices(&revoked, true, &dir(vec![cp.clone()]));
+        let kinds: Vec<_> = r.iter().map(|d| d.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "certificaat.ingetrokken",
+                "beheer.laatste_tekenbevoegde_ingetrokken"
+            ]
+        );
+        let r = revocation_notices(&revoked, true, &dir(vec![cp.clone(), other_signer]));
+        assert_eq!(r.len(), 1, "another signer remains: confirmation only");
+        let r = revocation_notices(&revoked, false, &dir(vec![cp]));
+        assert_eq!(r.len(), 1, "was no signer: confirmation only");
+        let r = revocation_notices(&revoked, true, &dir(vec![]));
+        assert!(
+            r.is_empty(),
+            "no contact person: nothing to plan (the caller records it)"
+        );
+    }
+
+    #[test]
+    fn address_change_mails_go_to_new_and_old() {
+        let after = DirectoryUser {
+            gebruikersnummer: Gebruikersnummer::parse(B).unwrap(),
+            naam: "B".into(),
+            email: EmailAddress::parse("nieuw@p.nl").unwrap(),
+            status: UserStatus::Actief,
+            versie: 5,
+        };
+        let r = address_change_mails(&after, &EmailAddress::parse("Oud@P.nl").unwrap());
+        let v: Vec<_> = r
+            .iter()
+            .map(|d| (d.kind.as_str(), d.address.as_str(), d.rule_label()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                (
+                    "gebruiker.emailadres_gewijzigd",
+                    "nieuw@p.nl",
+                    "USER".to_string()
+                ),
+                (
+                    "gebruiker.emailadres_gewijzigd.oud_adres",
+                    "oud@p.nl",
+                    "ADDRESS".to_string()
+                ),
+            ]
+        );
+        assert!(
+            r[1].users.is_empty(),
+            "the notice to the old address serves nobody: it is not re-checked"
+        );
+        let same = address_change_mails(&after, &EmailAddress::parse("NIEUW@p.nl").unwrap());
+        assert_eq!(same.len(), 1, "only a case change: one confirmation");
+    }
+
+    #[test]
+    fn undeliverable_notices_name_the_user_and_go_to_contact_persons() {
+        let user = DirectoryUser {
+            gebruikersnummer: Gebruikersnummer::parse(B).unwrap(),
+            naam: "P. Jansen".into(),
+            email: EmailAddress::parse("b@p.nl").unwrap(),
+            status: UserStatus::Actief,
+            versie: 1,
+        };
+        let d = dir(vec![
+            member(A, "cp@p.nl", &[], false, true, true),
+            member(C, "x@p.nl", &[], false, false, true),
+        ]);
+        let r = undeliverable_notices(&d, &user, "e1", EventType::UitvraagBeoordeeld, "geweigerd");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].address.as_str(), "cp@p.nl");
+        assert_eq!(r[0].about, B);
+        let n = r[0].notice.as_ref().unwrap();
+        assert_eq!(n["gebruiker_naam"], "P. Jansen");
+        assert!(!n.to_string().contains("b@p.nl"), "never the address");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct DispatchConfig {
     pub idle_poll: Duration,
     pub concurrency: usize,
     pub breaker_open_for: Duration,
+    /// Deadline of notices the dispatcher creates itself (`retry.deadline`).
+    pub deadline: Duration,
 }
 
 /// The dispatch loop and its collaborators.
@@ -562,13 +564,26 @@ impl Dispatcher {
             if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), day_ago).await? {
                 continue;
             }
-            let planned =
-                recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden);
-            let deadline = Utc::now() + chrono::Duration::hours(72);
-            for p in planned
-                .iter()
-                .filter(|p| Some(&p.address) != EmailAddress::parse(&d.address).ok().as_ref())
-            {
+            let failing = EmailAddress::parse(&d.address).ok();
+            // A contact person at the very address that failed cannot be told through it.
+            let planned: Vec<_> =
+                recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden)
+                    .into_iter()
+                    .filter(|p| Some(&p.address) != failing.as_ref())
+                    .collect();
+            if planned.is_empty() {
+                let note = format!(
+                    "{} about user {} not sent: no other active contact person",
+                    MailKind::Onbestelbaar.as_str(),
+                    user.gebruikersnummer
+                );
+                ev::append_detail(&mut tx, &d.event_id, &note).await?;
+                self.metrics.unroutable();
+                warn!(gebruikersnummer = %user.gebruikersnummer, "undeliverable mail cannot be escalated: no active contact person");
+                continue;
+            }
+            let deadline = Utc::now() + self.cfg.deadline;
+            for p in &planned {
                 if dl::insert_planned(
                     &mut tx,
                     &d.event_id,

@@ -6,8 +6,11 @@
 //! no-op), the directory changes, every delivery, and the quarantine rows for
 //! bad input. The caller acks only after [`Ingestor::ingest_batch`] returned Ok.
 
-use crate::domain::directory::{UserStatus, VersionCheck};
-use crate::domain::event::{EventBody, PortalEvent, ValidationRules, envelope_hint, parse_event};
+use crate::domain::directory::{UserRecord, UserStatus, VersionCheck};
+use crate::domain::event::{
+    EventBody, ModuleEvent, PortalEvent, ValidationRules, envelope_hint, parse_event,
+};
+use crate::domain::ids::AgbCode;
 use crate::domain::recipients::{self, PlannedDelivery, Routing};
 use crate::ops::metrics::Metrics;
 use crate::store::directory::{self as dir, UserChange};
@@ -68,9 +71,15 @@ pub enum IngestOutcome {
         event_id: String,
         deliveries: usize,
         routing: &'static str,
+        /// A notice was due but nobody could get it (no active contact person).
+        unroutable_notice: bool,
     },
     /// A directory event applied (with the mails it causes, if any).
-    Applied { event_id: String, deliveries: usize },
+    Applied {
+        event_id: String,
+        deliveries: usize,
+        unroutable_notice: bool,
+    },
     /// The event id was seen before: nothing new happened.
     Duplicate { event_id: String },
     /// A directory update not newer than what is stored: ignored.
@@ -99,16 +108,24 @@ pub struct Ingestor {
     store: Store,
     rules: ValidationRules,
     deadline: Duration,
+    late_window: Duration,
     metrics: Metrics,
 }
 
 impl Ingestor {
     /// An ingestor writing to `store`.
-    pub fn new(store: Store, rules: ValidationRules, deadline: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        rules: ValidationRules,
+        deadline: Duration,
+        late_window: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             store,
             rules,
             deadline,
+            late_window,
             metrics,
         }
     }
@@ -129,9 +146,15 @@ impl Ingestor {
         for (t, o) in types.iter().zip(&outcomes) {
             self.metrics.event_received(t, o.label());
             match o {
-                IngestOutcome::Accepted { routing, .. } if *routing == "unroutable" => {
-                    self.metrics.unroutable()
-                }
+                IngestOutcome::Accepted {
+                    routing,
+                    unroutable_notice,
+                    ..
+                } if *routing == "unroutable" || *unroutable_notice => self.metrics.unroutable(),
+                IngestOutcome::Applied {
+                    unroutable_notice: true,
+                    ..
+                } => self.metrics.unroutable(),
                 IngestOutcome::Stale { .. } => self.metrics.directory_skipped("stale"),
                 IngestOutcome::UnknownUser { .. } => self.metrics.directory_skipped("unknown_user"),
                 _ => {}
@@ -221,19 +244,29 @@ impl Ingestor {
         planned: &[PlannedDelivery],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let deadline = event.time + self.deadline;
+        self.plan_for(conn, event.id.as_str(), event.time, planned, now)
+            .await
+    }
+
+    async fn plan_for(
+        &self,
+        conn: &mut AnyConnection,
+        event_id: &str,
+        event_time: DateTime<Utc>,
+        planned: &[PlannedDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let deadline = event_time + self.deadline;
         let mut n = 0;
         for p in planned {
-            if deliveries::insert_planned(
-                conn,
-                event.id.as_str(),
-                p,
-                ms(now),
-                ms(now),
-                ms(deadline),
-            )
-            .await?
-            .is_some()
+            if deliveries::already_sent_to(conn, event_id, p.kind.as_str(), p.address.as_str())
+                .await?
+            {
+                continue;
+            }
+            if deliveries::insert_planned(conn, event_id, p, ms(now), ms(now), ms(deadline))
+                .await?
+                .is_some()
             {
                 n += 1;
             }
@@ -251,47 +284,47 @@ impl Ingestor {
         let now_ms = ms(now);
         match &event.body {
             EventBody::Module(m) => {
-                let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
-                let actor = match &m.actor {
-                    Some(a) => dir::get_user(conn, a).await?,
-                    None => None,
-                };
-                let res = recipients::resolve_module(m, &id, &snapshot, actor.as_ref());
-                let n = self.plan(conn, event, &res.deliveries, now).await?;
-                let detail = (!res.notes.is_empty()).then(|| res.notes.join("; "));
-                let routing = match res.routing {
-                    Routing::Routed => "routed",
-                    Routing::NoRecipientNotice => "no_recipient_notice",
-                    Routing::Unroutable => "unroutable",
-                };
-                let detail = match res.routing {
-                    Routing::Unroutable => Some(format!(
-                        "no active user with the right and no active contact person for AGB {}{}",
-                        m.agb_code,
-                        detail.map(|d| format!("; {d}")).unwrap_or_default()
-                    )),
-                    Routing::NoRecipientNotice => Some(format!(
-                        "no active recipient: contact persons notified{}",
-                        detail.map(|d| format!("; {d}")).unwrap_or_default()
-                    )),
-                    Routing::Routed => detail,
-                };
-                ev::set_event_state(conn, &id, res.routing.event_state(), detail.as_deref())
-                    .await?;
-                if res.routing == Routing::Unroutable {
-                    warn!(agb_code = %m.agb_code, "unroutable event: no recipient and no contact person");
-                }
+                let (n, res) = self.resolve_and_plan(conn, &id, m, event.time, now).await?;
+                let routing = routing_label(res.routing);
                 info!(deliveries = n, routing, "event accepted");
                 Ok(IngestOutcome::Accepted {
                     event_id: id,
                     deliveries: n,
                     routing,
+                    unroutable_notice: res.unroutable_notice,
                 })
             }
             EventBody::GebruikerBijgewerkt(rec) => {
                 let check = dir::apply_user(conn, rec, now_ms).await?;
-                self.directory_outcome(conn, &id, rec.gebruikersnummer.as_ref(), check)
-                    .await
+                let mut n = 0;
+                if check != VersionCheck::Stale {
+                    if rec.status == UserStatus::Ingetrokken {
+                        // Known from now on: pending mail to this user stops at once.
+                        deliveries::cancel_for_revoked(
+                            conn,
+                            rec.gebruikersnummer.as_str(),
+                            "cancelled: the recipient's certificate was revoked",
+                        )
+                        .await?;
+                    } else {
+                        n = self.reresolve_recent(conn, rec, now).await?;
+                    }
+                }
+                let out = self
+                    .directory_outcome(conn, &id, rec.gebruikersnummer.as_ref(), check)
+                    .await?;
+                Ok(match out {
+                    IngestOutcome::Applied {
+                        event_id,
+                        unroutable_notice,
+                        ..
+                    } => IngestOutcome::Applied {
+                        event_id,
+                        deliveries: n,
+                        unroutable_notice,
+                    },
+                    other => other,
+                })
             }
             EventBody::OrganisatieBijgewerkt {
                 agb_code,
@@ -330,6 +363,7 @@ impl Ingestor {
                         Ok(IngestOutcome::Applied {
                             event_id: id,
                             deliveries: n,
+                            unroutable_notice: false,
                         })
                     }
                     other => {
@@ -342,6 +376,9 @@ impl Ingestor {
                 gebruikersnummer, ..
             } => {
                 let links_before = dir::user_links(conn, gebruikersnummer).await?;
+                let was_active = dir::get_user(conn, gebruikersnummer)
+                    .await?
+                    .is_some_and(|u| u.status == UserStatus::Actief);
                 match dir::revoke(conn, gebruikersnummer, event_versie(event), now_ms).await? {
                     UserChange::Applied => {
                         let user =
@@ -358,7 +395,11 @@ impl Ingestor {
                         .await?;
                         let mut n = 0;
                         let mut no_cp = Vec::new();
-                        for (agb, was_signer) in &links_before {
+                        // Notices only when this revocation ended an active certificate:
+                        // a repeat (or one after a `gebruiker.bijgewerkt` already revoked it) says nothing new.
+                        let notify: &[(AgbCode, bool)] =
+                            if was_active { &links_before } else { &[] };
+                        for (agb, was_signer) in notify {
                             let snap = dir::agb_snapshot(conn, agb).await?;
                             let planned = recipients::revocation_notices(&user, *was_signer, &snap);
                             if planned.is_empty() {
@@ -385,6 +426,7 @@ impl Ingestor {
                         Ok(IngestOutcome::Applied {
                             event_id: id,
                             deliveries: n,
+                            unroutable_notice: !no_cp.is_empty(),
                         })
                     }
                     other => {
@@ -421,6 +463,7 @@ impl Ingestor {
             Ok(IngestOutcome::Applied {
                 event_id: id.to_owned(),
                 deliveries: 0,
+                unroutable_notice: false,
             })
         }
     }
@@ -462,6 +505,105 @@ impl Ingestor {
                 })
             }
         }
+    }
+}
+
+impl Ingestor {
+    /// Resolves a module event against the directory as it is now, plans the
+    /// deliveries that do not exist yet, and records the event's state.
+    async fn resolve_and_plan(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        m: &ModuleEvent,
+        event_time: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, recipients::Resolution), StoreError> {
+        let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
+        let actor = match &m.actor {
+            Some(a) => dir::get_user(conn, a).await?,
+            None => None,
+        };
+        let res = recipients::resolve_module(m, id, &snapshot, actor.as_ref());
+        let n = self
+            .plan_for(conn, id, event_time, &res.deliveries, now)
+            .await?;
+        let notes = (!res.notes.is_empty()).then(|| format!("; {}", res.notes.join("; ")));
+        let notes = notes.unwrap_or_default();
+        let detail = match res.routing {
+            Routing::Unroutable => Some(format!(
+                "no active user with the right and no active contact person for AGB {}{notes}",
+                m.agb_code
+            )),
+            Routing::NoRecipientNotice => Some(format!(
+                "no active recipient: contact persons notified{notes}"
+            )),
+            Routing::Routed => {
+                (!notes.is_empty()).then(|| notes.trim_start_matches("; ").to_owned())
+            }
+        };
+        ev::set_event_state(conn, id, res.routing.event_state(), detail.as_deref()).await?;
+        if res.routing == Routing::Unroutable || res.unroutable_notice {
+            warn!(agb_code = %m.agb_code, "unroutable: no recipient and no active contact person");
+        }
+        Ok((n, res))
+    }
+
+    /// A user appeared or changed: module events of its AGB codes received
+    /// within `recipients.late_directory_window` are resolved again, so a user
+    /// whose record arrived just after the event still gets its mail. Only
+    /// deliveries that do not exist yet are added.
+    async fn reresolve_recent(
+        &self,
+        conn: &mut AnyConnection,
+        user: &UserRecord,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if self.late_window.is_zero() {
+            return Ok(0);
+        }
+        let since = ms(now) - self.late_window.as_millis() as i64;
+        let mut added = 0;
+        for link in &user.koppelingen {
+            for row in ev::recent_for_agb(conn, link.agb_code.as_str(), since).await? {
+                added += self.reresolve_event(conn, &row, now).await?;
+            }
+        }
+        if added > 0 {
+            info!(
+                added,
+                "late directory update: deliveries added to recent events"
+            );
+        }
+        Ok(added)
+    }
+
+    /// Resolves one stored module event again against the current directory
+    /// and adds the deliveries that are missing (also used by `replay events`).
+    pub async fn reresolve_event(
+        &self,
+        conn: &mut AnyConnection,
+        row: &ev::EventRow,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let Ok(event) = parse_event(row.payload.as_bytes(), &self.rules) else {
+            return Ok(0);
+        };
+        let EventBody::Module(m) = &event.body else {
+            return Ok(0);
+        };
+        let (n, _) = self
+            .resolve_and_plan(conn, &row.id, m, event.time, now)
+            .await?;
+        Ok(n)
+    }
+}
+
+fn routing_label(r: Routing) -> &'static str {
+    match r {
+        Routing::Routed => "routed",
+        Routing::NoRecipientNotice => "no_recipient_notice",
+        Routing::Unroutable => "unroutable",
     }
 }
 

@@ -143,6 +143,8 @@ impl Claimed {
 pub struct ServedNow {
     pub gebruikersnummer: String,
     pub rule: String,
+    /// The directory version the user was chosen at.
+    pub versie: i64,
     /// `None` when the user vanished from the directory.
     pub naam: Option<String>,
     pub email: Option<String>,
@@ -155,7 +157,7 @@ pub async fn served_users(
     delivery_id: &str,
 ) -> Result<Vec<ServedNow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT du.gebruikersnummer, du.rule, u.naam, u.email, u.status FROM delivery_users du \
+        "SELECT du.gebruikersnummer, du.rule, du.versie, u.naam, u.email, u.status FROM delivery_users du \
          LEFT JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
          WHERE du.delivery_id = $1 ORDER BY du.gebruikersnummer",
     )
@@ -167,6 +169,7 @@ pub async fn served_users(
             Ok(ServedNow {
                 gebruikersnummer: r.try_get("gebruikersnummer")?,
                 rule: r.try_get("rule")?,
+                versie: r.try_get("versie")?,
                 naam: r.try_get("naam")?,
                 email: r.try_get("email")?,
                 status: r.try_get("status")?,
@@ -224,6 +227,26 @@ pub async fn split_off(
             .await?;
     }
     Ok(())
+}
+
+/// True when this event's mail of this kind was already sent to `address`
+/// (also by a delivery planned for another address that moved there).
+pub async fn already_sent_to(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    kind: &str,
+    address: &str,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE event_id = $1 AND kind = $2 AND status = 'sent' \
+         AND COALESCE(sent_to, address) = $3",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(address)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
 }
 
 /// True when another delivery of the same event and kind already went (or is

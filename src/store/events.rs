@@ -53,6 +53,22 @@ pub async fn set_event_state(
     Ok(())
 }
 
+/// Adds a note to an event's detail (kept with earlier notes).
+pub async fn append_detail(
+    conn: &mut AnyConnection,
+    id: &str,
+    note: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE events SET detail = CASE WHEN detail IS NULL OR detail = '' THEN $1 ELSE detail || '; ' || $1 END WHERE id = $2",
+    )
+    .bind(note)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// A stored event.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventRow {
@@ -74,19 +90,60 @@ pub async fn get_event(conn: &mut AnyConnection, id: &str) -> Result<Option<Even
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(|r| {
-        Ok(EventRow {
-            id: r.try_get("id")?,
-            event_type: r.try_get("type")?,
-            agb_code: r.try_get("agb_code")?,
-            occurred_at: r.try_get("occurred_at")?,
-            received_at: r.try_get("received_at")?,
-            payload: r.try_get("payload")?,
-            state: r.try_get("state")?,
-            detail: r.try_get("detail")?,
-        })
+    row.as_ref().map(event_row).transpose()
+}
+
+/// Events about `agb` received since `since_ms` that can gain recipients
+/// (accepted or unroutable), oldest first.
+pub async fn recent_for_agb(
+    conn: &mut AnyConnection,
+    agb: &str,
+    since_ms: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events \
+         WHERE agb_code = $1 AND received_at >= $2 AND state IN ('accepted', 'unroutable') ORDER BY received_at",
+    )
+    .bind(agb)
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_row).collect()
+}
+
+fn event_row(r: &sqlx::any::AnyRow) -> Result<EventRow, StoreError> {
+    Ok(EventRow {
+        id: r.try_get("id")?,
+        event_type: r.try_get("type")?,
+        agb_code: r.try_get("agb_code")?,
+        occurred_at: r.try_get("occurred_at")?,
+        received_at: r.try_get("received_at")?,
+        payload: r.try_get("payload")?,
+        state: r.try_get("state")?,
+        detail: r.try_get("detail")?,
     })
-    .transpose()
+}
+
+/// Events, newest first, optionally only those in `state`, of `event_type` or about `agb`.
+pub async fn list_events(
+    conn: &mut AnyConnection,
+    state: Option<&str>,
+    event_type: Option<&str>,
+    agb: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events \
+         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR type = $2) AND ($3 IS NULL OR agb_code = $3) \
+         ORDER BY received_at DESC LIMIT $4",
+    )
+    .bind(state)
+    .bind(event_type)
+    .bind(agb)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_row).collect()
 }
 
 /// A bad message on its way into quarantine.

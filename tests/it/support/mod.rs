@@ -380,6 +380,18 @@ impl TestApp {
         self.smtp.wait_for_count(n, WAIT).await.unwrap()
     }
 
+    /// The test's database URL: its SQLite file, or its PostgreSQL database
+    /// under `TEST_BACKEND=postgres` (for running the binary on it).
+    pub fn db_url(&self) -> String {
+        match &self._db {
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self._dir.path().join("notifier.db").display()
+            ),
+        }
+    }
+
     /// Shuts the service down (it must exit cleanly) and removes the test's
     /// queues and exchanges. Returns the PostgreSQL test database (if any):
     /// it is dropped, with the data, when the caller drops it.
@@ -662,5 +674,64 @@ impl Drop for TopologyGuard {
                 .block_on(delete_topology(&a));
         })
         .join();
+    }
+}
+
+/// One `gebruiker.bijgewerkt` data object: links are (agb, rights, tekenbevoegd, contactpersoon).
+pub fn user(
+    nr: &str,
+    email: &str,
+    active: bool,
+    links: &[(&str, &[&str], bool, bool)],
+    versie: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "gebruikersnummer": nr,
+        "naam": format!("Gebruiker {}", &nr[10..]),
+        "email": email,
+        "status": if active { "actief" } else { "ingetrokken" },
+        "koppelingen": links.iter().map(|(agb, rechten, teken, cp)| serde_json::json!({
+            "agb_code": agb, "rechten": rechten, "tekenbevoegd": teken, "contactpersoon": cp
+        })).collect::<Vec<_>>(),
+        "versie": versie,
+    })
+}
+
+/// A `gebruiker.bijgewerkt` event carrying `data`.
+pub fn user_event(data: serde_json::Value) -> serde_json::Value {
+    let mut e = fresh("gebruiker.bijgewerkt");
+    e["data"] = data;
+    e
+}
+
+/// The sample event of `event_type`, fresh, about `agb`.
+pub fn fresh_for(event_type: &str, agb: &str) -> serde_json::Value {
+    let mut e = fresh(event_type);
+    e["data"]["agb_code"] = agb.into();
+    e
+}
+
+impl TestApp {
+    /// Loads users given as data objects.
+    pub async fn import_users(&self, users: &[serde_json::Value]) {
+        let text: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        self.import_directory(&text.join("\n")).await;
+    }
+
+    /// Publishes and waits until every delivery of the event is final.
+    pub async fn publish_and_settle(&self, event: &serde_json::Value) -> Vec<DeliveryRow> {
+        self.publish(event).await;
+        let id = event["id"].as_str().unwrap();
+        self.wait_event(id).await;
+        self.wait_deliveries(Some(id), "all final", |r| {
+            r.iter()
+                .all(|d| matches!(d.status.as_str(), "sent" | "failed" | "cancelled"))
+        })
+        .await
+    }
+
+    /// The mails received so far, parsed.
+    pub fn parsed_mails(&self) -> Vec<Parsed> {
+        self.smtp.messages().iter().map(parse_mail).collect()
     }
 }

@@ -1,0 +1,352 @@
+//! The recipient rules end to end: notices, revocations, address changes,
+//! escalation of undeliverable mail, several AGB codes, late directory data.
+
+use crate::support::{fresh, fresh_for, sample_directory, spawn_app, user, user_event};
+
+const ALL: &[&str] = &["uitvragen", "contracteren", "onderhandelen", "naleving"];
+
+fn kinds(rows: &[notifier::store::deliveries::DeliveryRow]) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = rows
+        .iter()
+        .map(|d| (d.kind.clone(), d.recipient.clone(), d.status.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn row(kind: &str, to: &str, status: &str) -> (String, String, String) {
+    (kind.into(), to.into(), status.into())
+}
+
+#[tokio::test]
+async fn an_address_change_confirms_to_the_new_and_warns_the_old_address() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let mut e = fresh("gebruiker.emailadres_gewijzigd");
+    // The directory holds p.jansen@...; the event's oud_email differs: the notice goes to what the directory held.
+    e["data"]["gebruikersnummer"] = "10000000000002".into();
+    e["data"]["oud_email"] = "iets.anders@fysio-noord.example".into();
+    e["data"]["nieuw_email"] = "Piet.Jansen@Elders.example".into();
+    e["data"]["versie"] = 4.into();
+    let rows = app.publish_and_settle(&e).await;
+    assert_eq!(
+        kinds(&rows),
+        vec![
+            row(
+                "gebruiker.emailadres_gewijzigd",
+                "piet.jansen@elders.example",
+                "sent"
+            ),
+            row(
+                "gebruiker.emailadres_gewijzigd.oud_adres",
+                "p.jansen@fysio-noord.example",
+                "sent"
+            ),
+        ]
+    );
+    let mails = app.parsed_mails();
+    let old = mails
+        .iter()
+        .find(|m| m.raw.contains("To: p.jansen@fysio-noord.example"))
+        .unwrap();
+    assert!(
+        !old.text.contains("elders.example"),
+        "the security notice never shows the new address"
+    );
+    assert!(old.text.to_lowercase().contains("contactpersoon"));
+    // Module mail now goes to the new address.
+    let rows = app.publish_and_settle(&fresh("uitvraag.beoordeeld")).await;
+    assert!(
+        rows.iter()
+            .any(|d| d.recipient == "piet.jansen@elders.example" && d.status == "sent")
+    );
+    // A change for an unknown user sends nothing and is recorded.
+    let mut unknown = fresh("gebruiker.emailadres_gewijzigd");
+    unknown["data"]["gebruikersnummer"] = "19999999999999".into();
+    app.publish(&unknown).await;
+    let ev = app.wait_event(unknown["id"].as_str().unwrap()).await;
+    assert_eq!(ev.state, "ignored");
+    assert!(
+        app.deliveries(Some(unknown["id"].as_str().unwrap()))
+            .await
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_the_last_signer_tells_the_contact_persons() {
+    let app = spawn_app("").await;
+    let agb = "05111111";
+    app.import_users(&[
+        user(
+            "30000000000001",
+            "cp@praktijk5.example",
+            true,
+            &[(agb, &["uitvragen"], false, true)],
+            1,
+        ),
+        user(
+            "30000000000002",
+            "signer@praktijk5.example",
+            true,
+            &[(agb, &["contracteren"], true, false)],
+            1,
+        ),
+        user(
+            "30000000000003",
+            "colleague@praktijk5.example",
+            true,
+            &[(agb, &["contracteren"], false, false)],
+            1,
+        ),
+    ])
+    .await;
+    let mut revoke = fresh("certificaat.ingetrokken");
+    revoke["data"]["gebruikersnummer"] = "30000000000002".into();
+    revoke["data"]["versie"] = 2.into();
+    let rows = app.publish_and_settle(&revoke).await;
+    assert_eq!(
+        kinds(&rows),
+        vec![
+            row(
+                "beheer.laatste_tekenbevoegde_ingetrokken",
+                "cp@praktijk5.example",
+                "sent"
+            ),
+            row("certificaat.ingetrokken", "cp@praktijk5.example", "sent"),
+        ]
+    );
+    let mails = app.parsed_mails();
+    let warning = mails
+        .iter()
+        .find(|m| m.subject.to_lowercase().contains("tekenbevoeg"))
+        .expect("the last-signer warning");
+    assert!(warning.text.contains("Gebruiker 0002") && warning.text.contains("30000000000002"));
+    assert!(warning.text.contains("geen contracten") && warning.text.contains("webformulier"));
+    // A repeated revocation says nothing new.
+    let mut again = fresh("certificaat.ingetrokken");
+    again["data"]["gebruikersnummer"] = "30000000000002".into();
+    again["data"]["versie"] = 3.into();
+    let rows = app.publish_and_settle(&again).await;
+    assert!(rows.is_empty(), "{rows:?}");
+    // Contract events now find no signer.
+    let rows = app
+        .publish_and_settle(&fresh_for("contract.voorstel_aangeboden", agb))
+        .await;
+    assert_eq!(
+        kinds(&rows),
+        vec![
+            row("beheer.geen_tekenbevoegde", "cp@praktijk5.example", "sent"),
+            row(
+                "contract.voorstel_aangeboden",
+                "colleague@praktijk5.example",
+                "sent"
+            ),
+        ]
+    );
+    let rows = app
+        .publish_and_settle(&fresh_for("contract.herinnering_acceptatie", agb))
+        .await;
+    assert_eq!(
+        kinds(&rows),
+        vec![
+            row(
+                "beheer.geen_tekenbevoegde",
+                "colleague@praktijk5.example",
+                "sent"
+            ),
+            row("beheer.geen_tekenbevoegde", "cp@praktijk5.example", "sent"),
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_unroutable() {
+    let app = spawn_app("").await;
+    app.import_users(&[
+        user(
+            "31000000000001",
+            "cp@praktijk6.example",
+            true,
+            &[("06111111", &["naleving"], false, true)],
+            1,
+        ),
+        user(
+            "31000000000002",
+            "gone@praktijk7.example",
+            false,
+            &[("07111111", ALL, true, true)],
+            1,
+        ),
+    ])
+    .await;
+    let rows = app
+        .publish_and_settle(&fresh_for("uitvraag.vragenlijst_klaargezet", "06111111"))
+        .await;
+    assert_eq!(
+        kinds(&rows),
+        vec![row("beheer.geen_ontvanger", "cp@praktijk6.example", "sent")]
+    );
+    let notice = app
+        .parsed_mails()
+        .into_iter()
+        .find(|m| m.raw.contains("To: cp@praktijk6.example"))
+        .unwrap();
+    assert!(notice.text.contains("Uitvraagmodule"), "{}", notice.text);
+
+    let e = fresh_for("onderhandeling.afgerond", "07111111");
+    let id = e["id"].as_str().unwrap().to_owned();
+    let rows = app.publish_and_settle(&e).await;
+    assert!(rows.is_empty());
+    let ev = app.wait_event(&id).await;
+    assert_eq!(ev.state, "unroutable");
+    assert!(ev.detail.unwrap().contains("no active contact person"));
+    let metrics = crate::support::http_get(&format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("notifier_unroutable_events_total 1"),
+        "{metrics}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args([
+            "events",
+            "list",
+            "--state",
+            "unroutable",
+            "--format",
+            "json",
+        ])
+        .env("NOTIFIER_DATABASE__URL", app.db_url())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["id"], id.as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_undeliverable_module_mail_is_escalated_once_a_day_without_the_address() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .reply_for_rcpt("p.jansen", "550 5.1.1 No such user");
+    let rows = app.publish_and_settle(&fresh("uitvraag.beoordeeld")).await;
+    let failed = rows
+        .iter()
+        .find(|d| d.recipient == "p.jansen@fysio-noord.example")
+        .unwrap();
+    assert_eq!(failed.status, "failed");
+    let notice = app
+        .wait_deliveries(Some(&failed.event_id), "the notice sent", |r| {
+            r.iter()
+                .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
+        })
+        .await;
+    let n = notice
+        .iter()
+        .find(|d| d.kind == "beheer.onbestelbaar")
+        .unwrap();
+    assert_eq!(
+        n.recipient, "j.devries@fysio-noord.example",
+        "the contact person"
+    );
+    let mail = app
+        .parsed_mails()
+        .into_iter()
+        .find(|m| m.message_id == n.message_id)
+        .unwrap();
+    assert!(mail.text.contains("P. Jansen") && mail.text.contains("10000000000002"));
+    assert!(
+        !mail.text.contains("p.jansen@"),
+        "names the user, never the address"
+    );
+    // A second failure for the same user the same day: no second notice.
+    let rows = app
+        .publish_and_settle(&fresh("uitvraag.vragenlijst_klaargezet"))
+        .await;
+    assert!(rows.iter().any(|d| d.status == "failed"));
+    assert!(!rows.iter().any(|d| d.kind == "beheer.onbestelbaar"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_in_two_agb_codes_gets_mail_only_where_it_has_the_right() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    // A. Bakker (Praktijk@...): uitvragen (and contact person) at 04765432; onderhandelen, naleving at 04123456.
+    let rows = app
+        .publish_and_settle(&fresh_for("uitvraag.beoordeeld", "04765432"))
+        .await;
+    assert_eq!(
+        kinds(&rows),
+        vec![row(
+            "uitvraag.beoordeeld",
+            "praktijk@fysio-noord.example",
+            "sent"
+        )]
+    );
+    let rows = app
+        .publish_and_settle(&fresh_for("uitvraag.beoordeeld", "04123456"))
+        .await;
+    assert!(
+        rows.iter()
+            .all(|d| d.recipient != "praktijk@fysio-noord.example"),
+        "{rows:?}"
+    );
+    let rows = app
+        .publish_and_settle(&fresh_for("naleving.aanleververzoek", "04765432"))
+        .await;
+    assert_eq!(
+        kinds(&rows),
+        vec![row(
+            "beheer.geen_ontvanger",
+            "praktijk@fysio-noord.example",
+            "sent"
+        )]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() {
+    let app = spawn_app("").await;
+    let agb = "08111111";
+    let e = fresh_for("contract.administratief_vastgelegd", agb);
+    let id = e["id"].as_str().unwrap().to_owned();
+    app.publish(&e).await;
+    assert_eq!(app.wait_event(&id).await.state, "unroutable");
+    // The user's record follows a moment later.
+    let u = user(
+        "32000000000001",
+        "nieuw@praktijk8.example",
+        true,
+        &[(agb, &["contracteren"], true, true)],
+        1,
+    );
+    app.publish(&user_event(u)).await;
+    let rows = app
+        .wait_deliveries(Some(&id), "late recipient sent", |r| {
+            r.len() == 1 && r[0].status == "sent"
+        })
+        .await;
+    assert_eq!(rows[0].recipient, "nieuw@praktijk8.example");
+    assert_eq!(app.wait_event(&id).await.state, "accepted");
+    // A later update of the same user adds nothing: it already got the mail.
+    let u = user(
+        "32000000000001",
+        "nieuw@praktijk8.example",
+        true,
+        &[(agb, ALL, true, true)],
+        2,
+    );
+    let update = user_event(u);
+    app.publish(&update).await;
+    app.wait_event(update["id"].as_str().unwrap()).await;
+    assert_eq!(app.deliveries(Some(&id)).await.len(), 1);
+    assert_eq!(app.smtp.count(), 1);
+    app.stop().await;
+}
