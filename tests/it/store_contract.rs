@@ -230,6 +230,77 @@ async fn events_are_recorded_once_by_id(store: Store) {
     assert!(ev::get_event(&mut c, "nope").await.unwrap().is_none());
 }
 
+async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    let mut e = |id: &'static str,
+                 agb: Option<&'static str>,
+                 received: i64,
+                 state: &'static str| NewEvent {
+        id,
+        agb_code: agb,
+        received_at_ms: received,
+        state,
+        ..new_event(id)
+    };
+    ev::insert_event(&mut c, &e("e-1", Some(AGB), 100, "accepted"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-2", Some(AGB), 200, "unroutable"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-3", Some("04222222"), 300, "accepted"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-4", None, 400, "applied"))
+        .await
+        .unwrap();
+    let ids = |v: Vec<ev::EventRow>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ev::list_events(&mut c, None, None, None, 10).await.unwrap()),
+        vec!["e-4", "e-3", "e-2", "e-1"]
+    );
+    assert_eq!(
+        ids(ev::list_events(&mut c, Some("unroutable"), None, None, 10)
+            .await
+            .unwrap()),
+        vec!["e-2"]
+    );
+    assert_eq!(
+        ids(ev::list_events(&mut c, None, None, Some(AGB), 10)
+            .await
+            .unwrap()),
+        vec!["e-2", "e-1"]
+    );
+    assert_eq!(
+        ids(
+            ev::list_events(&mut c, Some("accepted"), Some(MODULE), Some(AGB), 10)
+                .await
+                .unwrap()
+        ),
+        vec!["e-1"]
+    );
+    assert_eq!(
+        ids(ev::list_events(&mut c, None, None, None, 1).await.unwrap()),
+        vec!["e-4"]
+    );
+    assert_eq!(
+        ids(ev::recent_for_agb(&mut c, AGB, 150).await.unwrap()),
+        vec!["e-2"]
+    );
+    assert_eq!(
+        ids(ev::recent_for_agb(&mut c, AGB, 0).await.unwrap()),
+        vec!["e-1", "e-2"]
+    );
+    ev::append_detail(&mut c, "e-1", "first note")
+        .await
+        .unwrap();
+    ev::append_detail(&mut c, "e-1", "second note")
+        .await
+        .unwrap();
+    let got = ev::get_event(&mut c, "e-1").await.unwrap().unwrap();
+    assert_eq!(got.detail.as_deref(), Some("first note; second note"));
+}
+
 async fn quarantine_keeps_bad_input_and_its_redrives(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
     fn q<'a>(raw: &'a [u8], reason: &'a str) -> NewQuarantine<'a> {
@@ -1067,6 +1138,7 @@ macro_rules! contract {
 contract!(
     a_fresh_database_is_behind_until_migrated,
     events_are_recorded_once_by_id,
+    events_are_listed_by_state_type_and_agb_and_keep_their_notes,
     quarantine_keeps_bad_input_and_its_redrives,
     directory_applies_only_newer_versions,
     concurrent_directory_writes_never_overwrite_a_newer_version,
