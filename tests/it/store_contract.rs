@@ -232,15 +232,14 @@ async fn events_are_recorded_once_by_id(store: Store) {
 
 async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
-    let mut e = |id: &'static str,
-                 agb: Option<&'static str>,
-                 received: i64,
-                 state: &'static str| NewEvent {
-        id,
-        agb_code: agb,
-        received_at_ms: received,
-        state,
-        ..new_event(id)
+    let e = |id: &'static str, agb: Option<&'static str>, received: i64, state: &'static str| {
+        NewEvent {
+            id,
+            agb_code: agb,
+            received_at_ms: received,
+            state,
+            ..new_event(id)
+        }
     };
     ev::insert_event(&mut c, &e("e-1", Some(AGB), 100, "accepted"))
         .await
