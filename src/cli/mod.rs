@@ -9,6 +9,7 @@ mod quarantine;
 mod replay;
 pub mod samples;
 mod service;
+mod transfer;
 
 use crate::app::StartError;
 use crate::config::{LogFormat, Settings};
@@ -96,6 +97,18 @@ pub enum Command {
         since: String,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Write the whole database (events, directory, deliveries, attempts, quarantine) as JSON lines, e.g. to move to PostgreSQL.
+    Export {
+        /// The file to write; `-` writes standard output.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Load a `notifier export` file into an empty, migrated database; deliveries being sent become pending.
+    Import {
+        /// The export file; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
     },
     /// Run the whole pipeline on sample data: a fresh SQLite file, mails to ./outbox. No broker or relay needed.
     Demo {
@@ -432,6 +445,8 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
         },
         Command::Check { older_than, format } => check::check(settings, older_than, format).await,
         Command::Stats { since, format } => check::stats(settings, &since, format).await,
+        Command::Export { output } => transfer::export(settings, &output).await,
+        Command::Import { input } => transfer::import(settings, &input).await,
     }
 }
 

@@ -90,11 +90,18 @@ pub async fn claim(
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
+    // The batch is picked once, in a MATERIALIZED CTE. As a plain
+    // `IN (SELECT ... LIMIT n)` PostgreSQL may re-run the subquery for each
+    // candidate row (a semi-join rescan), and with ties in `due_at` each run
+    // can pick different rows: one claim then took more than `limit`. The
+    // outer condition is checked again because a row picked here may have been
+    // claimed and committed by another instance in the meantime.
     let sql = format!(
-        "UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
-         WHERE id IN (SELECT id FROM deliveries \
+        "WITH picked AS MATERIALIZED (SELECT id FROM deliveries \
             WHERE (status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3) \
-            ORDER BY due_at LIMIT $4 {lock}) \
+            ORDER BY due_at, id LIMIT $4 {lock}) \
+         UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
+         WHERE id IN (SELECT id FROM picked) \
          AND ((status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3)) \
          RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id"
     );

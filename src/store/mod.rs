@@ -10,6 +10,7 @@ pub mod deliveries;
 pub mod directory;
 pub mod events;
 pub mod replays;
+pub mod transfer;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -29,7 +30,8 @@ pub enum StoreError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(
-        "the database schema is behind this version (at {current:?}, needs {latest}); run `notifier migrate` or set database.migrate_on_start = true"
+        "the database schema is behind this version (database at migration {}, this version needs {latest}); run `notifier migrate` or set database.migrate_on_start = true",
+        .current.map_or_else(|| "none".to_owned(), |v| v.to_string())
     )]
     Behind { current: Option<i64>, latest: i64 },
     #[error("{0}")]

@@ -366,7 +366,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
     })
     .await;
     let store = app.store.clone();
-    app.stop().await; // asserts a clean exit
+    let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
     wait_status(&store, &id, "sent", |r| {
         r[0].status == "sent" && r[0].attempts == 1
     })
@@ -385,7 +385,7 @@ async fn shutdown_releases_the_lease_when_the_grace_passes() {
     })
     .await;
     let store = app.store.clone();
-    app.stop().await;
+    let _db = app.stop().await; // the database is kept for the check below
     // Handed back for the next run, not left claimed until the lease runs out.
     wait_status(&store, &id, "pending again", |r| {
         r[0].status == "pending" && r[0].attempts == 0

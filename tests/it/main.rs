@@ -1,9 +1,13 @@
 //! The one integration-test binary: the real service against the real
 //! RabbitMQ, a SQLite file and an SMTP server over TCP.
 
+mod backends;
 mod cli;
 mod delivery;
+mod instances;
 mod ops;
 mod pipeline;
 mod recipients;
+mod store_contract;
 mod support;
+mod transfer;

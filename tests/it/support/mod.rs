@@ -1,6 +1,8 @@
 //! Test support: `spawn_app` runs the real service in-process against the
 //! machine's RabbitMQ (a unique exchange and queue per test), a temp SQLite
-//! file, and a scriptable SMTP server over TCP.
+//! file (or, with `TEST_BACKEND=postgres`, a fresh PostgreSQL
+//! database), and a scriptable SMTP server over TCP. [`TestDb`] makes and
+//! removes the per-test databases.
 
 pub mod smtp_server;
 
@@ -95,6 +97,123 @@ level = "warn"
     )
 }
 
+/// The PostgreSQL server the tests use (trust auth), without a database name.
+/// `TEST_PG_SERVER` overrides it, e.g. `postgres://postgres@db:5432`. (Not a
+/// `NOTIFIER_` variable: the binary refuses unknown `NOTIFIER_*` settings, and
+/// subprocesses inherit the environment.)
+pub fn pg_server() -> String {
+    std::env::var("TEST_PG_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl TestBackend {
+    /// The backend `spawn_app` uses: PostgreSQL when
+    /// `TEST_BACKEND=postgres`, else SQLite.
+    pub fn from_env() -> Self {
+        match std::env::var("TEST_BACKEND").as_deref() {
+            Ok("postgres") | Ok("pg") => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
+}
+
+/// A fresh, empty database for one test. SQLite: a file in a temp directory.
+/// PostgreSQL: a new database `notifier_test_<uuid>`, dropped (`WITH (FORCE)`,
+/// so open pools do not keep it alive) when this value is dropped.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A new database on `backend`.
+    pub async fn new(backend: TestBackend) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let mut db = Self::sqlite(dir.path());
+                db._dir = Some(dir);
+                db
+            }
+            TestBackend::Postgres => Self::postgres().await,
+        }
+    }
+
+    /// A SQLite file `notifier.db` in `dir` (removed with `dir`).
+    pub fn sqlite(dir: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", dir.join("notifier.db").display()),
+            pg_name: None,
+            _dir: None,
+        }
+    }
+
+    /// A new PostgreSQL database, created through the `postgres` database.
+    pub async fn postgres() -> Self {
+        use sqlx::Connection;
+        let name = format!("notifier_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("{}/postgres", pg_server());
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin} (trust auth, user postgres) is needed: {e}")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let _ = c.close().await;
+        Self {
+            url: format!("{}/{name}", pg_server()),
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop may run inside a runtime: do the async work on a thread of its own.
+        let admin = format!("{}/postgres", pg_server());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// A running service with its SMTP server and a publisher.
 pub struct TestApp {
     pub smtp: TestSmtpServer,
@@ -104,6 +223,7 @@ pub struct TestApp {
     /// The service's settings (for running the CLI against its database).
     pub settings: Settings,
     amqp: notifier::config::AmqpSettings,
+    _db: Option<TestDb>,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -113,7 +233,15 @@ pub struct TestApp {
 pub async fn spawn_app(extra: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let settings = test_settings(dir.path(), &smtp.url(), extra);
+    let mut settings = test_settings(dir.path(), &smtp.url(), extra);
+    let db = match TestBackend::from_env() {
+        TestBackend::Sqlite => None,
+        TestBackend::Postgres => {
+            let db = TestDb::postgres().await;
+            settings.database.url = db.url.clone();
+            Some(db)
+        }
+    };
     let store = Store::connect(&settings.database.url, 4).await.unwrap();
     store.migrate().await.unwrap();
     let (tx, rx) = watch::channel(false);
@@ -130,6 +258,7 @@ pub async fn spawn_app(extra: &str) -> TestApp {
         http_addr: running.http_addr,
         amqp: settings.amqp.clone(),
         settings: settings.clone(),
+        _db: db,
         _dir: dir,
         shutdown: tx,
         handle: Some(handle),
@@ -254,18 +383,28 @@ impl TestApp {
         self.smtp.wait_for_count(n, WAIT).await.unwrap()
     }
 
-    /// The test's SQLite file.
-    pub fn db_file(&self) -> std::path::PathBuf {
-        self._dir.path().join("notifier.db")
+    /// The test's database URL: its SQLite file, or its PostgreSQL database
+    /// under `TEST_BACKEND=postgres` (for running the binary on it).
+    pub fn db_url(&self) -> String {
+        match &self._db {
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self._dir.path().join("notifier.db").display()
+            ),
+        }
     }
 
-    /// Shuts the service down (it must exit cleanly) and removes the test's queues and exchanges.
-    pub async fn stop(mut self) {
+    /// Shuts the service down (it must exit cleanly) and removes the test's
+    /// queues and exchanges. Returns the PostgreSQL test database (if any):
+    /// it is dropped, with the data, when the caller drops it.
+    pub async fn stop(mut self) -> Option<TestDb> {
         let _ = self.shutdown.send(true);
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
         delete_topology(&self.amqp).await;
+        self._db.take()
     }
 }
 
@@ -370,6 +509,175 @@ pub fn event_for(agb: &str) -> serde_json::Value {
     let mut e = fresh("uitvraag.vragenlijst_klaargezet");
     e["data"]["agb_code"] = agb.into();
     e
+}
+
+/// [`test_toml`] with `database.url` set to `db_url` (e.g. a [`TestDb`]'s).
+pub fn test_toml_with_db(dir: &std::path::Path, smtp_url: &str, db_url: &str) -> String {
+    let toml = test_toml(dir, smtp_url);
+    let sqlite_line = toml
+        .lines()
+        .find(|l| l.starts_with("url = \"sqlite://"))
+        .expect("test_toml sets database.url")
+        .to_owned();
+    toml.replace(&sqlite_line, &format!("url = \"{db_url}\""))
+}
+
+/// Settings parsed from a TOML written by [`test_toml`] (the same a `notifier --config` subprocess reads).
+pub fn settings_from_toml(toml: &str) -> Settings {
+    Settings::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+        .expect("test settings")
+}
+
+/// Declares the test's exchange and queues, so events published before any
+/// worker runs are queued.
+pub async fn declare_topology(a: &notifier::config::AmqpSettings) {
+    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    notifier::broker::topology::declare(&ch, a).await.unwrap();
+    let _ = conn.close(200, "ok".into()).await;
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `notifier run` subprocess (the real binary) with its own HTTP port and a
+/// log file. Dropping it kills the process, so a failed test leaves none behind.
+pub struct RunProcess {
+    pub child: std::process::Child,
+    pub http: std::net::SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl RunProcess {
+    /// Starts `notifier --config CONFIG run` with `env` on top.
+    pub fn spawn(config: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Self {
+        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = config.with_file_name(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("NOTIFIER_HTTP__LISTEN", http.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, http, log }
+    }
+
+    /// Waits until `/readyz` says it consumes from the queue.
+    pub async fn wait_consuming(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let body = http_get(&format!("http://{}/readyz", self.http))
+                .await
+                .unwrap_or_default();
+            if body.contains("\"consuming\"") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("notifier run exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "notifier run never consumed: {body}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.http))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, leases and unacked messages left behind.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        ok && self.child.wait().unwrap().success()
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `pred` holds for all deliveries in `store`, polling with a deadline.
+pub async fn wait_all_deliveries(
+    store: &Store,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&[DeliveryRow]) -> bool,
+) -> Vec<DeliveryRow> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let rows = {
+            let mut c = store.pool().acquire().await.unwrap();
+            dl::list(&mut c, &DeliveryFilter::default()).await.unwrap()
+        };
+        if pred(&rows) {
+            return rows;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
+            for r in &rows {
+                *by_status.entry(r.status.as_str()).or_default() += 1;
+            }
+            panic!(
+                "timed out waiting for {what}: {} deliveries {by_status:?}",
+                rows.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes a test's queues and exchanges when dropped, also when the test
+/// fails half-way (quorum queues left behind cost the broker memory).
+pub struct TopologyGuard(pub notifier::config::AmqpSettings);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let a = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(delete_topology(&a));
+        })
+        .join();
+    }
 }
 
 /// One `gebruiker.bijgewerkt` data object: links are (agb, rights, tekenbevoegd, contactpersoon).

@@ -1,0 +1,218 @@
+//! Several `notifier run` processes (the real binary) on one PostgreSQL
+//! database and one queue: competing consumers, disjoint claims, a `kill -9`
+//! in the middle, and nothing lost or sent twice (except a send that was in
+//! flight at the kill, with the same Message-ID).
+
+use crate::support::smtp_server::TestSmtpServer;
+use crate::support::{
+    RunProcess, TestDb, TopologyGuard, declare_topology, event_for, many_users, parse_mail,
+    settings_from_toml, test_toml_with_db, wait_all_deliveries,
+};
+use notifier::broker::publisher::Publisher;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Sends in flight per instance: also the bound on duplicates from one kill.
+const CONCURRENCY: usize = 4;
+
+/// A small practice (`04666666`, three users numbered apart from [`many_users`]).
+fn small_practice() -> String {
+    (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "gebruikersnummer": format!("4{i:013}"),
+                "naam": format!("Klein {i}"),
+                "email": format!("klein{i}@praktijk04666666.example"),
+                "status": "actief",
+                "koppelingen": [{"agb_code": "04666666", "rechten": ["uitvragen"],
+                                 "tekenbevoegd": false, "contactpersoon": i == 0}],
+                "versie": 1
+            })
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `notifier_events_received_total{…outcome="accepted"…}` summed over types.
+fn accepted_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("notifier_events_received_total") && l.contains("outcome=\"accepted\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let db = TestDb::postgres().await;
+    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let s = settings_from_toml(&toml);
+    let _topology = TopologyGuard(s.amqp.clone());
+    let store = db.store().await;
+    let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());
+    notifier::cli::input::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
+        .await
+        .unwrap();
+    declare_topology(&s.amqp).await;
+
+    let concurrency = CONCURRENCY.to_string();
+    let env = [
+        ("NOTIFIER_SMTP__CONCURRENCY", concurrency.as_str()),
+        // Short leases so the killed instance's claims come back within the test.
+        ("NOTIFIER_DISPATCH__LEASE", "3s"),
+        ("NOTIFIER_DISPATCH__BATCH_SIZE", "25"),
+        ("NOTIFIER_AMQP__PREFETCH", "10"),
+    ];
+    let mut instances: Vec<RunProcess> = (0..3)
+        .map(|i| RunProcess::spawn(&cfg, &format!("instance-{i}"), &env))
+        .collect();
+    for p in &mut instances {
+        p.wait_consuming().await;
+    }
+
+    // Competing consumers: events published while all three consume. Each
+    // small event is published twice (as a redelivery would be): ingest on
+    // several instances at once must still record it once.
+    let publisher = Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
+        .await
+        .unwrap();
+    let mut event_ids = Vec::new();
+    let publish = async |e: &serde_json::Value| {
+        publisher
+            .publish(
+                e["type"].as_str().unwrap(),
+                e["id"].as_str(),
+                e.to_string().as_bytes(),
+            )
+            .await
+            .unwrap();
+    };
+    for _ in 0..30 {
+        let e = event_for("04666666");
+        publish(&e).await;
+        publish(&e).await;
+        event_ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    // The load: three events for 1,000 users each.
+    for _ in 0..3 {
+        let e = event_for("03777777");
+        publish(&e).await;
+        event_ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let expected = 30 * 3 + 3 * 1000;
+
+    let started = Instant::now();
+    wait_all_deliveries(
+        &store,
+        Duration::from_secs(60),
+        "every event ingested",
+        |r| r.len() == expected,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let per_instance = loop {
+        let mut counts = Vec::new();
+        for p in &instances {
+            counts.push(accepted_count(&p.metrics().await));
+        }
+        if counts.iter().sum::<u64>() == 33 {
+            break counts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instances report {counts:?} accepted events, expected 33 in total"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        per_instance.iter().filter(|n| **n > 0).count() >= 2,
+        "events spread over the instances: {per_instance:?}"
+    );
+
+    // kill -9 one instance while all three are sending.
+    let before_kill = smtp.count();
+    smtp.wait_for_count(before_kill + 900, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let (at_kill, kill_time) = (smtp.count(), started.elapsed());
+    instances[0].kill9();
+    assert!(at_kill < expected, "killed mid-way ({at_kill} sent)");
+
+    let rows = wait_all_deliveries(
+        &store,
+        Duration::from_secs(180),
+        "every delivery sent",
+        |r| r.iter().all(|d| d.status == "sent"),
+    )
+    .await;
+    let total_time = started.elapsed();
+    assert_eq!(rows.len(), expected, "nothing planned twice");
+
+    // Events: each once in the events table, however often it was delivered.
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 33, "each event ingested once");
+    for id in &event_ids {
+        assert!(
+            rows.iter().any(|d| &d.event_id == id),
+            "event {id} has deliveries"
+        );
+    }
+
+    // Mails: each delivery's Message-ID arrived once, or twice only for a send
+    // in flight at the kill.
+    let mails = smtp.messages();
+    let mut per_message: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &mails {
+        per_message
+            .entry(parse_mail(m).message_id)
+            .or_default()
+            .push(m.rcpt_to[0].clone());
+    }
+    for d in &rows {
+        let got = per_message
+            .get(&d.message_id)
+            .unwrap_or_else(|| panic!("delivery {} marked sent but never arrived", d.id));
+        assert!(
+            got.iter().all(|to| *to == d.recipient),
+            "{d:?} went to {got:?}"
+        );
+    }
+    assert_eq!(per_message.len(), expected, "no unknown Message-IDs");
+    let duplicated = per_message.values().filter(|v| v.len() > 1).count();
+    assert!(
+        per_message.values().all(|v| v.len() <= 2),
+        "a mail arrived three times"
+    );
+    assert!(
+        duplicated <= CONCURRENCY,
+        "{duplicated} mails arrived twice; only the killed instance's sends in flight (at most smtp.concurrency = {CONCURRENCY}) may"
+    );
+
+    let rate_before_kill = at_kill as f64 / kill_time.as_secs_f64();
+    let rate_overall = mails.len() as f64 / total_time.as_secs_f64();
+    println!(
+        "three instances: {at_kill} mails in {kill_time:.1?} before the kill ({rate_before_kill:.0} mails/s, ingest included); \
+         {} mails in {total_time:.1?} overall ({rate_overall:.0} mails/s, including the wait for the killed instance's leases); \
+         events accepted per instance {per_instance:?}; {duplicated} duplicates",
+        mails.len(),
+    );
+
+    for p in &mut instances[1..] {
+        assert!(
+            p.terminate(),
+            "SIGTERM ends an instance with exit 0: {}",
+            p.log_text()
+        );
+    }
+    store.close().await;
+}

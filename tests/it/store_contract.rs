@@ -1,0 +1,1199 @@
+//! The store contract: what ingest, dispatch and the CLI rely on from the
+//! database, run once on SQLite and once on PostgreSQL (a fresh database per
+//! test). Every test is written once, as `async fn name(store: Store)`, and
+//! listed in the `contract!` call at the bottom, which makes
+//! `store_contract::sqlite::name` and `store_contract::postgres::name`.
+
+use notifier::domain::delivery::{AttemptOutcome, DeliveryStatus, MailKind};
+use notifier::domain::directory::{UserRecord, VersionCheck};
+use notifier::domain::event::{EventType, parse_user_record};
+use notifier::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
+use notifier::domain::recipients::{PlannedDelivery, Rule, Served};
+use notifier::store::deliveries::{self as dl, AttemptRecord, Claimed, DeliveryFilter, Transition};
+use notifier::store::directory::{self as dir, UserChange};
+use notifier::store::events::{self as ev, NewEvent, NewQuarantine};
+use notifier::store::{Backend, Store, StoreError};
+use std::collections::BTreeSet;
+
+const AGB: &str = "04111111";
+const MODULE: &str = "uitvraag.vragenlijst_klaargezet";
+
+fn nr(i: u32) -> Gebruikersnummer {
+    Gebruikersnummer::parse(&format!("3{i:013}")).unwrap()
+}
+
+fn user(i: u32, email: &str, versie: i64, signer: bool) -> UserRecord {
+    let v = serde_json::json!({
+        "gebruikersnummer": nr(i).as_str(),
+        "naam": format!("Gebruiker {i}"),
+        "email": email,
+        "status": "actief",
+        "koppelingen": [{"agb_code": AGB, "rechten": ["uitvragen", "contracteren"],
+                         "tekenbevoegd": signer, "contactpersoon": signer}],
+        "versie": versie,
+    });
+    parse_user_record(v.as_object().unwrap(), "").unwrap()
+}
+
+async fn add_users(store: &Store, n: u32) {
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..n {
+        let u = user(i, &format!("u{i}@praktijk.example"), 1, i == 0);
+        dir::apply_user(&mut tx, &u, 1).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn add_event(store: &Store, id: &str) {
+    let mut c = store.pool().acquire().await.unwrap();
+    ev::insert_event(&mut c, &new_event(id)).await.unwrap();
+}
+
+fn new_event(id: &str) -> NewEvent<'_> {
+    NewEvent {
+        id,
+        event_type: MODULE,
+        agb_code: Some(AGB),
+        occurred_at_ms: 1_000,
+        received_at_ms: 2_000,
+        payload: "{}",
+        state: "accepted",
+    }
+}
+
+fn planned(address: &str, users: &[u32]) -> PlannedDelivery {
+    PlannedDelivery {
+        kind: MailKind::Module(EventType::parse(MODULE).unwrap()),
+        address: EmailAddress::parse(address).unwrap(),
+        rules: vec![Rule::U(notifier::domain::directory::Recht::Uitvragen)],
+        users: users
+            .iter()
+            .map(|i| Served {
+                gebruikersnummer: nr(*i),
+                versie: 1,
+                rule: Rule::U(notifier::domain::directory::Recht::Uitvragen),
+            })
+            .collect(),
+        about: String::new(),
+        notice: None,
+    }
+}
+
+/// One event with a delivery to `u{i}@praktijk.example` for each user; returns the delivery ids.
+async fn event_with_deliveries(
+    store: &Store,
+    event_id: &str,
+    users: u32,
+    due_ms: i64,
+) -> Vec<String> {
+    add_event(store, event_id).await;
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..users {
+        let p = planned(&format!("u{i}@praktijk.example"), &[i]);
+        ids.push(
+            dl::insert_planned(&mut tx, event_id, &p, due_ms, due_ms, due_ms + 1_000_000)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+async fn claim(store: &Store, owner: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Vec<Claimed> {
+    let mut tx = store.begin().await.unwrap();
+    let c = dl::claim(
+        &mut tx,
+        store.backend(),
+        owner,
+        now_ms,
+        now_ms + lease_ms,
+        limit,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    c
+}
+
+async fn finish(
+    store: &Store,
+    id: &str,
+    owner: &str,
+    a: Option<&AttemptRecord>,
+    t: &Transition,
+) -> bool {
+    let mut tx = store.begin().await.unwrap();
+    let kept = dl::finish(&mut tx, id, owner, a, t).await.unwrap();
+    tx.commit().await.unwrap();
+    kept
+}
+
+async fn list(store: &Store, f: DeliveryFilter) -> Vec<dl::DeliveryRow> {
+    let mut c = store.pool().acquire().await.unwrap();
+    dl::list(&mut c, &f).await.unwrap()
+}
+
+async fn status_of(store: &Store, id: &str) -> String {
+    list(store, DeliveryFilter::default())
+        .await
+        .into_iter()
+        .find(|d| d.id == id)
+        .unwrap()
+        .status
+}
+
+fn attempt(outcome: AttemptOutcome, code: Option<i64>) -> AttemptRecord {
+    AttemptRecord {
+        started_at_ms: 5_000,
+        duration_ms: 12,
+        outcome,
+        smtp_code: code,
+        enhanced_code: code.map(|c| format!("{}.0.0", c / 100)),
+        detail: format!("reply {code:?}"),
+    }
+}
+
+/// Waits until another session of this database waits on a row lock
+/// (PostgreSQL). On SQLite a second writer waits in `BEGIN IMMEDIATE`
+/// instead, which cannot be observed from outside, and nothing is waited for.
+async fn wait_for_lock_waiter(store: &Store) {
+    if store.backend() != Backend::Postgres {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if n > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second writer never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------- schema
+
+async fn a_fresh_database_is_behind_until_migrated(store: Store) {
+    // `store` is migrated; a second, empty database is not.
+    store.check_schema().await.unwrap();
+    let backend = match store.backend() {
+        Backend::Sqlite => crate::support::TestBackend::Sqlite,
+        Backend::Postgres => crate::support::TestBackend::Postgres,
+    };
+    let empty = crate::support::TestDb::new(backend).await;
+    let other = Store::connect(&empty.url, 2).await.unwrap();
+    match other.check_schema().await {
+        Err(StoreError::Behind { current, latest }) => {
+            assert_eq!(current, None);
+            assert!(latest >= 1);
+        }
+        r => panic!("expected Behind, got {r:?}"),
+    }
+    other.migrate().await.unwrap();
+    other.check_schema().await.unwrap();
+    other.migrate().await.unwrap(); // idempotent
+    other.close().await;
+}
+
+// ---------------------------------------------------------------- events
+
+async fn events_are_recorded_once_by_id(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    assert!(ev::insert_event(&mut c, &new_event("e-1")).await.unwrap());
+    let mut again = new_event("e-1");
+    again.payload = "{\"other\": true}";
+    assert!(
+        !ev::insert_event(&mut c, &again).await.unwrap(),
+        "a repeat is a duplicate"
+    );
+    ev::set_event_state(&mut c, "e-1", "unroutable", Some("no contact person"))
+        .await
+        .unwrap();
+    let e = ev::get_event(&mut c, "e-1").await.unwrap().unwrap();
+    assert_eq!(e.payload, "{}", "the first copy is kept");
+    assert_eq!(e.event_type, MODULE);
+    assert_eq!(e.agb_code.as_deref(), Some(AGB));
+    assert_eq!((e.occurred_at, e.received_at), (1_000, 2_000));
+    assert_eq!(e.state, "unroutable");
+    assert_eq!(e.detail.as_deref(), Some("no contact person"));
+    assert!(ev::get_event(&mut c, "nope").await.unwrap().is_none());
+}
+
+async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    let e = |id: &'static str, agb: Option<&'static str>, received: i64, state: &'static str| {
+        NewEvent {
+            id,
+            agb_code: agb,
+            received_at_ms: received,
+            state,
+            ..new_event(id)
+        }
+    };
+    ev::insert_event(&mut c, &e("e-1", Some(AGB), 100, "accepted"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-2", Some(AGB), 200, "unroutable"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-3", Some("04222222"), 300, "accepted"))
+        .await
+        .unwrap();
+    ev::insert_event(&mut c, &e("e-4", None, 400, "applied"))
+        .await
+        .unwrap();
+    let ids = |v: Vec<ev::EventRow>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ev::list_events(
+            &mut c,
+            &ev::EventFilter {
+                newest_first: true,
+                limit: Some(10),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()),
+        vec!["e-4", "e-3", "e-2", "e-1"]
+    );
+    assert_eq!(
+        ids(ev::list_events(
+            &mut c,
+            &ev::EventFilter {
+                states: vec!["unroutable".into()],
+                newest_first: true,
+                limit: Some(10),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()),
+        vec!["e-2"]
+    );
+    assert_eq!(
+        ids(ev::list_events(
+            &mut c,
+            &ev::EventFilter {
+                agb_code: Some(AGB.into()),
+                newest_first: true,
+                limit: Some(10),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()),
+        vec!["e-2", "e-1"]
+    );
+    assert_eq!(
+        ids(ev::list_events(
+            &mut c,
+            &ev::EventFilter {
+                states: vec!["accepted".into()],
+                event_type: Some(MODULE.into()),
+                agb_code: Some(AGB.into()),
+                newest_first: true,
+                limit: Some(10),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()),
+        vec!["e-1"]
+    );
+    assert_eq!(
+        ids(ev::list_events(
+            &mut c,
+            &ev::EventFilter {
+                newest_first: true,
+                limit: Some(1),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()),
+        vec!["e-4"]
+    );
+    assert_eq!(
+        ids(ev::recent_for_agb(&mut c, AGB, 150).await.unwrap()),
+        vec!["e-2"]
+    );
+    assert_eq!(
+        ids(ev::recent_for_agb(&mut c, AGB, 0).await.unwrap()),
+        vec!["e-1", "e-2"]
+    );
+    ev::append_detail(&mut c, "e-1", "first note")
+        .await
+        .unwrap();
+    ev::append_detail(&mut c, "e-1", "second note")
+        .await
+        .unwrap();
+    let got = ev::get_event(&mut c, "e-1").await.unwrap().unwrap();
+    assert_eq!(got.detail.as_deref(), Some("first note; second note"));
+}
+
+async fn quarantine_keeps_bad_input_and_its_redrives(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    fn q<'a>(raw: &'a [u8], reason: &'a str) -> NewQuarantine<'a> {
+        NewQuarantine {
+            received_at_ms: 7,
+            source: "amqp",
+            routing_key: Some("x.y"),
+            event_id: None,
+            event_type: Some("contract.iets"),
+            reason,
+            raw,
+        }
+    }
+    let big: Vec<u8> = (0..70 * 1024).map(|i| (i % 251) as u8).collect();
+    let a = ev::quarantine(&mut c, &q(b"\xff\xfe not utf-8", "not valid JSON"))
+        .await
+        .unwrap();
+    let b = ev::quarantine(&mut c, &q(&big, "too big")).await.unwrap();
+    assert!(b > a, "ids grow");
+
+    let rows = ev::list_quarantine(&mut c, true, 10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![b, a],
+        "newest first"
+    );
+    let first = ev::get_quarantine(&mut c, a).await.unwrap().unwrap();
+    assert_eq!(first.raw, b"\xff\xfe not utf-8", "bytes kept as they came");
+    assert_eq!(first.routing_key.as_deref(), Some("x.y"));
+    assert_eq!(first.event_type.as_deref(), Some("contract.iets"));
+    assert_eq!((first.state.as_str(), first.redrives), ("open", 0));
+    let second = ev::get_quarantine(&mut c, b).await.unwrap().unwrap();
+    assert_eq!(second.size, 70 * 1024, "size is the whole message");
+    assert_eq!(
+        second.raw.len(),
+        ev::QUARANTINE_RAW_LIMIT,
+        "only the first 64 KiB kept"
+    );
+    assert_eq!(ev::open_quarantine_count(&mut c).await.unwrap(), 2);
+
+    ev::mark_redrive(&mut c, a, Some("still not valid JSON"), 9)
+        .await
+        .unwrap();
+    let r = ev::get_quarantine(&mut c, a).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state.as_str(), r.redrives, r.reason.as_str()),
+        ("open", 1, "still not valid JSON")
+    );
+    ev::mark_redrive(&mut c, a, None, 10).await.unwrap();
+    let r = ev::get_quarantine(&mut c, a).await.unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.redrives), ("redriven", 2));
+    assert_eq!(ev::open_quarantine_count(&mut c).await.unwrap(), 1);
+    assert_eq!(
+        ev::list_quarantine(&mut c, true, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        ev::list_quarantine(&mut c, false, 10).await.unwrap().len(),
+        2
+    );
+    assert!(ev::get_quarantine(&mut c, b + 100).await.unwrap().is_none());
+}
+
+// ---------------------------------------------------------------- directory
+
+async fn directory_applies_only_newer_versions(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    let v1 = user(1, "a@praktijk.example", 1, true);
+    assert_eq!(
+        dir::apply_user(&mut c, &v1, 1).await.unwrap(),
+        VersionCheck::New
+    );
+    let mut same = user(1, "b@praktijk.example", 1, false);
+    assert_eq!(
+        dir::apply_user(&mut c, &same, 2).await.unwrap(),
+        VersionCheck::Stale
+    );
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!(
+        u.email.as_str(),
+        "a@praktijk.example",
+        "a stale update changes nothing"
+    );
+
+    let snap = dir::agb_snapshot(&mut c, &AgbCode::parse(AGB).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(snap.members.len(), 1);
+    assert!(snap.members[0].tekenbevoegd && snap.members[0].contactpersoon);
+    assert!(
+        dir::user_links(&mut c, &nr(1)).await.unwrap()[0].1,
+        "a signer"
+    );
+
+    same.versie = 2;
+    assert_eq!(
+        dir::apply_user(&mut c, &same, 3).await.unwrap(),
+        VersionCheck::Newer
+    );
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!((u.email.as_str(), u.versie), ("b@praktijk.example", 2));
+    let snap = dir::agb_snapshot(&mut c, &AgbCode::parse(AGB).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !snap.members[0].tekenbevoegd,
+        "links replaced by the newer version"
+    );
+    assert!(!dir::user_links(&mut c, &nr(1)).await.unwrap()[0].1);
+    dir::log_skipped(&mut c, "event", nr(1).as_str(), "stale", 4)
+        .await
+        .unwrap();
+}
+
+async fn concurrent_directory_writes_never_overwrite_a_newer_version(store: Store) {
+    {
+        let mut c = store.pool().acquire().await.unwrap();
+        dir::apply_user(&mut c, &user(1, "v1@praktijk.example", 1, false), 1)
+            .await
+            .unwrap();
+    }
+    // Writer A (versie 3) holds its transaction open while writer B (versie 2)
+    // starts: on PostgreSQL B read versie 1 and waits on A's row lock; on
+    // SQLite B waits for the write lock. Either way B must not win.
+    let mut a = store.begin().await.unwrap();
+    let ra = dir::apply_user(&mut a, &user(1, "v3@praktijk.example", 3, false), 3)
+        .await
+        .unwrap();
+    assert_eq!(ra, VersionCheck::Newer);
+    let s2 = store.clone();
+    let b = tokio::spawn(async move {
+        let mut tx = s2.begin().await.unwrap();
+        let r = dir::apply_user(&mut tx, &user(1, "v2@praktijk.example", 2, false), 2)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        r
+    });
+    wait_for_lock_waiter(&store).await;
+    a.commit().await.unwrap();
+    assert_eq!(
+        b.await.unwrap(),
+        VersionCheck::Stale,
+        "the older write lost"
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!((u.email.as_str(), u.versie), ("v3@praktijk.example", 3));
+
+    // The other way round: the newer write waits behind the older and still wins.
+    let mut a = store.begin().await.unwrap();
+    let u4 = user(1, "v4@praktijk.example", 4, false);
+    assert_eq!(
+        dir::apply_user(&mut a, &u4, 4).await.unwrap(),
+        VersionCheck::Newer
+    );
+    let s2 = store.clone();
+    let b = tokio::spawn(async move {
+        let mut tx = s2.begin().await.unwrap();
+        let r = dir::apply_user(&mut tx, &user(1, "v5@praktijk.example", 5, false), 5)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        r
+    });
+    wait_for_lock_waiter(&store).await;
+    a.commit().await.unwrap();
+    assert_eq!(b.await.unwrap(), VersionCheck::Newer);
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!((u.email.as_str(), u.versie), ("v5@praktijk.example", 5));
+}
+
+async fn address_changes_and_revocations_follow_the_versie_rule(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    dir::apply_user(&mut c, &user(1, "oud@praktijk.example", 2, true), 1)
+        .await
+        .unwrap();
+    let new = EmailAddress::parse("nieuw@praktijk.example").unwrap();
+    assert_eq!(
+        dir::set_email(&mut c, &nr(1), &new, 2, 2).await.unwrap(),
+        UserChange::Stale
+    );
+    assert_eq!(
+        dir::set_email(&mut c, &nr(9), &new, 9, 2).await.unwrap(),
+        UserChange::UnknownUser
+    );
+    assert_eq!(
+        dir::set_email(&mut c, &nr(1), &new, 3, 2).await.unwrap(),
+        UserChange::Applied
+    );
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!((u.email.as_str(), u.versie), ("nieuw@praktijk.example", 3));
+
+    assert_eq!(
+        dir::revoke(&mut c, &nr(1), 3, 4).await.unwrap(),
+        UserChange::Stale
+    );
+    assert_eq!(
+        dir::revoke(&mut c, &nr(9), 9, 4).await.unwrap(),
+        UserChange::UnknownUser
+    );
+    assert_eq!(
+        dir::revoke(&mut c, &nr(1), 4, 4).await.unwrap(),
+        UserChange::Applied
+    );
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!((u.status.as_str(), u.versie), ("ingetrokken", 4));
+}
+
+async fn organisations_follow_the_versie_rule(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    let agb = AgbCode::parse(AGB).unwrap();
+    assert_eq!(dir::organisation_name(&mut c, AGB).await.unwrap(), None);
+    assert_eq!(
+        dir::apply_organisation(&mut c, &agb, "Fysio Noord", 1, 1)
+            .await
+            .unwrap(),
+        VersionCheck::New
+    );
+    assert_eq!(
+        dir::apply_organisation(&mut c, &agb, "Oud", 1, 2)
+            .await
+            .unwrap(),
+        VersionCheck::Stale
+    );
+    assert_eq!(
+        dir::apply_organisation(&mut c, &agb, "Fysio & Co", 2, 3)
+            .await
+            .unwrap(),
+        VersionCheck::Newer
+    );
+    assert_eq!(
+        dir::organisation_name(&mut c, AGB)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Fysio & Co")
+    );
+    let snap = dir::agb_snapshot(&mut c, &agb).await.unwrap();
+    assert_eq!(snap.naam.as_deref(), Some("Fysio & Co"));
+}
+
+// ---------------------------------------------------------------- deliveries
+
+async fn planning_the_same_mail_twice_creates_one_delivery(store: Store) {
+    add_users(&store, 2).await;
+    add_event(&store, "e-1").await;
+    let mut tx = store.begin().await.unwrap();
+    let p = planned("u0@praktijk.example", &[0, 1]);
+    let id = dl::insert_planned(&mut tx, "e-1", &p, 1, 1, 99)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dl::insert_planned(&mut tx, "e-1", &p, 2, 2, 99)
+            .await
+            .unwrap(),
+        None
+    );
+    tx.commit().await.unwrap();
+    let rows = list(&store, DeliveryFilter::default()).await;
+    assert_eq!(rows.len(), 1);
+    let d = &rows[0];
+    assert_eq!(
+        (d.id.as_str(), d.status.as_str(), d.attempts),
+        (id.as_str(), "pending", 0)
+    );
+    assert_eq!(d.message_id, dl::message_id_for(&id));
+    assert_eq!((d.created_at, d.due_at, d.deadline), (1, 1, 99));
+    let mut c = store.pool().acquire().await.unwrap();
+    let served = dl::served_users(&mut c, &id).await.unwrap();
+    assert_eq!(served.len(), 2);
+    assert_eq!(served[0].email.as_deref(), Some("u0@praktijk.example"));
+    assert_eq!(served[0].status.as_deref(), Some("actief"));
+}
+
+async fn concurrent_claimers_never_get_the_same_delivery(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 60, 1).await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("claimer-{w}");
+            let mut got = Vec::new();
+            loop {
+                let batch = claim(&s, &owner, 10, 60_000, 7).await;
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| d.id));
+            }
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    for t in tasks {
+        let got = t.await.unwrap();
+        total += got.len();
+        seen.extend(got);
+    }
+    assert_eq!(total, 60, "no delivery claimed twice");
+    assert_eq!(
+        seen,
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        "every delivery claimed"
+    );
+    let rows = list(&store, DeliveryFilter::default()).await;
+    assert!(rows.iter().all(|d| d.status == "sending"));
+}
+
+async fn only_due_deliveries_are_claimed_oldest_due_first(store: Store) {
+    let later = event_with_deliveries(&store, "e-later", 1, 500).await;
+    let now = event_with_deliveries(&store, "e-now", 2, 100).await;
+    let c = claim(&store, "a", 200, 1_000, 10).await;
+    assert_eq!(
+        c.iter().map(|d| d.id.clone()).collect::<BTreeSet<_>>(),
+        now.iter().cloned().collect()
+    );
+    assert_eq!(
+        claim(&store, "a", 200, 1_000, 10).await.len(),
+        0,
+        "claimed ones are not due"
+    );
+    let c = claim(&store, "a", 600, 1_000, 10).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].id, later[0]);
+    assert_eq!(c[0].kind, MODULE);
+    assert_eq!(c[0].address, "u0@praktijk.example");
+    assert_eq!(c[0].message_id, dl::message_id_for(&later[0]));
+}
+
+async fn an_expired_lease_is_claimable_again_and_the_old_holder_loses_it(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 1, 1).await;
+    assert_eq!(claim(&store, "old", 10, 1_000, 10).await.len(), 1);
+    assert_eq!(
+        claim(&store, "new", 500, 1_000, 10).await.len(),
+        0,
+        "lease still held"
+    );
+    let again = claim(&store, "new", 1_011, 1_000, 10).await;
+    assert_eq!(again.len(), 1, "claimable once the lease expired");
+    let sent = Transition::Sent {
+        sent_to: "u0@praktijk.example".into(),
+        at_ms: 1_100,
+    };
+    let a = attempt(AttemptOutcome::Sent, Some(250));
+    assert!(
+        !finish(&store, &ids[0], "old", Some(&a), &sent).await,
+        "the old holder lost its lease"
+    );
+    assert_eq!(status_of(&store, &ids[0]).await, "sending");
+    assert!(finish(&store, &ids[0], "new", Some(&a), &sent).await);
+    let d = list(&store, DeliveryFilter::default()).await.remove(0);
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.sent_at),
+        ("sent", 1, Some(1_100))
+    );
+    assert!(
+        !finish(&store, &ids[0], "new", Some(&a), &sent).await,
+        "a final delivery is not finished twice"
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(
+        dl::attempts(&mut c, &ids[0]).await.unwrap().len(),
+        1,
+        "the refused finish recorded nothing"
+    );
+}
+
+async fn released_leases_are_due_again_at_once(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 3, 1).await;
+    assert_eq!(claim(&store, "me", 10, 60_000, 2).await.len(), 2);
+    assert_eq!(claim(&store, "other", 10, 60_000, 1).await.len(), 1);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(dl::release_leases(&mut c, "me").await.unwrap(), 2);
+    drop(c);
+    let pending = list(
+        &store,
+        DeliveryFilter {
+            status: Some(DeliveryStatus::Pending),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(pending.len(), 2, "only my leases released");
+    assert_eq!(claim(&store, "next", 10, 60_000, 10).await.len(), 2);
+    assert_eq!(ids.len(), 3);
+}
+
+async fn attempts_are_numbered_and_retries_keep_their_step(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 1, 1).await;
+    let id = &ids[0];
+    claim(&store, "me", 10, 1_000, 1).await;
+    let retry = Transition::Retry {
+        due_ms: 2_000,
+        retry_step: 1,
+        error: "450 4.2.0 greylisted".into(),
+        sent_to: Some("u0@praktijk.example".into()),
+    };
+    assert!(
+        finish(
+            &store,
+            id,
+            "me",
+            Some(&attempt(AttemptOutcome::Transient, Some(450))),
+            &retry
+        )
+        .await
+    );
+    let d = list(&store, DeliveryFilter::default()).await.remove(0);
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.due_at),
+        ("pending", 1, 2_000)
+    );
+    assert_eq!(d.last_error.as_deref(), Some("450 4.2.0 greylisted"));
+    assert!(
+        claim(&store, "me", 1_999, 1_000, 1).await.is_empty(),
+        "not due before due_at"
+    );
+    let c = claim(&store, "me", 2_000, 1_000, 1).await;
+    assert_eq!((c[0].attempts, c[0].retry_step), (1, 1));
+    // A check before sending records no attempt.
+    let cancel = Transition::Failed {
+        error: "template".into(),
+        sent_to: None,
+    };
+    assert!(finish(&store, id, "me", None, &cancel).await);
+    let mut conn = store.pool().acquire().await.unwrap();
+    let a = dl::attempts(&mut conn, id).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].n, a[0].outcome.as_str(), a[0].smtp_code),
+        (1, "transient", Some(450))
+    );
+    assert_eq!(a[0].enhanced_code.as_deref(), Some("4.0.0"));
+
+    // Three attempts on another delivery are numbered 1, 2, 3.
+    let ids = event_with_deliveries(&store, "e-2", 1, 1).await;
+    for (n, (outcome, t)) in [
+        (
+            AttemptOutcome::Unknown,
+            Transition::Retry {
+                due_ms: 1,
+                retry_step: 1,
+                error: "lost".into(),
+                sent_to: None,
+            },
+        ),
+        (
+            AttemptOutcome::RelayFault,
+            Transition::Retry {
+                due_ms: 1,
+                retry_step: 1,
+                error: "5.7.1".into(),
+                sent_to: None,
+            },
+        ),
+        (
+            AttemptOutcome::Permanent,
+            Transition::Failed {
+                error: "550".into(),
+                sent_to: Some("u0@praktijk.example".into()),
+            },
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = claim(&store, "me", 10 + n as i64, 1, 1).await;
+        assert_eq!(c[0].id, ids[0]);
+        assert!(
+            finish(
+                &store,
+                &ids[0],
+                "me",
+                Some(&attempt(outcome, Some(550))),
+                &t
+            )
+            .await
+        );
+    }
+    let a = dl::attempts(&mut conn, &ids[0]).await.unwrap();
+    assert_eq!(a.iter().map(|a| a.n).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        a.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(),
+        vec!["unknown", "relay_fault", "permanent"]
+    );
+    let d = list(
+        &store,
+        DeliveryFilter {
+            event_id: Some("e-2".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .remove(0);
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.recipient.as_str()),
+        ("failed", 3, "u0@praktijk.example")
+    );
+}
+
+async fn a_revocation_cancels_only_mails_without_another_active_user(store: Store) {
+    add_users(&store, 3).await;
+    add_event(&store, "e-1").await;
+    let mut tx = store.begin().await.unwrap();
+    let alone = dl::insert_planned(
+        &mut tx,
+        "e-1",
+        &planned("u1@praktijk.example", &[1]),
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let shared = dl::insert_planned(
+        &mut tx,
+        "e-1",
+        &planned("gedeeld@praktijk.example", &[1, 2]),
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let other = dl::insert_planned(
+        &mut tx,
+        "e-1",
+        &planned("u0@praktijk.example", &[0]),
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        dir::revoke(&mut tx, &nr(1), 2, 5).await.unwrap(),
+        UserChange::Applied
+    );
+    let n = dl::cancel_for_revoked(&mut tx, nr(1).as_str(), "cancelled: revoked")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(status_of(&store, &alone).await, "cancelled");
+    assert_eq!(
+        status_of(&store, &shared).await,
+        "pending",
+        "still serves an active user"
+    );
+    assert_eq!(status_of(&store, &other).await, "pending");
+}
+
+async fn split_off_moves_users_to_their_own_delivery(store: Store) {
+    add_users(&store, 3).await;
+    add_event(&store, "e-1").await;
+    let mut tx = store.begin().await.unwrap();
+    let from = dl::insert_planned(
+        &mut tx,
+        "e-1",
+        &planned("gedeeld@praktijk.example", &[0, 1, 2]),
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    dl::split_off(&mut tx, &from, "u1@praktijk.example", &[nr(1).as_str()], 50)
+        .await
+        .unwrap();
+    // A second split to the same address joins the delivery made by the first.
+    dl::split_off(&mut tx, &from, "u1@praktijk.example", &[nr(2).as_str()], 60)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows = list(&store, DeliveryFilter::default()).await;
+    assert_eq!(rows.len(), 2);
+    let new = rows.iter().find(|d| d.id != from).unwrap();
+    assert_eq!(
+        (
+            new.recipient.as_str(),
+            new.status.as_str(),
+            new.deadline,
+            new.due_at
+        ),
+        ("u1@praktijk.example", "pending", 99, 50)
+    );
+    assert_eq!(new.message_id, dl::message_id_for(&new.id));
+    let mut c = store.pool().acquire().await.unwrap();
+    let users = |v: Vec<dl::ServedNow>| {
+        v.into_iter()
+            .map(|u| u.gebruikersnummer)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        users(dl::served_users(&mut c, &from).await.unwrap()),
+        vec![nr(0).to_string()]
+    );
+    assert_eq!(
+        users(dl::served_users(&mut c, &new.id).await.unwrap()),
+        vec![nr(1).to_string(), nr(2).to_string()]
+    );
+    assert!(
+        dl::address_already_served(&mut c, &from, "e-1", MODULE, "u1@praktijk.example")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !dl::address_already_served(&mut c, &from, "e-1", MODULE, "elders@praktijk.example")
+            .await
+            .unwrap()
+    );
+}
+
+async fn listing_filters_by_event_status_agb_type_and_time(store: Store) {
+    let mut a = event_with_deliveries(&store, "e-a", 2, 100).await;
+    a.sort(); // same created_at: listed by id
+    let mut c = store.pool().acquire().await.unwrap();
+    ev::insert_event(
+        &mut c,
+        &NewEvent {
+            id: "e-dir",
+            event_type: "gebruiker.bijgewerkt",
+            agb_code: None,
+            ..new_event("e-dir")
+        },
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let mut tx = store.begin().await.unwrap();
+    let d = dl::insert_planned(
+        &mut tx,
+        "e-dir",
+        &planned("u9@praktijk.example", &[]),
+        300,
+        300,
+        999,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    claim(&store, "me", 150, 1_000, 1).await;
+
+    let all = list(&store, DeliveryFilter::default()).await;
+    assert_eq!(
+        all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![a[0].clone(), a[1].clone(), d.clone()],
+        "oldest first"
+    );
+    let f = |f: DeliveryFilter| {
+        let s = store.clone();
+        async move {
+            list(&s, f)
+                .await
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        f(DeliveryFilter {
+            event_id: Some("e-dir".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![d.clone()]
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            status: Some(DeliveryStatus::Sending),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            agb_code: Some(AGB.into()),
+            ..Default::default()
+        })
+        .await,
+        a
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            event_type: Some("gebruiker.bijgewerkt".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![d.clone()]
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            since_ms: Some(200),
+            ..Default::default()
+        })
+        .await,
+        vec![d.clone()]
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            until_ms: Some(200),
+            ..Default::default()
+        })
+        .await,
+        a
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await,
+        vec![a[0].clone()]
+    );
+    assert_eq!(
+        f(DeliveryFilter {
+            status: Some(DeliveryStatus::Pending),
+            agb_code: Some(AGB.into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    let dir_row = all.iter().find(|r| r.id == d).unwrap();
+    assert_eq!(
+        (dir_row.agb_code.as_deref(), dir_row.event_type.as_str()),
+        (None, "gebruiker.bijgewerkt")
+    );
+}
+
+async fn pending_summary_counts_what_is_not_final(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(dl::pending_summary(&mut c).await.unwrap(), (0, None));
+    drop(c);
+    let ids = event_with_deliveries(&store, "e-1", 3, 100).await;
+    claim(&store, "me", 100, 1_000, 1).await;
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(dl::pending_summary(&mut c).await.unwrap(), (3, Some(100)));
+    drop(c);
+    let c1 = list(
+        &store,
+        DeliveryFilter {
+            status: Some(DeliveryStatus::Sending),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sent = Transition::Sent {
+        sent_to: "x@praktijk.example".into(),
+        at_ms: 1,
+    };
+    assert!(finish(&store, &c1[0].id, "me", None, &sent).await);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(dl::pending_summary(&mut c).await.unwrap(), (2, Some(100)));
+    assert_eq!(ids.len(), 3);
+}
+
+async fn a_recent_undeliverable_notice_is_found_by_user_and_time(store: Store) {
+    add_event(&store, "e-1").await;
+    let mut p = planned("cp@praktijk.example", &[]);
+    p.kind = MailKind::Onbestelbaar;
+    p.about = nr(1).to_string();
+    p.notice = Some(serde_json::json!({"agb_code": AGB}));
+    let mut tx = store.begin().await.unwrap();
+    dl::insert_planned(&mut tx, "e-1", &p, 1_000, 1_000, 99_000)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut c = store.pool().acquire().await.unwrap();
+    assert!(
+        dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), 500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), 1_001)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !dl::recent_undeliverable_notice(&mut c, nr(2).as_str(), 0)
+            .await
+            .unwrap()
+    );
+    drop(c);
+    let d = claim(&store, "me", 1_000, 1_000, 1).await.remove(0);
+    assert_eq!(
+        (d.kind.as_str(), d.about.as_str()),
+        ("beheer.onbestelbaar", nr(1).as_str())
+    );
+    assert_eq!(d.notice.as_deref(), Some(r#"{"agb_code":"04111111"}"#));
+}
+
+/// Runs each listed contract test on SQLite and on PostgreSQL, each on a
+/// fresh database that is removed afterwards.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::TestDb::new(crate::support::TestBackend::Sqlite).await;
+                    let store = db.store().await;
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::TestDb::new(crate::support::TestBackend::Postgres).await;
+                    let store = db.store().await;
+                    assert_eq!(store.backend(), notifier::store::Backend::Postgres);
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_fresh_database_is_behind_until_migrated,
+    events_are_recorded_once_by_id,
+    events_are_listed_by_state_type_and_agb_and_keep_their_notes,
+    quarantine_keeps_bad_input_and_its_redrives,
+    directory_applies_only_newer_versions,
+    concurrent_directory_writes_never_overwrite_a_newer_version,
+    address_changes_and_revocations_follow_the_versie_rule,
+    organisations_follow_the_versie_rule,
+    planning_the_same_mail_twice_creates_one_delivery,
+    concurrent_claimers_never_get_the_same_delivery,
+    only_due_deliveries_are_claimed_oldest_due_first,
+    an_expired_lease_is_claimable_again_and_the_old_holder_loses_it,
+    released_leases_are_due_again_at_once,
+    attempts_are_numbered_and_retries_keep_their_step,
+    a_revocation_cancels_only_mails_without_another_active_user,
+    split_off_moves_users_to_their_own_delivery,
+    listing_filters_by_event_status_agb_type_and_time,
+    pending_summary_counts_what_is_not_final,
+    a_recent_undeliverable_notice_is_found_by_user_and_time,
+);
