@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod instances;
 mod ops;
+mod outages;
 mod pipeline;
 mod recipients;
 mod store_contract;

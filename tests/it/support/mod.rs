@@ -4,6 +4,7 @@
 //! database), and a scriptable SMTP server over TCP. [`TestDb`] makes and
 //! removes the per-test databases.
 
+pub mod proxy;
 pub mod smtp_server;
 
 use figment::Figment;
@@ -224,17 +225,28 @@ pub struct TestApp {
     pub settings: Settings,
     amqp: notifier::config::AmqpSettings,
     _db: Option<TestDb>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     shutdown: watch::Sender<bool>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Starts the service; `extra` is TOML merged over the test settings.
 pub async fn spawn_app(extra: &str) -> TestApp {
+    spawn_app_with(extra, TestBackend::from_env(), |_| {}).await
+}
+
+/// Starts the service on `backend`; `rewrite` may change the service's
+/// settings last (e.g. route its database or broker through a [`proxy::TcpProxy`]),
+/// while the test's own store and publisher keep talking to them directly.
+pub async fn spawn_app_with(
+    extra: &str,
+    backend: TestBackend,
+    rewrite: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let mut settings = test_settings(dir.path(), &smtp.url(), extra);
-    let db = match TestBackend::from_env() {
+    let db = match backend {
         TestBackend::Sqlite => None,
         TestBackend::Postgres => {
             let db = TestDb::postgres().await;
@@ -244,11 +256,14 @@ pub async fn spawn_app(extra: &str) -> TestApp {
     };
     let store = Store::connect(&settings.database.url, 4).await.unwrap();
     store.migrate().await.unwrap();
+    let direct_amqp = settings.amqp.url.clone();
+    let mut service = settings.clone();
+    rewrite(&mut service);
     let (tx, rx) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(notifier::app::run(settings.clone(), rx, Some(ready_tx)));
+    let handle = tokio::spawn(notifier::app::run(service, rx, Some(ready_tx)));
     let running = ready_rx.await.expect("app started");
-    let publisher = Publisher::connect(AMQP_URL, &settings.amqp.exchange)
+    let publisher = Publisher::connect(&direct_amqp, &settings.amqp.exchange)
         .await
         .unwrap();
     let app = TestApp {
@@ -259,7 +274,7 @@ pub async fn spawn_app(extra: &str) -> TestApp {
         amqp: settings.amqp.clone(),
         settings: settings.clone(),
         _db: db,
-        _dir: dir,
+        _dir: Some(dir),
         shutdown: tx,
         handle: Some(handle),
     };
@@ -390,7 +405,12 @@ impl TestApp {
             Some(db) => db.url.clone(),
             None => format!(
                 "sqlite://{}",
-                self._dir.path().join("notifier.db").display()
+                self._dir
+                    .as_ref()
+                    .expect("running app")
+                    .path()
+                    .join("notifier.db")
+                    .display()
             ),
         }
     }
@@ -398,13 +418,16 @@ impl TestApp {
     /// Shuts the service down (it must exit cleanly) and removes the test's
     /// queues and exchanges. Returns the PostgreSQL test database (if any):
     /// it is dropped, with the data, when the caller drops it.
-    pub async fn stop(mut self) -> Option<TestDb> {
+    pub async fn stop(mut self) -> Stopped {
         let _ = self.shutdown.send(true);
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
         delete_topology(&self.amqp).await;
-        self._db.take()
+        Stopped {
+            _db: self._db.take(),
+            _dir: self._dir.take(),
+        }
     }
 }
 
@@ -412,6 +435,13 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+/// What a stopped app leaves: its database (and the folder of a SQLite file)
+/// live as long as this value, for checks after the stop.
+pub struct Stopped {
+    _db: Option<TestDb>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A minimal HTTP/1.0 GET over TCP (no HTTP client dependency for tests).
