@@ -557,7 +557,7 @@ pub async fn attempts(
         .collect()
 }
 
-/// Pending count and the due time of the oldest pending delivery.
+/// The count of deliveries not yet final, and when the oldest of them was created.
 pub async fn pending_summary(conn: &mut AnyConnection) -> Result<(i64, Option<i64>), StoreError> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status IN ('pending', 'sending')",

@@ -150,11 +150,23 @@ impl Store {
     /// Fails with [`StoreError::Behind`] when migrations are pending.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&self.pool)
-                .await
-                .unwrap_or(None);
+        let current: Option<i64> = match sqlx::query_scalar(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
+        )
+        .fetch_one(&self.pool)
+        .await
+        {
+            Ok(v) => v,
+            // No migrations table at all: a fresh database, behind by everything.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
+            {
+                None
+            }
+            // Anything else (connection, permissions) is not "behind": say what it is.
+            Err(e) => return Err(e.into()),
+        };
         if current.unwrap_or(0) < latest {
             return Err(StoreError::Behind { current, latest });
         }
