@@ -779,15 +779,12 @@ pub async fn attempt_outcomes(
     conn: &mut AnyConnection,
     since_ms: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT outcome, COUNT(*) AS n FROM attempts WHERE started_at >= $1 GROUP BY outcome ORDER BY outcome",
+    super::counts_since(
+        conn,
+        "SELECT outcome AS k, COUNT(*) AS n FROM attempts WHERE started_at >= $1 GROUP BY outcome ORDER BY outcome",
+        since_ms,
     )
-    .bind(since_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
-        .collect()
+    .await
 }
 
 /// The relay as the database last saw it.

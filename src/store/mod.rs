@@ -195,6 +195,22 @@ impl Store {
     }
 }
 
+/// Runs a `SELECT <key> AS k, COUNT(*) AS n ... WHERE <time> >= $1 GROUP BY ...` count query.
+async fn counts_since(
+    conn: &mut sqlx::AnyConnection,
+    sql: &'static str,
+    since_ms: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    use sqlx::Row;
+    let rows = sqlx::query(sql)
+        .bind(since_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("k")?, r.try_get("n")?)))
+        .collect()
+}
+
 /// Epoch milliseconds of an instant.
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
