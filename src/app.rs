@@ -33,13 +33,31 @@ pub enum StartError {
     Dependency(String),
 }
 
-/// Opens the store (migrating it when allowed).
+/// Opens the store. With `migrate` (`run`, `migrate`, `demo`) a missing
+/// SQLite file is created and migrations are applied; without it (every
+/// short command) the database must exist and be current, so a command
+/// pointed at the wrong place stops instead of creating an empty database.
 pub async fn open_store(settings: &Settings, migrate: bool) -> Result<Store, StartError> {
-    let store = Store::connect(&settings.database.url, settings.database.max_connections)
+    let url = &settings.database.url;
+    if !migrate
+        && let Some(path) = crate::store::sqlite_path(url)
+        && !std::path::Path::new(&path).exists()
+    {
+        return Err(StartError::Config(format!(
+            "the database file {path} does not exist: check database.url, or run `notifier migrate` to create it"
+        )));
+    }
+    let url = if !migrate && url.starts_with("sqlite:") && !url.contains("mode=") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rw")
+    } else {
+        url.clone()
+    };
+    let store = Store::connect(&url, settings.database.max_connections)
         .await
         .map_err(|e| {
             StartError::Dependency(format!(
-                "cannot open the database at database.url ({}): {e}",
+                "cannot open the database at database.url ({}): {e}; check database.url (a new installation starts with `notifier migrate`)",
                 crate::config::redact_url(&settings.database.url)
             ))
         })?;

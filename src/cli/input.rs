@@ -27,7 +27,7 @@ fn read_input(file: &Path) -> Result<String, CliError> {
 /// `notifier ingest FILE`.
 pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError> {
     let text = read_input(file)?;
-    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let store = app::open_store(&settings, false).await?;
     let ingestor = app::ingestor(&settings, &store, &Metrics::new());
     let lines: Vec<(usize, &str)> = text
         .lines()
@@ -149,7 +149,7 @@ pub async fn import_users(
 /// `notifier directory import FILE`.
 pub async fn directory_import(settings: Settings, file: &Path) -> Result<(), CliError> {
     let text = read_input(file)?;
-    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let store = app::open_store(&settings, false).await?;
     let c = import_users(&store, &text, &mut |n, reason| {
         eprintln!("line {n}: rejected: {reason}")
     })

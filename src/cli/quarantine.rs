@@ -200,7 +200,7 @@ pub async fn redrive(
     operator: Option<String>,
     reason: Option<String>,
 ) -> Result<(), CliError> {
-    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let store = app::open_store(&settings, false).await?;
     let mut c = read_conn(&store).await?;
     let mut todo: Vec<QuarantineRow> = Vec::new();
     let mut results: Vec<(i64, Redrive)> = Vec::new();

@@ -160,11 +160,7 @@ pub async fn deliveries(
     filters_json["status"] = status.as_str().into();
     filters_json["include_sent"] = include_sent.into();
 
-    let store = app::open_store(
-        &settings,
-        who.is_some() && settings.database.migrate_on_start,
-    )
-    .await?;
+    let store = app::open_store(&settings, false).await?;
     let deadline_ms = ms(now) + settings.retry.deadline.0.as_millis() as i64;
     let (rows, done) = match &who {
         None => {
@@ -474,11 +470,7 @@ pub async fn events(
     let rules = app::validation_rules(&settings);
     let deadline_ms = ms(now) + settings.retry.deadline.0.as_millis() as i64;
 
-    let store = app::open_store(
-        &settings,
-        who.is_some() && settings.database.migrate_on_start,
-    )
-    .await?;
+    let store = app::open_store(&settings, false).await?;
     let (r, replay_id) = match &who {
         None => {
             let mut c = read_conn(&store).await?;

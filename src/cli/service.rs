@@ -41,7 +41,7 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
 
 /// `notifier dispatch --until-idle`.
 pub async fn dispatch_until_idle(settings: Settings) -> Result<(), CliError> {
-    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let store = app::open_store(&settings, false).await?;
     let d = app::dispatcher(&settings, &store, &Metrics::new())?;
     let s = d.run_until_idle().await?;
     store.close().await;

@@ -71,7 +71,7 @@ pub async fn import(settings: Settings, input: &Path) -> Result<(), CliError> {
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", input.display())))?;
         Box::new(BufReader::new(f))
     };
-    let store = app::open_store(&settings, settings.database.migrate_on_start).await?;
+    let store = app::open_store(&settings, false).await?;
     let report = transfer::import(&store, &mut reader).await;
     store.close().await;
     let report = report?;

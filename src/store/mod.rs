@@ -221,6 +221,14 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// The file of a `sqlite://FILE` URL (`None` for PostgreSQL or an in-memory database).
+pub fn sqlite_path(database_url: &str) -> Option<String> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_owned())
+}
+
 /// Guards against two `notifier run` processes on one SQLite file: an
 /// exclusive OS lock on `<file>.run.lock`, held for the process's life.
 pub struct RunLock {
@@ -231,14 +239,9 @@ impl RunLock {
     /// Takes the lock for `database_url`; a no-op for PostgreSQL, where
     /// several instances are the point.
     pub fn acquire(database_url: &str) -> Result<Self, StoreError> {
-        let Some(rest) = database_url.strip_prefix("sqlite:") else {
+        let Some(path) = sqlite_path(database_url) else {
             return Ok(Self { _file: None });
         };
-        let path = rest.trim_start_matches("//");
-        let path = path.split('?').next().unwrap_or(path);
-        if path.is_empty() || path.contains(":memory:") {
-            return Ok(Self { _file: None });
-        }
         let lock_path = format!("{path}.run.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)

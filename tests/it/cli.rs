@@ -193,3 +193,36 @@ fn demo_runs_without_broker_or_relay() {
         .count();
     assert!(emls >= 20, "one .eml per sent mail, got {emls}");
 }
+
+#[test]
+fn a_short_command_never_creates_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nowhere.db");
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(
+        &events,
+        format!("{}\n", crate::support::fresh("uitvraag.beoordeeld")),
+    )
+    .unwrap();
+    for args in [
+        vec!["ingest", events.to_str().unwrap()],
+        vec!["dispatch", "--until-idle"],
+        vec!["deliveries", "list"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(&args)
+            .env(
+                "NOTIFIER_DATABASE__URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("run `notifier migrate`"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!db.exists(), "{args:?} created the database");
+    }
+}
