@@ -230,6 +230,13 @@ async fn sample_gauges(
                         .unwrap_or(0.0);
                     metrics.oldest_pending_age.set(age);
                 }
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if let Ok(due) = deliveries::oldest_overdue(&mut c, now_ms).await {
+                    let lag = due
+                        .map(|d| (now_ms - d).max(0) as f64 / 1000.0)
+                        .unwrap_or(0.0);
+                    metrics.dispatch_lag.set(lag);
+                }
                 if let Ok(q) = events::open_quarantine_count(&mut c).await {
                     metrics.quarantined.set(q);
                 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub deliveries_pending: Gauge,
     pub oldest_pending_age: Gauge<f64, AtomicU64>,
+    pub dispatch_lag: Gauge<f64, AtomicU64>,
     pub quarantined: Gauge,
     pub circuit_open: Gauge,
     pub amqp_connected: Gauge,
@@ -50,6 +51,7 @@ impl Metrics {
             Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]);
         let deliveries_pending = Gauge::default();
         let oldest_pending_age = Gauge::<f64, AtomicU64>::default();
+        let dispatch_lag = Gauge::<f64, AtomicU64>::default();
         let quarantined = Gauge::default();
         let circuit_open = Gauge::default();
         let amqp_connected = Gauge::default();
@@ -95,6 +97,11 @@ impl Metrics {
             oldest_pending_age.clone(),
         );
         r.register(
+            "notifier_dispatch_lag_seconds",
+            "Seconds since the oldest delivery that is due (not waiting for a retry) became due: how far dispatch is behind",
+            dispatch_lag.clone(),
+        );
+        r.register(
             "notifier_quarantined_events",
             "Messages in quarantine (open)",
             quarantined.clone(),
@@ -124,6 +131,7 @@ impl Metrics {
             delivery_latency,
             deliveries_pending,
             oldest_pending_age,
+            dispatch_lag,
             quarantined,
             circuit_open,
             amqp_connected,

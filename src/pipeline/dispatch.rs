@@ -327,7 +327,7 @@ impl Dispatcher {
             let retry = Transition::Retry {
                 due_ms: ms(Utc::now()),
                 retry_step: d.retry_step,
-                error: d.last_error_hint(),
+                error: "handed back unsent: lease nearly expired (raise dispatch.lease or lower dispatch.batch_size)".into(),
                 sent_to: None,
             };
             return self.finish(&d, kind, None, retry).await;

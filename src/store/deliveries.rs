@@ -131,13 +131,6 @@ pub async fn claim(
         .collect()
 }
 
-impl Claimed {
-    /// The text kept as `last_error` when a delivery is handed back unsent.
-    pub fn last_error_hint(&self) -> String {
-        "handed back unsent: lease nearly expired (raise dispatch.lease or lower dispatch.batch_size)".into()
-    }
-}
-
 /// A user a delivery serves, as the directory has it now.
 #[derive(Debug, Clone)]
 pub struct ServedNow {
@@ -555,6 +548,22 @@ pub async fn attempts(
             })
         })
         .collect()
+}
+
+/// How far dispatch is behind: the time since the oldest delivery became due
+/// and is still not sent (pending and due, or claimed under an expired lease).
+/// Deliveries waiting for a retry time in the future do not count.
+pub async fn oldest_overdue(
+    conn: &mut AnyConnection,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(due_at) FROM deliveries WHERE (status = 'pending' AND due_at <= $1) \
+         OR (status = 'sending' AND lease_until < $1)",
+    )
+    .bind(now_ms)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// The count of deliveries not yet final, and when the oldest of them was created.

@@ -229,6 +229,7 @@ async fn metrics_carry_the_documented_names_and_no_addresses() {
         "notifier_delivery_latency_seconds_bucket",
         "notifier_deliveries_pending",
         "notifier_oldest_pending_age_seconds",
+        "notifier_dispatch_lag_seconds",
         "notifier_quarantined_events",
         "notifier_unroutable_events_total",
         "notifier_smtp_circuit_open",

@@ -1090,6 +1090,9 @@ async fn pending_summary_counts_what_is_not_final(store: Store) {
     claim(&store, "me", 100, 1_000, 1).await;
     let mut c = store.pool().acquire().await.unwrap();
     assert_eq!(dl::pending_summary(&mut c).await.unwrap(), (3, Some(100)));
+    // Dispatch lag: nothing is overdue before the due time; after it, the oldest due time.
+    assert_eq!(dl::oldest_overdue(&mut c, 50).await.unwrap(), None);
+    assert_eq!(dl::oldest_overdue(&mut c, 500).await.unwrap(), Some(100));
     drop(c);
     let c1 = list(
         &store,
