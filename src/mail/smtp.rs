@@ -278,7 +278,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             connect_failed: false,
             retry_hint: None,
         },
-        _ if e.is_tls() => relay_fault(format!("TLS with the relay failed: {detail}")),
+        _ if is_tls_failure(e) => relay_fault(format!("TLS with the relay failed: {detail}")),
         _ => connection_failed(format!(
             "connection to the relay failed at {step:?}: {detail}"
         )),
@@ -300,12 +300,19 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
             retry_hint: None,
         };
     }
-    if e.is_tls() {
+    if is_tls_failure(e) {
         return relay_fault(format!(
-            "TLS with the relay failed (certificate or protocol): {e}"
+            "TLS with the relay failed (certificate or protocol): {e}; fix the relay's certificate or smtp.url"
         ));
     }
     connection_failed(format!("cannot talk to the relay: {e}"))
+}
+
+/// lettre reports a failed TLS upgrade (e.g. a certificate that fails
+/// verification) as a connection error: look at the cause as well.
+fn is_tls_failure(e: &lettre::transport::smtp::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    e.is_tls() || text.contains("certificate") || text.contains("handshake")
 }
 
 fn connection_failed(detail: String) -> SendReport {

@@ -695,3 +695,71 @@ async fn logs_name_ids_never_addresses() {
     }
     crate::support::delete_topology(&s.amqp).await;
 }
+
+/// Ingests one event and dispatches it to the relay at `url`; when nothing
+/// was sent, the relay circuit must have opened for a TLS reason.
+async fn send_once_over(
+    url: String,
+    accept_invalid: bool,
+) -> notifier::pipeline::dispatch::DispatchSummary {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[smtp]\ndanger_accept_invalid_certs = {accept_invalid}");
+    let s = crate::support::test_settings(dir.path(), &url, &extra);
+    let store = notifier::store::Store::connect(&s.database.url, 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
+        .await
+        .unwrap();
+    let metrics = notifier::ops::metrics::Metrics::new();
+    let ev = fresh("naleving.aanleververzoek");
+    notifier::app::ingestor(&s, &store, &metrics)
+        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
+            ev.to_string().into_bytes(),
+            None,
+            notifier::pipeline::ingest::Source::File,
+        )])
+        .await
+        .unwrap();
+    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
+    let summary = d.run_until_idle().await.unwrap();
+    if summary.sent == 0 {
+        let mut c = store.pool().acquire().await.unwrap();
+        let rows = notifier::store::deliveries::list(&mut c, &Default::default())
+            .await
+            .unwrap();
+        let a = notifier::store::deliveries::attempts(&mut c, &rows[0].id)
+            .await
+            .unwrap();
+        assert!(
+            d.breaker()
+                .last_reason()
+                .unwrap_or_default()
+                .contains("TLS"),
+            "{:?} {a:?}",
+            d.breaker().last_reason()
+        );
+    }
+    summary
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_carry_the_mail_and_a_bad_certificate_is_a_relay_fault() {
+    use crate::support::smtp_server::TestSmtpServer;
+    let starttls = TestSmtpServer::start_starttls().await;
+    let url = format!("{}?tls=required", starttls.url());
+    assert_eq!(send_once_over(url.clone(), true).await.sent, 1);
+    assert_eq!(starttls.count(), 1, "delivered over STARTTLS");
+    // A certificate that fails verification: relay fault, nothing sent, nothing failed.
+    let s = send_once_over(url, false).await;
+    assert_eq!((s.sent, s.failed, s.retried), (0, 0, 1));
+    assert_eq!(starttls.count(), 1);
+
+    let implicit = TestSmtpServer::start_implicit_tls().await;
+    let url = implicit.url().replace("smtp://", "smtps://");
+    assert_eq!(send_once_over(url.clone(), true).await.sent, 1);
+    assert_eq!(implicit.count(), 1, "delivered over smtps");
+    let s = send_once_over(url, false).await;
+    assert_eq!((s.sent, s.failed), (0, 0));
+}

@@ -97,7 +97,41 @@ struct State {
     connections: u64,
 }
 
+/// TLS the server offers.
+#[derive(Clone)]
+enum Tls {
+    None,
+    /// `STARTTLS` advertised in EHLO and honoured.
+    Upgrade(tokio_rustls::TlsAcceptor),
+    /// TLS from the first byte (smtps).
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// Any stream a session can run on: plain TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (a client that
+/// verifies certificates must refuse it).
+fn self_signed_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("test certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("TLS server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 struct Shared {
+    tls: Tls,
     state: Mutex<State>,
     script: Mutex<Script>,
     /// Number of accepted messages, for `wait_for_count`.
@@ -133,10 +167,25 @@ pub struct TestSmtpServer {
 impl TestSmtpServer {
     /// Binds `127.0.0.1:0` and starts accepting connections (one task each).
     pub async fn start() -> TestSmtpServer {
+        Self::start_with(Tls::None).await
+    }
+
+    /// Like [`TestSmtpServer::start`], offering STARTTLS with a self-signed certificate.
+    pub async fn start_starttls() -> TestSmtpServer {
+        Self::start_with(Tls::Upgrade(self_signed_acceptor())).await
+    }
+
+    /// Like [`TestSmtpServer::start`], speaking TLS from the first byte (smtps).
+    pub async fn start_implicit_tls() -> TestSmtpServer {
+        Self::start_with(Tls::Implicit(self_signed_acceptor())).await
+    }
+
+    async fn start_with(tls: Tls) -> TestSmtpServer {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .expect("test SMTP server: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("test SMTP server: local_addr");
         let shared = Arc::new(Shared {
+            tls,
             state: Mutex::new(State::default()),
             script: Mutex::new(Script::default()),
             count_tx: watch::channel(0).0,
@@ -386,6 +435,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn serve_connection(stream: TcpStream, id: u64, shared: Arc<Shared>) {
+    let stream: Box<dyn Stream> = match &shared.tls {
+        Tls::Implicit(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => Box::new(tls),
+            Err(_) => return, // the client refused the certificate
+        },
+        _ => Box::new(stream),
+    };
     let _ = session(stream, id, &shared).await;
 }
 
@@ -427,9 +483,10 @@ fn parse_path(arg: &str, prefix: &str) -> Option<String> {
 }
 
 /// Runs one SMTP session; returns when the client quits or disconnects.
-async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<()> {
-    let (r, mut w) = stream.split();
-    let mut r = BufReader::new(r);
+async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Result<()> {
+    // One buffered stream for both directions, so STARTTLS can take it apart and wrap it.
+    let mut io = BufReader::new(stream);
+    let mut tls_active = matches!(shared.tls, Tls::Implicit(_));
 
     let stall = shared.script().stall_greeting;
     if let Some(d) = stall {
@@ -437,7 +494,7 @@ async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<
     }
     let greeting = take_rule(&mut shared.script().command_rules, |k| k == "GREETING");
     let greeting = greeting.unwrap_or_else(|| "220 test-smtp ESMTP".to_string());
-    send(&mut w, &greeting).await?;
+    send(&mut io, &greeting).await?;
     if greeting.starts_with("421") {
         return Ok(());
     }
@@ -445,7 +502,7 @@ async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     loop {
-        let Some(line) = read_line(&mut r).await? else {
+        let Some(line) = read_line(&mut io).await? else {
             return Ok(());
         };
         let text = String::from_utf8_lossy(&line).into_owned();
@@ -466,8 +523,26 @@ async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<
                 match verb.as_str() {
                     "EHLO" => {
                         (from, rcpts) = (None, Vec::new());
-                        pick("250-test-smtp\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                        if matches!(shared.tls, Tls::Upgrade(_)) && !tls_active {
+                            pick("250-test-smtp\r\n250-STARTTLS\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                        } else {
+                            pick("250-test-smtp\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                        }
                     }
+                    "STARTTLS" => match (&shared.tls, tls_active) {
+                        (Tls::Upgrade(acceptor), false) => {
+                            send(&mut io, "220 2.0.0 Ready to start TLS").await?;
+                            let plain = io.into_inner();
+                            let Ok(tls) = acceptor.accept(plain).await else {
+                                return Ok(()); // the client refused the certificate
+                            };
+                            io = BufReader::new(Box::new(tls) as Box<dyn Stream>);
+                            tls_active = true;
+                            (from, rcpts) = (None, Vec::new());
+                            continue;
+                        }
+                        _ => "454 4.7.0 TLS not available".to_string(),
+                    },
                     "HELO" => {
                         (from, rcpts) = (None, Vec::new());
                         pick("250 test-smtp")
@@ -496,10 +571,10 @@ async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<
                     "DATA" if from.is_none() => "503 5.5.1 need MAIL first".to_string(),
                     "DATA" if rcpts.is_empty() => "554 5.5.1 no valid recipients".to_string(),
                     "DATA" => {
-                        send(&mut w, &pick("354 go ahead")).await?;
+                        send(&mut io, &pick("354 go ahead")).await?;
                         let mut data = Vec::new();
                         loop {
-                            let Some(line) = read_line(&mut r).await? else {
+                            let Some(line) = read_line(&mut io).await? else {
                                 return Ok(());
                             };
                             if line == b"." {
@@ -559,14 +634,14 @@ async fn session(mut stream: TcpStream, id: u64, shared: &Shared) -> io::Result<
                     }
                     "NOOP" => pick("250 2.0.0 Ok"),
                     "QUIT" => {
-                        send(&mut w, &pick("221 bye")).await?;
+                        send(&mut io, &pick("221 bye")).await?;
                         return Ok(());
                     }
                     _ => "500 5.5.2 unrecognised".to_string(),
                 }
             }
         };
-        send(&mut w, &reply).await?;
+        send(&mut io, &reply).await?;
         if reply.starts_with("421") {
             return Ok(());
         }
