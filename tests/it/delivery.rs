@@ -44,7 +44,8 @@ async fn a_transient_reply_is_retried_and_delivered() {
     app.import_directory(&sample_directory()).await;
     app.smtp.reply_for_rcpt_times(
         "praktijk@",
-        "450 4.2.0 Greylisted, try again in 1 seconds",
+        // The schedule says 1 s; the relay's own wait is longer and wins.
+        "450 4.2.0 Greylisted, try again in 2 seconds",
         1,
     );
     let id = app.publish_fresh("naleving.aanleververzoek").await;
@@ -58,6 +59,11 @@ async fn a_transient_reply_is_retried_and_delivered() {
     assert_eq!(attempts[0].outcome, "transient");
     assert_eq!(attempts[0].smtp_code, Some(450));
     assert_eq!(attempts[1].outcome, "sent");
+    let waited = attempts[1].started_at - (attempts[0].started_at + attempts[0].duration_ms);
+    assert!(
+        waited >= 2000,
+        "the relay's 'try again in 2 seconds' was honoured: waited {waited} ms"
+    );
     assert_eq!(app.smtp.count(), 1);
     app.stop().await;
 }
