@@ -217,8 +217,29 @@ impl Dispatcher {
 
     /// Checks, renders, sends and records one claimed delivery.
     async fn handle(&self, d: Claimed, lease_guard: Instant) -> Result<Transition, StoreError> {
-        let kind = MailKind::parse(&d.kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown mail kind {:?}", d.kind)))?;
+        let Some(kind) = MailKind::parse(&d.kind) else {
+            // A row this version cannot send (e.g. written by a newer version):
+            // end it visibly instead of failing the round again every lease.
+            let error = format!("unknown mail kind {:?}: not sent by this version", d.kind);
+            error!(%error, "delivery failed");
+            let mut tx = self.store.begin().await?;
+            dl::finish(
+                &mut tx,
+                &d.id,
+                &self.owner,
+                None,
+                &Transition::Failed {
+                    error: error.clone(),
+                    sent_to: None,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Transition::Failed {
+                error,
+                sent_to: None,
+            });
+        };
         let mut conn = self.store.pool().acquire().await?;
 
         // Checked at send time: revoked users dropped, the current address used.

@@ -769,3 +769,32 @@ async fn starttls_and_implicit_tls_carry_the_mail_and_a_bad_certificate_is_a_rel
     let s = send_once_over(url, false).await;
     assert_eq!((s.sent, s.failed), (0, 0));
 }
+
+#[tokio::test]
+async fn a_delivery_this_version_cannot_send_ends_failed_instead_of_looping() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp.stop_listening().await;
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
+    app.wait_deliveries(Some(&id), "planned", |r| r.len() == 1)
+        .await;
+    // As if written by a newer version with a mail kind this one does not know.
+    sqlx::query("UPDATE deliveries SET kind = 'beheer.iets_nieuws' WHERE event_id = $1")
+        .bind(&id)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    app.smtp.start_listening().await;
+    let rows = app
+        .wait_deliveries(Some(&id), "failed", |r| r[0].status == "failed")
+        .await;
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("unknown mail kind")
+    );
+    assert_eq!(app.smtp.count(), 0);
+    app.stop().await;
+}
