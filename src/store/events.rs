@@ -341,20 +341,7 @@ pub async fn list_events(
         };
     }
     let rows = q.fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(EventRow {
-                id: r.try_get("id")?,
-                event_type: r.try_get("type")?,
-                agb_code: r.try_get("agb_code")?,
-                occurred_at: r.try_get("occurred_at")?,
-                received_at: r.try_get("received_at")?,
-                payload: r.try_get("payload")?,
-                state: r.try_get("state")?,
-                detail: r.try_get("detail")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_row).collect()
 }
 
 enum Val {

@@ -6,7 +6,7 @@
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
     RunProcess, TestBackend, TestDb, TopologyGuard, cli, declare_topology, event_for, many_users,
-    settings_from_toml, test_toml, wait_all_deliveries,
+    test_toml, wait_all_deliveries,
 };
 use std::time::Duration;
 
@@ -46,9 +46,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let toml = test_toml(dir.path(), &smtp.url());
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = settings_from_toml(&toml);
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     let _topology = TopologyGuard(s.amqp.clone());
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -123,7 +123,7 @@ async fn templates_check_passes_and_a_broken_template_fails_it() {
     assert!(stdout(&out).contains("all 19 templates render"));
 
     let tpl = dir.path().join("tpl");
-    copy_dir(
+    crate::support::copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
         &tpl,
     );
@@ -143,19 +143,6 @@ async fn templates_check_passes_and_a_broken_template_fails_it() {
         "{}",
         stdout(&out)
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &p);
-        } else {
-            std::fs::copy(e.path(), p).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -408,17 +408,10 @@ async fn shutdown_releases_the_lease_when_the_grace_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
     use crate::support::smtp_server::TestSmtpServer;
-    use figment::providers::{Format, Toml};
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = notifier::config::Settings::from_figment(
-        figment::Figment::from(Toml::string(notifier::config::DEFAULT_TOML))
-            .merge(Toml::string(&toml)),
-    )
-    .unwrap();
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();
@@ -615,7 +608,6 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_name_ids_never_addresses() {
     use crate::support::smtp_server::TestSmtpServer;
-    use figment::providers::{Format, Toml};
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     // The relay quotes the address in its rejection, as real relays do.
@@ -624,13 +616,7 @@ async fn logs_name_ids_never_addresses() {
         "550 5.1.1 <p.jansen@fysio-noord.example>: Recipient address rejected",
     );
     let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = notifier::config::Settings::from_figment(
-        figment::Figment::from(Toml::string(notifier::config::DEFAULT_TOML))
-            .merge(Toml::string(&toml)),
-    )
-    .unwrap();
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();

@@ -6,7 +6,7 @@
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
     RunProcess, TestDb, TopologyGuard, declare_topology, event_for, many_users, parse_mail,
-    settings_from_toml, test_toml_with_db, wait_all_deliveries,
+    test_toml_with_db, wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
 use std::collections::BTreeMap;
@@ -51,9 +51,7 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
     let smtp = TestSmtpServer::start().await;
     let db = TestDb::postgres().await;
     let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = settings_from_toml(&toml);
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
     let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());

@@ -109,7 +109,7 @@ async fn a_database_outage_holds_messages_and_resumes() {
 async fn a_bad_template_fails_deliveries_that_replay_sends_after_the_fix() {
     // A template release that references a field the data does not have.
     let tpl = tempfile::tempdir().unwrap();
-    copy_dir(
+    crate::support::copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
         tpl.path(),
     );
@@ -188,19 +188,6 @@ async fn a_bad_template_fails_deliveries_that_replay_sends_after_the_fix() {
     );
     let mails = smtp.wait_for_count(1, crate::support::WAIT).await.unwrap();
     assert_eq!(mails[0].rcpt_to, vec!["praktijk@fysio-noord.example"]);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &p);
-        } else {
-            std::fs::copy(e.path(), p).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

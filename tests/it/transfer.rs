@@ -5,8 +5,8 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, cli, fresh, parse_mail, sample_directory,
-    settings_from_toml, test_toml, wait_all_deliveries,
+    RunProcess, TestDb, TopologyGuard, cli, fresh, parse_mail, sample_directory, test_toml,
+    wait_all_deliveries,
 };
 use notifier::store::Store;
 use std::collections::BTreeSet;
@@ -46,9 +46,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let toml = test_toml(dir.path(), &smtp.url());
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = settings_from_toml(&toml);
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     let _topology = TopologyGuard(s.amqp.clone());
     let sqlite = s.database.url.clone();
 
@@ -261,9 +259,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
 async fn import_refuses_a_file_that_is_not_a_whole_export_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let toml = test_toml(dir.path(), "");
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let s = settings_from_toml(&toml);
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
     assert!(cli(&s, &["migrate"]).status.success());
     let users = dir.path().join("directory.jsonl");
     std::fs::write(&users, sample_directory()).unwrap();

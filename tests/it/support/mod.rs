@@ -553,6 +553,28 @@ pub fn test_toml_with_db(dir: &std::path::Path, smtp_url: &str, db_url: &str) ->
 }
 
 /// Settings parsed from a TOML written by [`test_toml`] (the same a `notifier --config` subprocess reads).
+/// Writes `toml` as `dir/config.toml` for a `notifier --config` subprocess and
+/// returns the path with the settings it means.
+pub fn config_file(dir: &std::path::Path, toml: &str) -> (std::path::PathBuf, Settings) {
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    (cfg, settings_from_toml(toml))
+}
+
+/// Copies a folder tree (e.g. `templates/`, to break one template in a test).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &p);
+        } else {
+            std::fs::copy(e.path(), p).unwrap();
+        }
+    }
+}
+
 pub fn settings_from_toml(toml: &str) -> Settings {
     Settings::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
         .expect("test settings")
