@@ -78,6 +78,8 @@ pub struct AmqpSettings {
     pub dead_letter_queue: String,
     pub delivery_limit: u32,
     pub prefetch: u16,
+    /// A batch stops growing once its bodies add up to this many bytes.
+    pub batch_max_bytes: usize,
     pub reconnect_min: HumanDuration,
     pub reconnect_max: HumanDuration,
 }

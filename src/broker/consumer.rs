@@ -6,8 +6,14 @@
 //! - Database gone: the batch stays unacked and is retried with backoff; with
 //!   the prefetch window full the broker sends nothing more. No nack, so the
 //!   delivery limit is not burnt by an outage.
+//! - Bad data: when the database refuses a batch because of one message's
+//!   data, the messages are ingested one by one, the refused one goes to
+//!   quarantine with the database's reason and the rest is acked.
 //! - Dead-lettered messages (past `x-delivery-limit`) are consumed from the
-//!   dead-letter queue on their own channel and kept in quarantine.
+//!   dead-letter queue on their own channel, one at a time, and kept in
+//!   quarantine.
+//! - Size: a batch is bounded by `amqp.batch_max_bytes` as well as by
+//!   `prefetch`, and only the bounded prefix of an oversized body is copied.
 
 use super::{BrokerError, topology};
 use crate::config::AmqpSettings;
@@ -15,6 +21,7 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::ingest::{Incoming, Ingestor, Source};
 use futures_util::{FutureExt, StreamExt};
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -121,18 +128,19 @@ impl Consumer {
                     None => break Err(BrokerError::Cancelled),
                     Some(Err(e)) => break Err(e.into()),
                     Some(Ok(first)) => {
-                        let batch = drain(first, &mut events, s.prefetch as usize);
+                        let batch = drain(first, &mut events, s.prefetch as usize, s.batch_max_bytes);
                         if !self.handle(batch, Source::Amqp, shutdown).await? {
                             break Ok(());
                         }
                     }
                 },
+                // Dead-lettered messages already made the worker fail: one
+                // at a time, so none of them can take another down with it.
                 next = dead.next() => match next {
                     None => break Err(BrokerError::Cancelled),
                     Some(Err(e)) => break Err(e.into()),
-                    Some(Ok(first)) => {
-                        let batch = drain(first, &mut dead, s.prefetch as usize);
-                        if !self.handle(batch, Source::DeadLetter, shutdown).await? {
+                    Some(Ok(one)) => {
+                        if !self.handle(vec![one], Source::DeadLetter, shutdown).await? {
                             break Ok(());
                         }
                     }
@@ -147,57 +155,76 @@ impl Consumer {
         result
     }
 
-    /// Ingests one batch and acks it. Returns false when shutdown interrupted
-    /// a wait for the database (the batch stays unacked and is redelivered).
+    /// Ingests one batch and acks what got committed. Returns false when
+    /// shutdown interrupted a wait for the database (the rest of the batch
+    /// stays unacked and is redelivered).
+    ///
+    /// Each body is copied only as far as validation and quarantine can use
+    /// it, and the delivery's own buffer is dropped at once: a 40 MB message
+    /// costs its size once, for as long as lapin holds it, and no longer.
     async fn handle(
         &self,
         batch: Vec<Delivery>,
         source: Source,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, BrokerError> {
-        let incoming: Vec<Incoming> = batch
-            .iter()
+        let (ackers, incoming): (Vec<Acker>, Vec<Incoming>) = batch
+            .into_iter()
             .map(|d| {
-                let mut m = Incoming::new(d.data.clone(), Some(d.routing_key.to_string()), source);
+                let mut m =
+                    Incoming::bounded(&d.data, Some(d.routing_key.to_string()), source);
                 if source == Source::DeadLetter {
                     m.forced_rejection = Some(format!(
                         "delivery limit exceeded: RabbitMQ dead-lettered this message after {} deliveries; it made the worker fail repeatedly",
                         self.settings.delivery_limit
                     ));
                 }
-                m
+                (d.acker, m)
             })
-            .collect();
+            .unzip();
+        let mut done = 0;
         let mut backoff = Duration::from_millis(500);
-        loop {
-            match self.ingestor.ingest_batch(&incoming).await {
-                Ok(_) => {
-                    self.health.set_db(true);
-                    let last = batch.last().expect("a batch is never empty");
-                    last.acker.ack(BasicAckOptions { multiple: true }).await?;
-                    return Ok(true);
-                }
-                Err(e) => {
-                    self.health.set_db(false);
-                    warn!(error = %e, messages = batch.len(), retry_in_ms = backoff.as_millis() as u64,
-                        "cannot commit the batch: holding it unacked and taking no new messages until the database answers");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(false),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+        while done < incoming.len() {
+            let result = self.ingestor.ingest_split(&incoming[done..]).await;
+            if result.committed > 0 {
+                done += result.committed;
+                ackers[done - 1]
+                    .ack(BasicAckOptions { multiple: true })
+                    .await?;
             }
+            let Some(e) = result.error else {
+                self.health.set_db(true);
+                continue;
+            };
+            self.health.set_db(false);
+            warn!(error = %e, messages = incoming.len() - done, retry_in_ms = backoff.as_millis() as u64,
+                "cannot commit the batch: holding it unacked and taking no new messages until the database answers");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return Ok(false),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
+        Ok(true)
     }
 }
 
-/// The first delivery plus whatever else is ready now, up to `max`.
-fn drain(first: Delivery, stream: &mut lapin::Consumer, max: usize) -> Vec<Delivery> {
+/// The first delivery plus whatever else is ready now, up to `max`
+/// messages and about `max_bytes` of bodies.
+fn drain(
+    first: Delivery,
+    stream: &mut lapin::Consumer,
+    max: usize,
+    max_bytes: usize,
+) -> Vec<Delivery> {
+    let mut bytes = first.data.len();
     let mut batch = vec![first];
-    while batch.len() < max {
+    while batch.len() < max && bytes < max_bytes {
         match stream.next().now_or_never() {
-            Some(Some(Ok(d))) => batch.push(d),
+            Some(Some(Ok(d))) => {
+                bytes += d.data.len();
+                batch.push(d);
+            }
             _ => break,
         }
     }

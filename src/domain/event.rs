@@ -316,8 +316,17 @@ pub struct EnvelopeHint {
     pub event_type: Option<String>,
 }
 
-/// Reads what it can of the envelope of a possibly bad message.
+/// Reads what it can of the envelope of a possibly bad message. A body over
+/// the contract's limit is never parsed (that is what makes a 40 MB message
+/// cost memory): its id and type are looked for in the first bytes only.
 pub fn envelope_hint(body: &[u8]) -> EnvelopeHint {
+    if body.len() > MAX_BODY_BYTES {
+        let head = &body[..MAX_BODY_BYTES];
+        return EnvelopeHint {
+            id: scan_string_member(head, "id"),
+            event_type: scan_string_member(head, "type"),
+        };
+    }
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return EnvelopeHint::default();
     };
@@ -347,6 +356,13 @@ pub fn parse_event(body: &[u8], rules: &ValidationRules) -> Result<PortalEvent, 
     let Value::Object(env) = value else {
         return Err(Rejection::new("body is JSON but not an object"));
     };
+    // PostgreSQL cannot store U+0000 in text, and no field of the contract
+    // needs it: refuse the whole event, naming where it was found.
+    if let Some(path) = nul_path(&env, "") {
+        return Err(Rejection::new(format!(
+            "{path}: contains a NUL character (\\u0000), which no field of the contract allows"
+        )));
+    }
     let specversion = req_str(&env, "", "specversion")?;
     if specversion != "1.0" {
         return Err(Rejection::new(format!(
@@ -373,16 +389,10 @@ pub fn parse_event(body: &[u8], rules: &ValidationRules) -> Result<PortalEvent, 
         })?
         .with_timezone(&Utc);
     if let Some(ct) = env.get("datacontenttype") {
-        match ct.as_str() {
-            Some("application/json") => {}
-            _ => {
-                return Err(field_err(
-                    "",
-                    "datacontenttype",
-                    "expected \"application/json\"".into(),
-                ));
-            }
-        }
+        let ct = ct
+            .as_str()
+            .ok_or_else(|| field_err("", "datacontenttype", "expected a string".into()))?;
+        check_media_type(ct).map_err(|e| field_err("", "datacontenttype", e))?;
     }
     let Some(Value::Object(data)) = env.get("data") else {
         return Err(Rejection::new("data: missing, or not an object"));
@@ -601,6 +611,77 @@ pub fn parse_user_record(data: &Map<String, Value>, p: &str) -> Result<UserRecor
     })
 }
 
+/// The first place (`data.naam`, `data.koppelingen[0].agb_code`, a key) where
+/// a string holds U+0000.
+fn nul_path(m: &Map<String, Value>, prefix: &str) -> Option<String> {
+    fn walk(v: &Value, path: String) -> Option<String> {
+        match v {
+            Value::String(s) => s.contains('\0').then_some(path),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, format!("{path}[{i}]"))),
+            Value::Object(m) => nul_path(m, &format!("{path}.")),
+            _ => None,
+        }
+    }
+    m.iter().find_map(|(k, v)| {
+        let path = format!("{prefix}{}", k.replace('\0', "\\u0000"));
+        if k.contains('\0') {
+            return Some(format!("{path} (a key)"));
+        }
+        walk(v, path)
+    })
+}
+
+/// `application/json`, case-insensitive, with at most a `charset=utf-8`
+/// parameter (RFC 9110 media type syntax; the value may be quoted).
+fn check_media_type(ct: &str) -> Result<(), String> {
+    let shown = short(ct);
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(format!("expected \"application/json\", got {shown:?}"));
+    }
+    for param in parts {
+        let param = param.trim();
+        if param.is_empty() {
+            continue;
+        }
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let value = value.trim().trim_matches('"');
+        if !name.trim().eq_ignore_ascii_case("charset") {
+            return Err(format!(
+                "only a charset parameter is allowed after application/json, got {shown:?}"
+            ));
+        }
+        if !value.eq_ignore_ascii_case("utf-8") {
+            return Err(format!(
+                "the body must be UTF-8 (charset=utf-8), got {shown:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A top-level-looking `"name": "value"` in a JSON prefix, without parsing
+/// the rest (values with escapes are not read: this is a hint, not a parser).
+fn scan_string_member(head: &[u8], name: &str) -> Option<String> {
+    let key = format!("\"{name}\"");
+    let text = String::from_utf8_lossy(head);
+    let mut rest = text.as_ref();
+    while let Some(at) = rest.find(&key) {
+        rest = &rest[at + key.len()..];
+        let Some(after_colon) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let value = after_colon.trim_start().strip_prefix('"')?;
+        let end = value.find(['"', '\\'])?;
+        return Some(value[..end].chars().take(128).collect());
+    }
+    None
+}
+
 fn field_err(prefix: &str, name: &str, what: String) -> Rejection {
     Rejection::new(format!("{prefix}{name}: {what}"))
 }
@@ -771,5 +852,56 @@ mod tests {
             panic!()
         };
         assert!(m.data.get("sneaky").is_none());
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_rejected_with_its_place() {
+        let mut v = voorstel();
+        v["data"]["zorgverzekeraar"]["naam"] = "a\u{0}b".into();
+        assert!(
+            reject(&v).starts_with("data.zorgverzekeraar.naam: contains a NUL"),
+            "{}",
+            reject(&v)
+        );
+        let mut v = voorstel();
+        v["source"] = "\u{0}".into();
+        assert!(reject(&v).starts_with("source: contains a NUL"));
+    }
+
+    #[test]
+    fn media_types_are_parsed() {
+        for ok in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert_eq!(check_media_type(ok), Ok(()), "{ok}");
+        }
+        assert!(
+            check_media_type("text/json")
+                .unwrap_err()
+                .contains("expected")
+        );
+        assert!(
+            check_media_type("application/json; charset=latin1")
+                .unwrap_err()
+                .contains("charset=utf-8")
+        );
+        assert!(
+            check_media_type("application/json; q=1")
+                .unwrap_err()
+                .contains("only a charset")
+        );
+    }
+
+    #[test]
+    fn an_oversized_body_gives_its_hint_from_the_prefix() {
+        let mut body =
+            br#"{"specversion":"1.0","id":"abc-1","type":"contract.x","data":""#.to_vec();
+        body.resize(MAX_BODY_BYTES * 2, b'x');
+        let hint = envelope_hint(&body);
+        assert_eq!(hint.id.as_deref(), Some("abc-1"));
+        assert_eq!(hint.event_type.as_deref(), Some("contract.x"));
     }
 }

@@ -8,7 +8,8 @@
 
 use crate::domain::directory::{UserRecord, UserStatus, VersionCheck};
 use crate::domain::event::{
-    EventBody, ModuleEvent, PortalEvent, ValidationRules, envelope_hint, parse_event,
+    EventBody, MAX_BODY_BYTES, ModuleEvent, PortalEvent, ValidationRules, envelope_hint,
+    parse_event,
 };
 use crate::domain::ids::AgbCode;
 use crate::domain::recipients::{self, PlannedDelivery, Routing};
@@ -17,6 +18,7 @@ use crate::store::directory::{self as dir, UserChange};
 use crate::store::events::{self as ev, NewEvent, NewQuarantine};
 use crate::store::{Store, StoreError, deliveries, ms};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use sqlx::AnyConnection;
 use std::time::Duration;
 use tracing::{info, info_span, warn};
@@ -44,7 +46,12 @@ impl Source {
 /// One message to ingest.
 #[derive(Debug, Clone)]
 pub struct Incoming {
+    /// The body; of a message over the contract's limit only the first
+    /// [`QUARANTINE_RAW_LIMIT`](crate::store::events::QUARANTINE_RAW_LIMIT)
+    /// bytes are kept (it is rejected on its size without being read).
     pub body: Vec<u8>,
+    /// The size of the whole body as received.
+    pub size: usize,
     pub routing_key: Option<String>,
     pub source: Source,
     /// Set for dead-lettered messages: quarantined with this reason, unparsed.
@@ -59,6 +66,7 @@ impl Incoming {
     /// A message from the broker or a file.
     pub fn new(body: Vec<u8>, routing_key: Option<String>, source: Source) -> Self {
         Self {
+            size: body.len(),
             body,
             routing_key,
             source,
@@ -67,11 +75,22 @@ impl Incoming {
         }
     }
 
+    /// A message whose body may be of any size: only what validation and
+    /// quarantine can use is copied (an oversized body is rejected on its
+    /// size, unread), so a 40 MB message never costs 40 MB more.
+    pub fn bounded(body: &[u8], routing_key: Option<String>, source: Source) -> Self {
+        let keep = body.len().min(MAX_BODY_BYTES + 1);
+        let mut m = Self::new(body[..keep].to_vec(), routing_key, source);
+        m.size = body.len();
+        m
+    }
+
     /// A quarantined message sent through ingest again: parsed normally
     /// (also when it came from the dead-letter queue), and reported instead
     /// of quarantined when it is still bad.
     pub fn redrive(body: Vec<u8>, routing_key: Option<String>) -> Self {
         Self {
+            size: body.len(),
             body,
             routing_key,
             source: Source::Redrive,
@@ -152,6 +171,107 @@ impl Ingestor {
         }
     }
 
+    /// Ingests a batch, keeping one bad message from holding back the rest.
+    ///
+    /// The batch is tried in one transaction. When the database refuses it
+    /// because of the data ([`StoreError::is_data_error`]), each message is
+    /// tried on its own: the one that is refused again goes to quarantine
+    /// with the database's reason, the others are committed. Any other error
+    /// stops at the message it hit: [`Ingested::committed`] says how many
+    /// messages from the front are done (the caller acks those and holds the
+    /// rest).
+    pub async fn ingest_split(&self, batch: &[Incoming]) -> Ingested {
+        let err = match self.ingest_batch(batch).await {
+            Ok(outcomes) => {
+                return Ingested {
+                    committed: batch.len(),
+                    outcomes,
+                    error: None,
+                };
+            }
+            Err(e) if e.is_data_error() => e,
+            Err(e) => {
+                return Ingested {
+                    committed: 0,
+                    outcomes: Vec::new(),
+                    error: Some(e),
+                };
+            }
+        };
+        if batch.len() > 1 {
+            warn!(error = %err, messages = batch.len(),
+                "the database refused the batch's data: ingesting its messages one by one");
+        }
+        let mut done = Ingested {
+            committed: 0,
+            outcomes: Vec::with_capacity(batch.len()),
+            error: None,
+        };
+        for (i, m) in batch.iter().enumerate() {
+            let single = if batch.len() == 1 {
+                Err(err_again(&err))
+            } else {
+                self.ingest_batch(std::slice::from_ref(m))
+                    .await
+                    .map(|mut o| o.remove(0))
+            };
+            let outcome = match single {
+                Ok(o) => Ok(o),
+                Err(e) if e.is_data_error() => self.quarantine_refused(m, &e).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(o) => {
+                    done.outcomes.push(o);
+                    done.committed = i + 1;
+                }
+                Err(e) => {
+                    done.error = Some(e);
+                    break;
+                }
+            }
+        }
+        done
+    }
+
+    /// Keeps a message whose data the database refused in quarantine, with
+    /// the database's reason, in a transaction of its own.
+    async fn quarantine_refused(
+        &self,
+        m: &Incoming,
+        e: &StoreError,
+    ) -> Result<IngestOutcome, StoreError> {
+        let reason = format!("the database refused this message's data: {e}");
+        let hint = envelope_hint(&m.body);
+        let t = known_type_label(hint.event_type.as_deref());
+        self.metrics.event_received(t, "quarantined");
+        if !m.quarantine_on_reject {
+            return Ok(IngestOutcome::Rejected { reason });
+        }
+        let mut tx = self.store.begin().await?;
+        let id = ev::quarantine(
+            &mut tx,
+            &NewQuarantine {
+                received_at_ms: ms(Utc::now()),
+                source: m.source.as_str(),
+                routing_key: m.routing_key.as_deref(),
+                event_id: hint.id.as_deref(),
+                event_type: hint.event_type.as_deref(),
+                reason: &reason,
+                raw: &m.body,
+                size: m.size,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason,
+            "message refused by the database: quarantined, the rest of its batch goes on");
+        Ok(IngestOutcome::Quarantined {
+            quarantine_id: id,
+            reason,
+        })
+    }
+
     /// Ingests a batch in one transaction. On Err nothing was committed and
     /// the caller must not ack.
     pub async fn ingest_batch(&self, batch: &[Incoming]) -> Result<Vec<IngestOutcome>, StoreError> {
@@ -160,7 +280,19 @@ impl Ingestor {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut types = Vec::with_capacity(batch.len());
         for m in batch {
-            let (t, o) = self.process(&mut tx, m, now).await?;
+            // No value from outside may take the process down: a panic while
+            // handling one message fails that message (and, through
+            // `ingest_split`, only that message).
+            let processed = std::panic::AssertUnwindSafe(self.process(&mut tx, m, now))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(StoreError::BadMessage(format!(
+                        "internal error while ingesting this message ({}); it is kept in quarantine, please report it",
+                        panic_text(&panic)
+                    )))
+                });
+            let (t, o) = processed?;
             types.push(t);
             outcomes.push(o);
         }
@@ -193,18 +325,17 @@ impl Ingestor {
     ) -> Result<(String, IngestOutcome), StoreError> {
         let parsed = match &m.forced_rejection {
             Some(reason) => Err(reason.clone()),
+            None if m.size > MAX_BODY_BYTES => Err(format!(
+                "body is {} bytes, more than the 64 KiB the contract allows",
+                m.size
+            )),
             None => parse_event(&m.body, &self.rules).map_err(|r| r.reason),
         };
         let event = match parsed {
             Ok(e) => e,
             Err(reason) => {
                 let hint = envelope_hint(&m.body);
-                // Metrics label: a known type, or "unknown" (never free text from the message).
-                let t = hint
-                    .event_type
-                    .as_deref()
-                    .and_then(crate::domain::event::EventType::parse)
-                    .map_or("unknown", |t| t.as_str());
+                let t = known_type_label(hint.event_type.as_deref());
                 if !m.quarantine_on_reject {
                     info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
                     return Ok((t.to_owned(), IngestOutcome::Rejected { reason }));
@@ -219,6 +350,7 @@ impl Ingestor {
                         event_type: hint.event_type.as_deref(),
                         reason: &reason,
                         raw: &m.body,
+                        size: m.size,
                     },
                 )
                 .await?;
@@ -631,6 +763,40 @@ impl Ingestor {
             .await?;
         Ok(n)
     }
+}
+
+/// What [`Ingestor::ingest_split`] got done.
+#[derive(Debug)]
+pub struct Ingested {
+    /// How many messages from the front of the batch are committed (or
+    /// kept in quarantine): the caller may ack these.
+    pub committed: usize,
+    /// Their outcomes, in order.
+    pub outcomes: Vec<IngestOutcome>,
+    /// Why the rest was not: the caller holds those messages and tries
+    /// again later.
+    pub error: Option<StoreError>,
+}
+
+/// The metrics label of a message's type: a known type, or "unknown" (never
+/// free text from the message).
+fn known_type_label(t: Option<&str>) -> &'static str {
+    t.and_then(crate::domain::event::EventType::parse)
+        .map_or("unknown", |t| t.as_str())
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// The same data error again (a batch of one is not tried twice).
+fn err_again(e: &StoreError) -> StoreError {
+    StoreError::BadMessage(e.to_string())
 }
 
 fn routing_label(r: Routing) -> &'static str {

@@ -1,7 +1,7 @@
 //! The delivery queue: one row per mail (event × kind × address), claimed
 //! under a lease, and an `attempts` row for every SMTP attempt.
 
-use super::{Backend, StoreError};
+use super::{Backend, StoreError, storable};
 use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
 use crate::domain::recipients::PlannedDelivery;
 use sqlx::{AnyConnection, Row};
@@ -338,7 +338,7 @@ pub async fn finish(
     .bind(status)
     .bind(due)
     .bind(step)
-    .bind(err)
+    .bind(err.map(storable))
     .bind(sent_to)
     .bind(sent_at)
     .bind(bump)
@@ -360,8 +360,8 @@ pub async fn finish(
         .bind(a.duration_ms)
         .bind(a.outcome.as_str())
         .bind(a.smtp_code)
-        .bind(a.enhanced_code.as_deref())
-        .bind(truncate(&a.detail, 1000))
+        .bind(a.enhanced_code.as_deref().map(storable))
+        .bind(storable(&truncate(&a.detail, 1000)))
         .execute(&mut *conn)
         .await?;
     }

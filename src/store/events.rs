@@ -1,7 +1,7 @@
 //! The `events` ledger (every accepted event, once, by id) and the
 //! `quarantine` table (bad input kept with its reason for operators).
 
-use super::StoreError;
+use super::{StoreError, storable};
 use sqlx::{AnyConnection, Row};
 
 /// How much of a bad message's bytes quarantine keeps.
@@ -24,12 +24,12 @@ pub async fn insert_event(conn: &mut AnyConnection, e: &NewEvent<'_>) -> Result<
         "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
     )
-    .bind(e.id)
-    .bind(e.event_type)
-    .bind(e.agb_code)
+    .bind(storable(e.id))
+    .bind(storable(e.event_type))
+    .bind(e.agb_code.map(storable))
     .bind(e.occurred_at_ms)
     .bind(e.received_at_ms)
-    .bind(e.payload)
+    .bind(storable(e.payload))
     .bind(e.state)
     .execute(&mut *conn)
     .await?
@@ -46,7 +46,7 @@ pub async fn set_event_state(
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE events SET state = $1, detail = $2 WHERE id = $3")
         .bind(state)
-        .bind(detail)
+        .bind(detail.map(storable))
         .bind(id)
         .execute(&mut *conn)
         .await?;
@@ -62,7 +62,7 @@ pub async fn append_detail(
     sqlx::query(
         "UPDATE events SET detail = CASE WHEN detail IS NULL OR detail = '' THEN $1 ELSE detail || '; ' || $1 END WHERE id = $2",
     )
-    .bind(note)
+    .bind(storable(note))
     .bind(id)
     .execute(&mut *conn)
     .await?;
@@ -133,7 +133,10 @@ pub struct NewQuarantine<'a> {
     pub event_id: Option<&'a str>,
     pub event_type: Option<&'a str>,
     pub reason: &'a str,
+    /// The message's bytes (only the first [`QUARANTINE_RAW_LIMIT`] are kept).
     pub raw: &'a [u8],
+    /// The size of the whole message as received (`raw` may be a prefix).
+    pub size: usize,
 }
 
 /// Keeps a bad message with its reason; returns the quarantine id.
@@ -146,13 +149,15 @@ pub async fn quarantine(
         "INSERT INTO quarantine (received_at, source, routing_key, event_id, event_type, reason, size, raw) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
+    // Every text here may come straight from a hostile message: a
+    // quarantine row must always be storable, or one message stalls ingest.
     .bind(q.received_at_ms)
-    .bind(q.source)
-    .bind(q.routing_key)
-    .bind(q.event_id)
-    .bind(q.event_type)
-    .bind(q.reason)
-    .bind(q.raw.len() as i64)
+    .bind(storable(q.source))
+    .bind(q.routing_key.map(storable))
+    .bind(q.event_id.map(storable))
+    .bind(q.event_type.map(storable))
+    .bind(storable(q.reason))
+    .bind(q.size.max(q.raw.len()) as i64)
     .bind(raw.to_vec())
     .fetch_one(&mut *conn)
     .await?;
@@ -248,7 +253,7 @@ pub async fn mark_redrive(
         }
         Some(reason) => {
             sqlx::query("UPDATE quarantine SET reason = $1, redrives = redrives + 1, last_redrive_at = $2 WHERE id = $3")
-                .bind(reason)
+                .bind(storable(reason))
                 .bind(now_ms)
                 .bind(id)
                 .execute(&mut *conn)

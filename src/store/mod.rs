@@ -38,6 +38,53 @@ pub enum StoreError {
     Locked(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// One message's data cannot be stored or processed (raised by this
+    /// worker, e.g. a panic while ingesting it): that message is kept in
+    /// quarantine, the others of its batch go through.
+    #[error("{0}")]
+    BadMessage(String),
+}
+
+impl StoreError {
+    /// True when the database refused the *data* of a statement, not the
+    /// statement's chance to run: PostgreSQL SQLSTATE classes 22 (data
+    /// exception) and 23 (integrity constraint), SQLite `CONSTRAINT`,
+    /// `TOOBIG` and `MISMATCH`, a value that cannot be encoded, or
+    /// [`StoreError::BadMessage`]. Retrying such a statement fails again;
+    /// every other error (connection lost, `SQLITE_BUSY`, a deadlock, a
+    /// timeout) may pass on the next try.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::BadMessage(_) => true,
+            Self::Db(sqlx::Error::Encode(_)) => true,
+            Self::Db(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return pg.code().starts_with("22") || pg.code().starts_with("23");
+                }
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // sqlx reports SQLite's extended result code; the primary
+                    // code is its low byte.
+                    const TOOBIG: i64 = 18;
+                    const CONSTRAINT: i64 = 19;
+                    const MISMATCH: i64 = 20;
+                    let primary = e
+                        .code()
+                        .and_then(|c| c.parse::<i64>().ok())
+                        .map(|c| c & 0xff);
+                    return matches!(primary, Some(TOOBIG | CONSTRAINT | MISMATCH));
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A text from outside made storable on both backends: PostgreSQL refuses
+/// U+0000 in `text` columns (SQLite keeps it), so it becomes U+FFFD. Raw
+/// message bytes are stored as bytes and never pass through here.
+pub fn storable(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
 }
 
 /// Which SQL dialect is behind the pool.

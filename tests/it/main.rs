@@ -4,6 +4,7 @@
 mod backends;
 mod cli;
 mod delivery;
+mod ingest_faults;
 mod instances;
 mod ops;
 mod outages;

@@ -342,6 +342,74 @@ async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Sto
     assert_eq!(got.detail.as_deref(), Some("first note; second note"));
 }
 
+async fn text_from_outside_is_always_storable(store: Store) {
+    // PostgreSQL refuses U+0000 in text; a quarantine row, an event note and
+    // an attempt detail must be storable whatever a message or a relay said.
+    let mut c = store.pool().acquire().await.unwrap();
+    let id = ev::quarantine(
+        &mut c,
+        &NewQuarantine {
+            received_at_ms: 1,
+            source: "amqp",
+            routing_key: Some("uitvraag.\0x"),
+            event_id: Some("id-\0"),
+            event_type: Some("type\0"),
+            reason: "id: contains \0",
+            raw: b"{\"id\": \"id-\\u0000\"}",
+            size: 17,
+        },
+    )
+    .await
+    .expect("a quarantine row with NUL in every text field is stored");
+    let row = ev::get_quarantine(&mut c, id).await.unwrap().unwrap();
+    assert_eq!(row.routing_key.as_deref(), Some("uitvraag.\u{FFFD}x"));
+    assert_eq!(row.event_id.as_deref(), Some("id-\u{FFFD}"));
+    assert_eq!(
+        row.raw, b"{\"id\": \"id-\\u0000\"}",
+        "raw bytes are kept as they came"
+    );
+    add_event(&store, "e-nul").await;
+    ev::append_detail(&mut c, "e-nul", "relay said \0")
+        .await
+        .unwrap();
+    let e = ev::get_event(&mut c, "e-nul").await.unwrap().unwrap();
+    assert_eq!(e.detail.as_deref(), Some("relay said \u{FFFD}"));
+}
+
+async fn data_errors_are_told_apart_from_other_errors(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    add_event(&store, "e-dup").await;
+    // A second row with the same primary key: an integrity error.
+    let dup = sqlx::query("INSERT INTO events (id, type, occurred_at, received_at, payload, state) VALUES ('e-dup', 't', 1, 1, '{}', 'accepted')")
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::from)
+        .unwrap_err();
+    assert!(dup.is_data_error(), "{dup}");
+    if store.backend() == Backend::Postgres {
+        // What a NUL does when it reaches PostgreSQL unescaped.
+        let nul = sqlx::query("UPDATE events SET detail = $1 WHERE id = 'e-dup'")
+            .bind("a\0b")
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(nul.is_data_error(), "{nul}");
+    }
+    // A statement that cannot run at all is not about the data.
+    let missing = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::from)
+        .unwrap_err();
+    assert!(!missing.is_data_error(), "{missing}");
+    drop(c);
+    // A closed pool (the database went away) is not about the data either.
+    store.close().await;
+    let gone = store.ping().await.unwrap_err();
+    assert!(!gone.is_data_error(), "{gone}");
+}
+
 async fn quarantine_keeps_bad_input_and_its_redrives(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
     fn q<'a>(raw: &'a [u8], reason: &'a str) -> NewQuarantine<'a> {
@@ -353,6 +421,7 @@ async fn quarantine_keeps_bad_input_and_its_redrives(store: Store) {
             event_type: Some("contract.iets"),
             reason,
             raw,
+            size: raw.len(),
         }
     }
     let big: Vec<u8> = (0..70 * 1024).map(|i| (i % 251) as u8).collect();
@@ -1181,6 +1250,8 @@ macro_rules! contract {
 
 contract!(
     a_fresh_database_is_behind_until_migrated,
+    text_from_outside_is_always_storable,
+    data_errors_are_told_apart_from_other_errors,
     events_are_recorded_once_by_id,
     events_are_listed_by_state_type_and_agb_and_keep_their_notes,
     quarantine_keeps_bad_input_and_its_redrives,

@@ -243,6 +243,18 @@ pub async fn spawn_app_with(
     backend: TestBackend,
     rewrite: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_app_prepared(extra, backend, rewrite, async |_, _| {}).await
+}
+
+/// Like [`spawn_app_with`]; `prepare` runs on the migrated database and the
+/// declared topology before the service starts (e.g. to queue a backlog
+/// that the service then takes as one batch).
+pub async fn spawn_app_prepared(
+    extra: &str,
+    backend: TestBackend,
+    rewrite: impl FnOnce(&mut Settings),
+    prepare: impl AsyncFnOnce(&Store, &Settings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let mut settings = test_settings(dir.path(), &smtp.url(), extra);
@@ -256,6 +268,8 @@ pub async fn spawn_app_with(
     };
     let store = Store::connect(&settings.database.url, 4).await.unwrap();
     store.migrate().await.unwrap();
+    declare_topology(&settings.amqp).await;
+    prepare(&store, &settings).await;
     let direct_amqp = settings.amqp.url.clone();
     let mut service = settings.clone();
     rewrite(&mut service);
