@@ -31,15 +31,20 @@ impl HumanDuration {
         let n: u64 = num
             .parse()
             .map_err(|_| format!("expected a duration like 30s, 2m or 4h, got {s:?}"))?;
-        let ms = match unit {
-            "ms" => n,
-            "s" => n * 1000,
-            "m" => n * 60_000,
-            "h" => n * 3_600_000,
-            "d" => n * 86_400_000,
+        let factor: u64 = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return Err(format!("expected a duration like 30s, 2m or 4h, got {s:?}")),
         };
-        Ok(Self(Duration::from_millis(ms)))
+        // Bounded so that adding any setting to a timestamp cannot overflow.
+        const MAX_MS: u64 = 36_500 * 86_400_000;
+        match n.checked_mul(factor) {
+            Some(ms) if ms <= MAX_MS => Ok(Self(Duration::from_millis(ms))),
+            _ => Err(format!("{s:?} is too long: at most 36500d")),
+        }
     }
 }
 
@@ -281,6 +286,15 @@ impl Settings {
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1".into());
         }
+        if self.dispatch.lease.0 < Duration::from_secs(3) {
+            return bad(
+                "dispatch.lease",
+                format!(
+                    "must be at least 3s, got {:?} (a lease is renewed every lease/3 while its send is in flight; shorter leases expire under a slow database)",
+                    self.dispatch.lease.0
+                ),
+            );
+        }
         if self.dispatch.batch_size == 0 {
             return bad("dispatch.batch_size", "must be at least 1".into());
         }
@@ -359,6 +373,14 @@ mod tests {
             Duration::from_secs(14_400)
         );
         assert!(HumanDuration::parse("4 hours").is_err());
+        assert!(HumanDuration::parse("36500d").is_ok());
+        assert!(
+            HumanDuration::parse("36501d")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(HumanDuration::parse("99999999999999999999d").is_err());
+        assert!(HumanDuration::parse("18446744073709551615h").is_err());
     }
 
     #[test]
@@ -375,6 +397,14 @@ mod tests {
                 .to_string()
                 .contains("portal.url")
         );
+    }
+
+    #[test]
+    fn a_lease_under_three_seconds_is_refused() {
+        let fig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[dispatch]\nlease = \"2s\""));
+        let e = Settings::from_figment(fig).unwrap_err().to_string();
+        assert!(e.contains("dispatch.lease: must be at least 3s"), "{e}");
     }
 
     #[test]

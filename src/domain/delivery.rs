@@ -169,6 +169,11 @@ impl RetryPolicy {
     /// When to try again after a retryable outcome, or `None` when that would
     /// be past the deadline. `unit` in `[0, 1)` draws the jitter; a relay's
     /// own "try again in N seconds" wins when it is longer.
+    ///
+    /// A relay's hint is a value from outside and may be absurd: one that
+    /// reaches past the deadline means one more try at the deadline (the
+    /// relay may be back sooner than it says), never an overflow and never
+    /// an immediate failure.
     pub fn next_due(
         &self,
         step: u32,
@@ -179,14 +184,28 @@ impl RetryPolicy {
     ) -> Option<DateTime<Utc>> {
         let base = self.base_delay(step).as_secs_f64();
         let factor = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        let mut secs = base * factor;
-        if let Some(h) = relay_hint {
-            secs = secs.max(h.as_secs_f64());
+        let scheduled = base * factor;
+        let hinted = relay_hint.map(|h| h.as_secs_f64()).unwrap_or(0.0);
+        let due = after_secs(now, scheduled.max(hinted));
+        match due {
+            Some(due) if due <= deadline => Some(due),
+            _ if hinted > scheduled && now < deadline => Some(deadline),
+            _ => None,
         }
-        let due = now + Duration::milliseconds((secs * 1000.0) as i64);
-        (due <= deadline).then_some(due)
     }
 }
+
+/// `now` plus `secs` seconds; `None` when that is beyond what a timestamp holds.
+pub fn after_secs(now: DateTime<Utc>, secs: f64) -> Option<DateTime<Utc>> {
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DELAY_SECS {
+        return None;
+    }
+    now.checked_add_signed(Duration::try_milliseconds((secs * 1000.0) as i64)?)
+}
+
+/// Delays beyond this (about 100 years) are treated as "never" by
+/// [`after_secs`], far inside what chrono can add without overflow.
+pub const MAX_DELAY_SECS: f64 = 100.0 * 365.25 * 86_400.0;
 
 /// Parses a relay's "try again in N seconds/minutes" (greylisting) hint.
 pub fn retry_hint(text: &str) -> Option<std::time::Duration> {
@@ -198,12 +217,13 @@ pub fn retry_hint(text: &str) -> Option<std::time::Duration> {
     for w in words.windows(2) {
         if let Ok(n) = w[0].parse::<u64>() {
             let unit = w[1];
+            // Saturating: the number is the relay's, and may be anything.
             let secs = if unit.starts_with("sec") || unit == "s" {
                 n
             } else if unit.starts_with("min") {
-                n * 60
+                n.saturating_mul(60)
             } else if unit.starts_with("hour") {
-                n * 3600
+                n.saturating_mul(3600)
             } else {
                 continue;
             };
@@ -259,6 +279,25 @@ mod tests {
             .next_due(0, now, far, Some(StdDuration::from_secs(300)), 0.5)
             .unwrap();
         assert_eq!((hinted - now).num_seconds(), 300);
+    }
+
+    #[test]
+    fn an_absurd_relay_hint_means_one_more_try_at_the_deadline() {
+        let p = policy();
+        let now = Utc::now();
+        let deadline = now + Duration::hours(72);
+        let hint = retry_hint("451 4.7.1 Service busy, try again in 9000000000000 seconds");
+        assert_eq!(hint, Some(StdDuration::from_secs(9_000_000_000_000)));
+        assert_eq!(p.next_due(0, now, deadline, hint, 0.5), Some(deadline));
+        let huge = retry_hint("try again in 18446744073709551615 hours");
+        assert_eq!(p.next_due(0, now, deadline, huge, 0.5), Some(deadline));
+        // At (or past) the deadline there is no further try.
+        assert_eq!(p.next_due(0, deadline, deadline, hint, 0.5), None);
+        // Without a hint, a step past the deadline still ends the retries.
+        assert_eq!(
+            p.next_due(3, now, now + Duration::hours(1), None, 0.5),
+            None
+        );
     }
 
     #[test]

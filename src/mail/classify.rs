@@ -50,17 +50,20 @@ pub fn classify_reply(step: Step, code: u16, text: &str) -> AttemptOutcome {
         return Transient;
     }
     // 5xx from here.
-    let policy = enhanced.starts_with("5.7.") || code == 535 || code == 530;
+    let auth = code == 535 || code == 530;
+    let policy = enhanced.starts_with("5.7.") || auth;
     let protocol = (500..=504).contains(&code);
     match step {
         Step::Connect | Step::Mail => RelayFault,
         _ if protocol => RelayFault,
+        _ if auth => RelayFault,
         Step::Rcpt => {
             if code == 552 || enhanced == "5.2.2" {
                 Transient
-            } else if policy {
-                RelayFault
             } else {
+                // A 5.7.x here is about this recipient (see
+                // `is_recipient_policy`); many of them in a row are the relay
+                // refusing us, which the breaker tells apart.
                 Permanent
             }
         }
@@ -71,16 +74,22 @@ pub fn classify_reply(step: Step, code: u16, text: &str) -> AttemptOutcome {
                 Permanent
             }
         }
-        Step::Message => {
-            // 554 after the data is about this message (content, size): the
-            // relay works, this mail will never pass.
-            if policy && code != 554 {
-                RelayFault
-            } else {
-                Permanent
-            }
-        }
+        // After the data every refusal is about this message (content,
+        // size, the sender's policy for it): the relay works.
+        Step::Message => Permanent,
     }
+}
+
+/// A 5.7.x refusal at RCPT other than an authentication demand: a policy
+/// about this recipient (`Recipient address rejected: Access denied`). It is
+/// retried a few times before it counts as permanent, and when several
+/// distinct recipients in a row get one the relay is refusing us instead.
+pub fn is_recipient_policy(step: Step, code: u16, text: &str) -> bool {
+    step == Step::Rcpt
+        && code / 100 == 5
+        && code != 530
+        && code != 535
+        && enhanced_code(text).is_some_and(|e| e.starts_with("5.7."))
 }
 
 #[cfg(test)]
@@ -96,7 +105,14 @@ mod tests {
             (Step::Rcpt, 553, "5.1.3 bad address syntax", Permanent),
             (Step::Rcpt, 552, "5.2.2 Mailbox full", Transient),
             (Step::Rcpt, 550, "5.2.2 Mailbox full", Transient),
-            (Step::Rcpt, 554, "5.7.1 Relay access denied", RelayFault),
+            (Step::Rcpt, 554, "5.7.1 Relay access denied", Permanent),
+            (
+                Step::Rcpt,
+                550,
+                "5.7.1 <a@x.nl>: Recipient address rejected: Access denied",
+                Permanent,
+            ),
+            (Step::Rcpt, 530, "5.7.0 Authentication required", RelayFault),
             (Step::Rcpt, 450, "4.2.0 Greylisted", Transient),
             (Step::Rcpt, 451, "4.7.1 try later", Transient),
             (Step::Rcpt, 452, "4.2.2 full", Transient),
@@ -108,7 +124,15 @@ mod tests {
             (Step::Message, 554, "5.6.0 content rejected", Permanent),
             (Step::Message, 552, "5.3.4 Message too big", Permanent),
             (Step::Message, 451, "4.3.0 local error", Transient),
-            (Step::Message, 550, "5.7.1 policy", RelayFault),
+            (Step::Message, 550, "5.7.1 policy", Permanent),
+            (Step::Message, 554, "5.7.1 spam content", Permanent),
+            (
+                Step::Message,
+                535,
+                "5.7.8 authentication expired",
+                RelayFault,
+            ),
+            (Step::Data, 554, "5.7.1 no valid recipients", RelayFault),
             (Step::Message, 250, "2.0.0 Ok", Sent),
         ];
         for (step, code, text, want) in cases {
@@ -118,6 +142,20 @@ mod tests {
                 "{step:?} {code} {text}"
             );
         }
+    }
+
+    #[test]
+    fn recipient_policy_is_a_5_7_at_rcpt_only() {
+        let text = "5.7.1 <a@x.nl>: Recipient address rejected: Access denied";
+        assert!(is_recipient_policy(Step::Rcpt, 550, text));
+        assert!(!is_recipient_policy(
+            Step::Rcpt,
+            530,
+            "5.7.0 Authentication required"
+        ));
+        assert!(!is_recipient_policy(Step::Rcpt, 550, "5.1.1 No such user"));
+        assert!(!is_recipient_policy(Step::Message, 550, text));
+        assert!(!is_recipient_policy(Step::Rcpt, 450, "4.7.1 try later"));
     }
 
     #[test]

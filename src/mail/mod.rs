@@ -111,6 +111,9 @@ pub struct SendReport {
     pub connect_failed: bool,
     /// A "try again in N" from the relay.
     pub retry_hint: Option<Duration>,
+    /// A 5.7.x refusal of this recipient at RCPT
+    /// ([`classify::is_recipient_policy`]).
+    pub recipient_policy: bool,
 }
 
 impl SendReport {
@@ -123,6 +126,7 @@ impl SendReport {
             detail,
             connect_failed: false,
             retry_hint: None,
+            recipient_policy: false,
         }
     }
 }

@@ -38,6 +38,7 @@ impl Outbox {
                 detail: format!("cannot write to outbox {}: {e}", self.dir.display()),
                 connect_failed: true,
                 retry_hint: None,
+                recipient_policy: false,
             },
         }
     }

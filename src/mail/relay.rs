@@ -33,6 +33,22 @@ struct BreakerInner {
     consecutive_failures: u32,
     open_until: Option<Instant>,
     last_reason: Option<String>,
+    /// The current run of distinct recipients refused with 5.7.x at RCPT:
+    /// (lower-cased address, delivery id). Memory only, never logged.
+    refusals: Vec<(String, String)>,
+    /// The circuit is open because such a run reached the threshold.
+    refusing: bool,
+}
+
+/// What a 5.7.x refusal at RCPT means once the breaker has seen the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalVerdict {
+    /// About this recipient: retried a few times, then permanent.
+    Recipient,
+    /// `breaker.failure_threshold` distinct recipients in a row were refused:
+    /// the relay refuses us. The circuit is open; `earlier` are the other
+    /// deliveries of that run, already recorded as recipient refusals.
+    RelayRefuses { earlier: Vec<String> },
 }
 
 /// Counts relay-level failures across deliveries and opens after
@@ -53,6 +69,8 @@ impl Breaker {
                 consecutive_failures: 0,
                 open_until: None,
                 last_reason: None,
+                refusals: Vec::new(),
+                refusing: false,
             }),
         }
     }
@@ -80,9 +98,56 @@ impl Breaker {
             .unwrap_or_default()
     }
 
+    /// Records a 5.7.x refusal at RCPT of `address` (delivery `delivery_id`)
+    /// and says whether it is about the recipient or about us.
+    pub fn recipient_refused(&self, address: &str, delivery_id: &str) -> RefusalVerdict {
+        let mut g = self.inner.lock().expect("breaker lock");
+        if g.refusing && g.open_until.is_some() {
+            // Still refused after the pause (a probe, or a send that was in
+            // flight when the run was detected): keep the circuit open.
+            g.open_until = Some(Instant::now() + self.open_for);
+            return RefusalVerdict::RelayRefuses {
+                earlier: Vec::new(),
+            };
+        }
+        if g.open_until.take().is_some() {
+            // A probe after a pause for another reason: the relay answers.
+            g.consecutive_failures = 0;
+            g.last_reason = None;
+        }
+        let address = address.to_ascii_lowercase();
+        if !g.refusals.iter().any(|(a, _)| *a == address) {
+            g.refusals.push((address, delivery_id.to_owned()));
+        }
+        if (g.refusals.len() as u32) < self.threshold {
+            return RefusalVerdict::Recipient;
+        }
+        let run = std::mem::take(&mut g.refusals);
+        g.open_until = Some(Instant::now() + self.open_for);
+        g.refusing = true;
+        g.last_reason = Some(format!(
+            "the relay refuses our mail: {} distinct recipients in a row were refused with 5.7.x at RCPT (relay access denied? check the relay's permissions for this sender)",
+            run.len()
+        ));
+        RefusalVerdict::RelayRefuses {
+            earlier: run
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| id != delivery_id)
+                .collect(),
+        }
+    }
+
+    /// True while the circuit is open because the relay refuses our mail.
+    pub fn is_refusing(&self) -> bool {
+        let g = self.inner.lock().expect("breaker lock");
+        g.refusing && g.open_until.is_some()
+    }
+
     /// Records a relay-level failure; returns true when this opened the circuit.
     pub fn failure(&self, reason: &str, immediate: bool) -> bool {
         let mut g = self.inner.lock().expect("breaker lock");
+        g.refusals.clear();
         g.consecutive_failures += 1;
         let was_open = g.open_until.is_some();
         if immediate || g.consecutive_failures >= self.threshold || was_open {
@@ -97,6 +162,8 @@ impl Breaker {
     pub fn success(&self) -> bool {
         let mut g = self.inner.lock().expect("breaker lock");
         g.consecutive_failures = 0;
+        g.refusals.clear();
+        g.refusing = false;
         let was_open = g.open_until.take().is_some();
         if was_open {
             g.last_reason = None;
@@ -212,6 +279,45 @@ mod tests {
         assert_eq!(b.state(), CircuitState::Closed);
         assert!(b.failure("535 auth", true));
         assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_run_of_distinct_refused_recipients_is_the_relay_refusing_us() {
+        let b = Breaker::new(3, Duration::from_secs(60));
+        assert_eq!(
+            b.recipient_refused("a@x.nl", "d1"),
+            RefusalVerdict::Recipient
+        );
+        // The same recipient again does not make the run longer.
+        assert_eq!(
+            b.recipient_refused("A@x.nl", "d1b"),
+            RefusalVerdict::Recipient
+        );
+        assert_eq!(
+            b.recipient_refused("b@x.nl", "d2"),
+            RefusalVerdict::Recipient
+        );
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(
+            b.recipient_refused("c@x.nl", "d3"),
+            RefusalVerdict::RelayRefuses {
+                earlier: vec!["d1".into(), "d2".into()]
+            }
+        );
+        assert_eq!(b.state(), CircuitState::Open);
+        assert!(matches!(
+            b.recipient_refused("d@x.nl", "d4"),
+            RefusalVerdict::RelayRefuses { .. }
+        ));
+        // Anything else the relay says breaks the run.
+        b.success();
+        b.recipient_refused("a@x.nl", "d1");
+        b.recipient_refused("b@x.nl", "d2");
+        b.success();
+        assert_eq!(
+            b.recipient_refused("c@x.nl", "d3"),
+            RefusalVerdict::Recipient
+        );
     }
 
     #[test]

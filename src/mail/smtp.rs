@@ -4,7 +4,7 @@
 //! connection), and a transaction driven step by step (MAIL, RCPT, DATA,
 //! message) so every failure is classified by the step it happened in.
 
-use super::classify::{Step, classify_reply, enhanced_code};
+use super::classify::{Step, classify_reply, enhanced_code, is_recipient_policy};
 use super::{SendReport, SmtpTarget, TlsMode};
 use crate::config::SmtpSettings;
 use crate::domain::delivery::{AttemptOutcome, retry_hint};
@@ -227,6 +227,7 @@ impl SmtpPool {
                     ),
                     connect_failed: false,
                     retry_hint: None,
+                    recipient_policy: false,
                 };
                 drop(conn);
                 (report, None)
@@ -262,6 +263,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             retry_hint: (outcome == AttemptOutcome::Transient)
                 .then(|| retry_hint(&text))
                 .flatten(),
+            recipient_policy: is_recipient_policy(step, code, &text),
             // 421 means the relay is closing the connection: a relay-level condition.
             connect_failed: code == 421,
             detail: format!("{code} {text}"),
@@ -277,6 +279,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             detail: format!("connection lost after the data was sent: {detail}"),
             connect_failed: false,
             retry_hint: None,
+            recipient_policy: false,
         },
         _ if is_tls_failure(e) => relay_fault(format!("TLS with the relay failed: {detail}")),
         _ => connection_failed(format!(
@@ -298,6 +301,7 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
             detail: format!("relay refused the session: {code} {text}"),
             connect_failed: outcome == AttemptOutcome::Transient,
             retry_hint: None,
+            recipient_policy: false,
         };
     }
     if is_tls_failure(e) {
@@ -323,6 +327,7 @@ fn connection_failed(detail: String) -> SendReport {
         detail,
         connect_failed: true,
         retry_hint: None,
+        recipient_policy: false,
     }
 }
 
@@ -334,6 +339,7 @@ fn relay_fault(detail: String) -> SendReport {
         detail,
         connect_failed: false,
         retry_hint: None,
+        recipient_policy: false,
     }
 }
 
@@ -345,5 +351,6 @@ fn permanent(detail: String) -> SendReport {
         detail,
         connect_failed: false,
         retry_hint: None,
+        recipient_policy: false,
     }
 }

@@ -7,19 +7,24 @@ use crate::domain::event::{EventBody, EventType, ValidationRules, parse_event};
 use crate::domain::ids::{EmailAddress, Gebruikersnummer};
 use crate::domain::recipients;
 use crate::mail::classify::redact_addresses;
-use crate::mail::relay::{Breaker, CircuitState, RateLimiter};
+use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
 use crate::ops::metrics::Metrics;
 use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Transition};
 use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
 use crate::templates::Templates;
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lettre::message::Mailbox;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
+
+/// How often a 5.7.x refusal of a recipient at RCPT is retried before the
+/// delivery fails.
+pub const MAX_POLICY_RETRIES: i64 = 2;
 
 /// What dispatch needs from the settings.
 #[derive(Clone)]
@@ -190,17 +195,30 @@ impl Dispatcher {
             c
         };
         let n = claimed.len();
-        // A delivery still waiting in this batch when its lease is nearly up is
-        // handed back instead of sent: another dispatcher may claim it then.
-        let lease_guard = Instant::now() + self.cfg.lease.mul_f64(0.8);
-        let results: Vec<Result<Transition, StoreError>> = futures_util::stream::iter(claimed)
+        // Every claimed delivery of the round keeps its lease while the round
+        // runs, however long a send or the rate limit takes: a lease that ran
+        // out under a send in flight would let another instance send it again.
+        let held: Arc<std::sync::Mutex<HashSet<String>>> = Arc::new(std::sync::Mutex::new(
+            claimed.iter().map(|d| d.id.clone()).collect(),
+        ));
+        let work = futures_util::stream::iter(claimed)
             .map(|d| {
                 let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
-                self.handle(d, lease_guard).instrument(span)
+                let held = held.clone();
+                async move {
+                    let id = d.id.clone();
+                    let r = self.handle_isolated(d).await;
+                    held.lock().expect("lease set").remove(&id);
+                    r
+                }
+                .instrument(span)
             })
             .buffer_unordered(self.cfg.concurrency.max(1))
-            .collect()
-            .await;
+            .collect::<Vec<Result<Transition, StoreError>>>();
+        let results = tokio::select! {
+            r = work => r,
+            never = self.renew_leases(&held) => match never {},
+        };
         for r in results {
             let t = r?;
             if let Some(s) = summary.as_mut() {
@@ -215,8 +233,97 @@ impl Dispatcher {
         Ok(n)
     }
 
+    /// Renews the leases in `held` every `dispatch.lease / 3`, fenced by
+    /// owner; runs until dropped. A lease found under another owner is
+    /// logged (its send, if on the wire, is not stopped: the relay may get
+    /// that mail twice, with the same Message-ID).
+    async fn renew_leases(
+        &self,
+        held: &std::sync::Mutex<HashSet<String>>,
+    ) -> std::convert::Infallible {
+        let every = self.cfg.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let ids: Vec<String> = held.lock().expect("lease set").iter().cloned().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let until = ms(Utc::now()) + self.cfg.lease.as_millis() as i64;
+            let renewed = async {
+                let mut tx = self.store.begin().await?;
+                let n = dl::renew_leases(&mut tx, &self.owner, &ids, until).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(n)
+            }
+            .await;
+            match renewed {
+                Ok(n) if (n as usize) < ids.len() => {
+                    // A row that finished between the snapshot and the update
+                    // is counted here too; only a row another owner holds matters.
+                    let lost = self.leases_lost(&ids).await;
+                    if lost > 0 {
+                        warn!(
+                            lost,
+                            "leases taken over by another dispatcher while their sends were in flight: those mails may arrive twice (same Message-ID); raise dispatch.lease"
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot renew leases; they run out after dispatch.lease and another instance may take over")
+                }
+            }
+        }
+    }
+
+    async fn leases_lost(&self, ids: &[String]) -> usize {
+        let Ok(mut c) = self.store.pool().acquire().await else {
+            return 0;
+        };
+        dl::held_by_others(&mut c, &self.owner, ids)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// [`Self::handle`], with a panic confined to its delivery: no value from
+    /// outside (a relay reply, a stored event) may take the process down, and
+    /// a delivery that makes this version panic would do so again after every
+    /// restart. It ends `failed` with the reason, for operators to replay
+    /// once the cause is fixed.
+    async fn handle_isolated(&self, d: Claimed) -> Result<Transition, StoreError> {
+        let id = d.id.clone();
+        let kind = d.kind.clone();
+        match std::panic::AssertUnwindSafe(self.handle(d))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                let error = format!(
+                    "internal error while handling this delivery ({what}): failed instead of retried; report it, then `notifier replay deliveries --status failed`"
+                );
+                error!(%error, "delivery failed on an internal error");
+                let next = Transition::Failed {
+                    error,
+                    sent_to: None,
+                };
+                let mut tx = self.store.begin().await?;
+                dl::finish(&mut tx, &id, &self.owner, None, &next).await?;
+                tx.commit().await?;
+                let label = MailKind::parse(&kind).map_or("unknown", MailKind::as_str);
+                self.metrics.delivery_final(label, "failed");
+                Ok(next)
+            }
+        }
+    }
+
     /// Checks, renders, sends and records one claimed delivery.
-    async fn handle(&self, d: Claimed, lease_guard: Instant) -> Result<Transition, StoreError> {
+    async fn handle(&self, d: Claimed) -> Result<Transition, StoreError> {
         let Some(kind) = MailKind::parse(&d.kind) else {
             // A row this version cannot send (e.g. written by a newer version):
             // end it visibly instead of failing the round again every lease.
@@ -342,17 +449,6 @@ impl Dispatcher {
         };
 
         let permit = self.limiter.acquire().await;
-        if Instant::now() > lease_guard {
-            drop(permit);
-            warn!("lease nearly expired before the send: handing the delivery back");
-            let retry = Transition::Retry {
-                due_ms: ms(Utc::now()),
-                retry_step: d.retry_step,
-                error: "handed back unsent: lease nearly expired (raise dispatch.lease or lower dispatch.batch_size)".into(),
-                sent_to: None,
-            };
-            return self.finish(&d, kind, None, retry).await;
-        }
         let started = Utc::now();
         let clock = Instant::now();
         let report = self
@@ -361,8 +457,24 @@ impl Dispatcher {
             .await;
         let duration = clock.elapsed();
         drop(permit);
+        let mut report = report;
+        let refusal = report
+            .recipient_policy
+            .then(|| self.breaker.recipient_refused(&address, &d.id));
+        match &refusal {
+            Some(RefusalVerdict::RelayRefuses { earlier }) => {
+                report.outcome = AttemptOutcome::RelayFault;
+                if !earlier.is_empty() {
+                    self.metrics.circuit_open.set(1);
+                    error!(reason = %self.breaker.last_reason().unwrap_or_default(),
+                        "relay circuit open: dispatch paused; it probes again after breaker.open_for");
+                }
+                self.relay_refuses(earlier).await?;
+            }
+            Some(RefusalVerdict::Recipient) => {}
+            None => self.observe_relay(&report),
+        }
         self.metrics.smtp_attempt(report.outcome.as_str());
-        self.observe_relay(&report);
 
         let now = Utc::now();
         let next = self.next_state(&d, &report, &address, now);
@@ -373,6 +485,7 @@ impl Dispatcher {
             smtp_code: report.smtp_code.map(i64::from),
             enhanced_code: report.enhanced_code.clone(),
             detail: report.detail.clone(),
+            policy_rejection: refusal == Some(RefusalVerdict::Recipient),
         };
         match report.outcome {
             AttemptOutcome::Sent => {
@@ -390,6 +503,12 @@ impl Dispatcher {
             ),
         }
         let t = self.finish(&d, kind, Some(&attempt), next).await?;
+        if attempt.policy_rejection && self.breaker.is_refusing() {
+            // The run that showed the relay refusing us ended while this
+            // refusal was being recorded: it does not count against the recipient.
+            self.relay_refuses(std::slice::from_ref(&d.id)).await?;
+            return Ok(t);
+        }
         if let (Transition::Failed { .. }, true) = (&t, kind.is_module()) {
             self.escalate(&d, &event.event_type, &report).await?;
         }
@@ -453,6 +572,24 @@ impl Dispatcher {
         }
     }
 
+    /// The breaker found the relay refusing us: the other deliveries of that
+    /// run were recorded as refused recipients; they get their retry step
+    /// back and wait for the circuit's probe, and no notice goes out.
+    async fn relay_refuses(&self, earlier: &[String]) -> Result<(), StoreError> {
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        let due = Utc::now() + self.cfg.breaker_open_for;
+        let mut tx = self.store.begin().await?;
+        let n = dl::undo_policy_rejections(&mut tx, earlier, ms(due)).await?;
+        tx.commit().await?;
+        info!(
+            deliveries = n,
+            "refusals of the run counted as a relay fault, not against the recipients"
+        );
+        Ok(())
+    }
+
     fn next_state(
         &self,
         d: &Claimed,
@@ -468,6 +605,30 @@ impl Dispatcher {
                 sent_to: address.to_owned(),
                 at_ms: ms(now),
             },
+            // A recipient's policy refusal is often a passing block (a
+            // reputation list, a full quota mislabelled): two more tries on
+            // the recipient schedule, then it is permanent.
+            AttemptOutcome::Permanent
+                if r.recipient_policy && d.policy_rejections < MAX_POLICY_RETRIES =>
+            {
+                let unit: f64 = rand::random();
+                match self
+                    .cfg
+                    .retry
+                    .next_due(d.retry_step as u32, now, deadline, None, unit)
+                {
+                    Some(due) => Transition::Retry {
+                        due_ms: ms(due),
+                        retry_step: d.retry_step + 1,
+                        error,
+                        sent_to,
+                    },
+                    None => Transition::Failed {
+                        error: format!("deadline passed: {error}"),
+                        sent_to,
+                    },
+                }
+            }
             AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
             AttemptOutcome::RelayFault if now > deadline => Transition::Failed {
                 error: format!("deadline passed while the relay was unusable: {error}"),

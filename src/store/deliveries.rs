@@ -72,6 +72,8 @@ pub struct Claimed {
     pub retry_step: i64,
     pub deadline: i64,
     pub message_id: String,
+    /// 5.7.x refusals at RCPT in this attempt cycle.
+    pub policy_rejections: i64,
 }
 
 /// Claims up to `limit` due deliveries (pending and due, or sending with an
@@ -103,7 +105,7 @@ pub async fn claim(
          UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
          WHERE id IN (SELECT id FROM picked) \
          AND ((status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3)) \
-         RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id"
+         RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until_ms)
@@ -126,6 +128,7 @@ pub async fn claim(
                 retry_step: r.try_get("retry_step")?,
                 deadline: r.try_get("deadline")?,
                 message_id: r.try_get("message_id")?,
+                policy_rejections: r.try_get("policy_rejections")?,
             })
         })
         .collect()
@@ -253,6 +256,9 @@ pub struct AttemptRecord {
     pub smtp_code: Option<i64>,
     pub enhanced_code: Option<String>,
     pub detail: String,
+    /// A 5.7.x refusal of the recipient at RCPT, counted toward the two
+    /// retries such a refusal gets.
+    pub policy_rejection: bool,
 }
 
 /// Where a delivery goes after an attempt (or a check before one).
@@ -329,10 +335,11 @@ pub async fn finish(
         Transition::Cancelled { reason } => ("cancelled", None, None, Some(reason), None, None),
     };
     let bump = i64::from(attempt.is_some());
+    let policy = i64::from(attempt.is_some_and(|a| a.policy_rejection));
     let n = sqlx::query(
         "UPDATE deliveries SET status = $1, due_at = COALESCE($2, due_at), retry_step = COALESCE($3, retry_step), \
          last_error = $4, sent_to = COALESCE($5, sent_to), sent_at = COALESCE($6, sent_at), attempts = attempts + $7, \
-         lease_until = NULL, lease_owner = NULL \
+         policy_rejections = policy_rejections + $10, lease_until = NULL, lease_owner = NULL \
          WHERE id = $8 AND status = 'sending' AND lease_owner = $9",
     )
     .bind(status)
@@ -344,6 +351,7 @@ pub async fn finish(
     .bind(bump)
     .bind(delivery_id)
     .bind(owner)
+    .bind(policy)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -368,8 +376,100 @@ pub async fn finish(
     Ok(true)
 }
 
+/// The relay turned out to refuse us, not the recipients: deliveries already
+/// recorded as refused at RCPT in that run get back the retry step and the
+/// policy count that refusal took, their last attempt becomes a relay fault,
+/// and they are due when the circuit probes again.
+pub async fn undo_policy_rejections(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    due_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for id in ids {
+        // Only while the last attempt still stands as a recipient's refusal,
+        // so that undoing twice (the run's last delivery and a late finish
+        // of an earlier one both may) changes nothing the second time.
+        let changed = sqlx::query(
+            "UPDATE deliveries SET retry_step = retry_step - 1, policy_rejections = policy_rejections - 1, due_at = $1 \
+             WHERE id = $2 AND status = 'pending' AND policy_rejections > 0 AND retry_step > 0 \
+             AND EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id \
+                 AND a.n = deliveries.attempts AND a.outcome = 'permanent')",
+        )
+        .bind(due_ms)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            sqlx::query(
+                "UPDATE attempts SET outcome = 'relay_fault' \
+                 WHERE delivery_id = $1 AND n = (SELECT attempts FROM deliveries WHERE id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        n += changed;
+    }
+    Ok(n)
+}
+
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+/// Extends the leases of `ids` that `owner` still holds until
+/// `lease_until_ms`; returns how many it extended.
+pub async fn renew_leases(
+    conn: &mut AnyConnection,
+    owner: &str,
+    ids: &[String],
+    lease_until_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for chunk in ids.chunks(500) {
+        let list = (0..chunk.len())
+            .map(|i| format!("${}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $1 \
+             WHERE status = 'sending' AND lease_owner = $2 AND id IN ({list})"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(lease_until_ms)
+            .bind(owner);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        n += q.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// How many of `ids` are leased to an owner other than `owner`.
+pub async fn held_by_others(
+    conn: &mut AnyConnection,
+    owner: &str,
+    ids: &[String],
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for chunk in ids.chunks(500) {
+        let list = (0..chunk.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'sending' AND lease_owner <> $1 AND id IN ({list})"
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(owner);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        n += q.fetch_one(&mut *conn).await? as usize;
+    }
+    Ok(n)
 }
 
 /// Gives back every lease `owner` holds (graceful shutdown): the deliveries
@@ -624,7 +724,7 @@ pub async fn replay(
             .join(", ");
         let sql = format!(
             "UPDATE deliveries SET status = 'pending', due_at = $1, retry_step = 0, deadline = $2, \
-             lease_until = NULL, lease_owner = NULL{clear_sent_at} \
+             policy_rejections = 0, lease_until = NULL, lease_owner = NULL{clear_sent_at} \
              WHERE status = $3 AND id IN ({list})"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))

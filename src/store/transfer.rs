@@ -151,6 +151,7 @@ const TABLES: &[Table] = &[
             ("created_at", Int),
             ("sent_at", Int),
             ("last_error", Text),
+            ("policy_rejections", Int),
         ],
     },
     Table {

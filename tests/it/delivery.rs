@@ -457,7 +457,7 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
             .args(["--config", cfg.to_str().unwrap(), "run"])
             .env("NOTIFIER_SMTP__MAX_RATE", "100")
             .env("NOTIFIER_SMTP__CONCURRENCY", "4")
-            .env("NOTIFIER_DISPATCH__LEASE", "2s")
+            .env("NOTIFIER_DISPATCH__LEASE", "3s")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -10,6 +10,7 @@ mod ops;
 mod outages;
 mod pipeline;
 mod recipients;
+mod relay_faults;
 mod store_contract;
 mod support;
 mod transfer;

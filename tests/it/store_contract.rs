@@ -153,6 +153,7 @@ fn attempt(outcome: AttemptOutcome, code: Option<i64>) -> AttemptRecord {
         smtp_code: code,
         enhanced_code: code.map(|c| format!("{}.0.0", c / 100)),
         detail: format!("reply {code:?}"),
+        policy_rejection: false,
     }
 }
 
@@ -780,6 +781,72 @@ async fn an_expired_lease_is_claimable_again_and_the_old_holder_loses_it(store: 
     );
 }
 
+async fn a_renewed_lease_holds_and_only_its_owner_renews_it(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 2, 1).await;
+    assert_eq!(claim(&store, "me", 10, 1_000, 10).await.len(), 2);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(
+        dl::renew_leases(&mut c, "me", &ids, 5_000).await.unwrap(),
+        2
+    );
+    drop(c);
+    assert!(
+        claim(&store, "other", 2_000, 1_000, 10).await.is_empty(),
+        "a renewed lease is not claimable after its first term"
+    );
+    assert_eq!(claim(&store, "other", 5_001, 1_000, 10).await.len(), 2);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(
+        dl::renew_leases(&mut c, "me", &ids, 9_000).await.unwrap(),
+        0,
+        "a lease another owner holds is not renewed"
+    );
+    assert_eq!(dl::held_by_others(&mut c, "me", &ids).await.unwrap(), 2);
+    assert_eq!(dl::held_by_others(&mut c, "other", &ids).await.unwrap(), 0);
+}
+
+async fn a_policy_refusal_is_counted_and_undone_once(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 1, 1).await;
+    assert_eq!(claim(&store, "me", 10, 1_000, 10).await.len(), 1);
+    let mut a = attempt(AttemptOutcome::Permanent, Some(550));
+    a.policy_rejection = true;
+    let retry = Transition::Retry {
+        due_ms: 100,
+        retry_step: 1,
+        error: "550 5.7.1 access denied".into(),
+        sent_to: None,
+    };
+    assert!(finish(&store, &ids[0], "me", Some(&a), &retry).await);
+    let counted = claim(&store, "me", 150, 1_000, 10).await;
+    assert_eq!(
+        (counted[0].retry_step, counted[0].policy_rejections),
+        (1, 1)
+    );
+    assert!(finish(&store, &ids[0], "me", Some(&a), &retry).await);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(
+        dl::undo_policy_rejections(&mut c, &ids, 200).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        dl::undo_policy_rejections(&mut c, &ids, 300).await.unwrap(),
+        0,
+        "a refusal is undone once"
+    );
+    drop(c);
+    let again = claim(&store, "me", 250, 1_000, 10).await;
+    assert_eq!(again.len(), 1, "due at the time the undo set");
+    assert_eq!((again[0].retry_step, again[0].policy_rejections), (0, 1));
+    let mut c = store.pool().acquire().await.unwrap();
+    let outcomes: Vec<String> = dl::attempts(&mut c, &ids[0])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, ["permanent", "relay_fault"]);
+}
+
 async fn released_leases_are_due_again_at_once(store: Store) {
     let ids = event_with_deliveries(&store, "e-1", 3, 1).await;
     assert_eq!(claim(&store, "me", 10, 60_000, 2).await.len(), 2);
@@ -1264,6 +1331,8 @@ contract!(
     only_due_deliveries_are_claimed_oldest_due_first,
     an_expired_lease_is_claimable_again_and_the_old_holder_loses_it,
     released_leases_are_due_again_at_once,
+    a_renewed_lease_holds_and_only_its_owner_renews_it,
+    a_policy_refusal_is_counted_and_undone_once,
     attempts_are_numbered_and_retries_keep_their_step,
     a_revocation_cancels_only_mails_without_another_active_user,
     split_off_moves_users_to_their_own_delivery,
