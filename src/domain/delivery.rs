@@ -197,7 +197,7 @@ impl RetryPolicy {
 
 /// `now` plus `secs` seconds; `None` when that is beyond what a timestamp holds.
 pub fn after_secs(now: DateTime<Utc>, secs: f64) -> Option<DateTime<Utc>> {
-    if !secs.is_finite() || secs < 0.0 || secs > MAX_DELAY_SECS {
+    if !secs.is_finite() || !(0.0..=MAX_DELAY_SECS).contains(&secs) {
         return None;
     }
     now.checked_add_signed(Duration::try_milliseconds((secs * 1000.0) as i64)?)
