@@ -270,12 +270,18 @@ async fn oversized_messages_cost_their_size_once_and_do_not_block() {
     let publisher = Publisher::connect(AMQP_URL, &settings.amqp.exchange)
         .await
         .unwrap();
-    // The envelope first and the huge `data` last, as a portal would write it.
+    // The envelope first and the huge `data` last, as a portal would write
+    // it; 40 MB of small array items, which cost many times their size once
+    // parsed into a JSON value.
     let mut envelope = fresh("naleving.aanleververzoek");
-    let mut data = envelope.as_object_mut().unwrap().remove("data").unwrap();
-    data["onderwerp"] = "x".repeat(40 * 1024 * 1024).into();
+    envelope.as_object_mut().unwrap().remove("data");
     let head = envelope.to_string();
-    let big = format!("{},\"data\":{data}}}", &head[..head.len() - 1]).into_bytes();
+    let items = "0,".repeat(20 * 1024 * 1024);
+    let big = format!(
+        "{},\"data\":{{\"filler\":[{items}0]}}}}",
+        &head[..head.len() - 1]
+    )
+    .into_bytes();
     for _ in 0..3 {
         publisher
             .publish("naleving.aanleververzoek", None, &big)
