@@ -16,8 +16,9 @@ use crate::templates::Templates;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lettre::message::Mailbox;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -53,6 +54,19 @@ pub struct Dispatcher {
     metrics: Metrics,
     breaker: Arc<Breaker>,
     limiter: Arc<RateLimiter>,
+    /// Set at shutdown: no send starts after it.
+    stopping: Arc<AtomicBool>,
+    /// Sends on the wire now (started, outcome not yet recorded), so that a
+    /// send still running when `shutdown.grace` ends is recorded as `unknown`.
+    on_wire: Arc<std::sync::Mutex<HashMap<String, OnWire>>>,
+}
+
+/// A send in flight.
+struct OnWire {
+    delivery: Claimed,
+    kind: MailKind,
+    started: chrono::DateTime<Utc>,
+    clock: Instant,
 }
 
 /// Counts of one `--until-idle` run.
@@ -85,6 +99,8 @@ impl Dispatcher {
             metrics,
             breaker,
             limiter,
+            stopping: Arc::new(AtomicBool::new(false)),
+            on_wire: Arc::new(std::sync::Mutex::new(HashMap::new())),
         }
     }
 
@@ -106,10 +122,13 @@ impl Dispatcher {
             let result = tokio::select! {
                 r = &mut round => r,
                 _ = shutdown.changed() => {
+                    // No new send starts from here; those on the wire finish
+                    // and are recorded, within the grace.
+                    self.stopping.store(true, Ordering::SeqCst);
                     match tokio::time::timeout(grace, &mut round).await {
                         Ok(r) => r,
                         Err(_) => {
-                            warn!("shutdown grace passed with sends in flight: releasing their leases");
+                            self.abandon_on_wire().await;
                             Ok(0)
                         }
                     }
@@ -137,6 +156,55 @@ impl Dispatcher {
             }
         }
         self.release().await;
+    }
+
+    /// `shutdown.grace` ended with sends on the wire: each is recorded as an
+    /// `unknown` attempt (the relay may have the mail) and is due at once,
+    /// so the next run sends it again with the same Message-ID rather than
+    /// not at all.
+    async fn abandon_on_wire(&self) {
+        let abandoned: Vec<OnWire> = self
+            .on_wire
+            .lock()
+            .expect("on-wire set")
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        warn!(
+            sends = abandoned.len(),
+            "shutdown grace passed with sends in flight: recording them as unknown and releasing the rest"
+        );
+        for w in abandoned {
+            let attempt = AttemptRecord {
+                started_at_ms: ms(w.started),
+                duration_ms: w.clock.elapsed().as_millis() as i64,
+                outcome: AttemptOutcome::Unknown,
+                smtp_code: None,
+                enhanced_code: None,
+                detail: format!(
+                    "send abandoned at shutdown: no reply within shutdown.grace; the relay may have the mail (it is sent again with the same Message-ID)"
+                ),
+                policy_rejection: false,
+            };
+            let next = Transition::Retry {
+                due_ms: ms(Utc::now()),
+                retry_step: w.delivery.retry_step,
+                error: attempt.detail.clone(),
+                sent_to: None,
+            };
+            self.metrics.smtp_attempt(AttemptOutcome::Unknown.as_str());
+            let recorded = async {
+                let mut tx = self.store.begin().await?;
+                dl::finish(&mut tx, &w.delivery.id, &self.owner, Some(&attempt), &next).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            }
+            .await;
+            if let Err(e) = recorded {
+                warn!(delivery_id = %w.delivery.id, kind = w.kind.as_str(), error = %e,
+                    "cannot record an abandoned send; its lease runs out after dispatch.lease and it is sent again");
+            }
+        }
     }
 
     /// Releases every lease this dispatcher holds.
@@ -227,6 +295,7 @@ impl Dispatcher {
                     Transition::Retry { .. } => s.retried += 1,
                     Transition::Failed { .. } => s.failed += 1,
                     Transition::Cancelled { .. } => s.cancelled += 1,
+                    Transition::Released => {}
                 }
             }
         }
@@ -324,6 +393,9 @@ impl Dispatcher {
 
     /// Checks, renders, sends and records one claimed delivery.
     async fn handle(&self, d: Claimed) -> Result<Transition, StoreError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return self.finish_released(&d).await;
+        }
         let Some(kind) = MailKind::parse(&d.kind) else {
             // A row this version cannot send (e.g. written by a newer version):
             // end it visibly instead of failing the round again every lease.
@@ -449,8 +521,21 @@ impl Dispatcher {
         };
 
         let permit = self.limiter.acquire().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            drop(permit);
+            return self.finish(&d, kind, None, Transition::Released).await;
+        }
         let started = Utc::now();
         let clock = Instant::now();
+        self.on_wire.lock().expect("on-wire set").insert(
+            d.id.clone(),
+            OnWire {
+                delivery: d.clone(),
+                kind,
+                started,
+                clock,
+            },
+        );
         let report = self
             .mailer
             .send(self.cfg.from.email.as_ref(), &address, &d.id, &bytes)
@@ -502,7 +587,9 @@ impl Dispatcher {
                 "not sent"
             ),
         }
-        let t = self.finish(&d, kind, Some(&attempt), next).await?;
+        let t = self.finish(&d, kind, Some(&attempt), next).await;
+        self.on_wire.lock().expect("on-wire set").remove(&d.id);
+        let t = t?;
         if attempt.policy_rejection && self.breaker.is_refusing() {
             // The run that showed the relay refusing us ended while this
             // refusal was being recorded: it does not count against the recipient.
@@ -685,6 +772,19 @@ impl Dispatcher {
         }
     }
 
+    async fn finish_released(&self, d: &Claimed) -> Result<Transition, StoreError> {
+        let mut tx = self.store.begin().await?;
+        dl::finish(&mut tx, &d.id, &self.owner, None, &Transition::Released).await?;
+        tx.commit().await?;
+        Ok(Transition::Released)
+    }
+
+    /// Records `next` (and the attempt, if there was one) under this
+    /// dispatcher's lease. After a send the outcome exists only in memory
+    /// until this commits: it is kept and recording is tried again, with
+    /// backoff, for as long as it takes (the round renews the lease
+    /// meanwhile), because giving up would send the mail again after the
+    /// lease.
     async fn finish(
         &self,
         d: &Claimed,
@@ -692,9 +792,26 @@ impl Dispatcher {
         attempt: Option<&AttemptRecord>,
         next: Transition,
     ) -> Result<Transition, StoreError> {
-        let mut tx = self.store.begin().await?;
-        let kept = dl::finish(&mut tx, &d.id, &self.owner, attempt, &next).await?;
-        tx.commit().await?;
+        let mut backoff = Duration::from_millis(100);
+        let kept = loop {
+            let recorded = async {
+                let mut tx = self.store.begin().await?;
+                let kept = dl::finish(&mut tx, &d.id, &self.owner, attempt, &next).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(kept)
+            }
+            .await;
+            match recorded {
+                Ok(kept) => break kept,
+                Err(e) if attempt.is_some() && !e.is_data_error() => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "cannot record the outcome of a send: keeping it and trying again (the mail is not sent again)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if !kept {
             warn!(
                 "lease lost before the result was recorded; another dispatcher owns this delivery now"

@@ -281,6 +281,9 @@ pub enum Transition {
     Cancelled {
         reason: String,
     },
+    /// Handed back unsent (the worker is stopping): `pending` as before the
+    /// claim, `last_error` and the retry step untouched.
+    Released,
 }
 
 impl Transition {
@@ -291,6 +294,7 @@ impl Transition {
             Self::Retry { .. } => DeliveryStatus::Pending,
             Self::Failed { .. } => DeliveryStatus::Failed,
             Self::Cancelled { .. } => DeliveryStatus::Cancelled,
+            Self::Released => DeliveryStatus::Pending,
         }
     }
 }
@@ -304,6 +308,18 @@ pub async fn finish(
     attempt: Option<&AttemptRecord>,
     next: &Transition,
 ) -> Result<bool, StoreError> {
+    if matches!(next, Transition::Released) {
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
+             WHERE id = $1 AND status = 'sending' AND lease_owner = $2",
+        )
+        .bind(delivery_id)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        return Ok(n == 1);
+    }
     #[allow(clippy::type_complexity)]
     let (status, due, step, err, sent_to, sent_at): (
         &str,
@@ -333,6 +349,7 @@ pub async fn finish(
             ("failed", None, None, Some(error), sent_to.as_deref(), None)
         }
         Transition::Cancelled { reason } => ("cancelled", None, None, Some(reason), None, None),
+        Transition::Released => unreachable!("handled above"),
     };
     let bump = i64::from(attempt.is_some());
     let policy = i64::from(attempt.is_some_and(|a| a.policy_rejection));

@@ -4,6 +4,7 @@
 mod backends;
 mod cli;
 mod delivery;
+mod dispatch_faults;
 mod ingest_faults;
 mod instances;
 mod ops;

@@ -136,6 +136,9 @@ struct Shared {
     script: Mutex<Script>,
     /// Number of accepted messages, for `wait_for_count`.
     count_tx: watch::Sender<usize>,
+    /// Number of messages whose data was read in full (before any scripted
+    /// drop, stall or reply), for `wait_for_data`.
+    data_tx: watch::Sender<usize>,
     /// Live connection tasks, so `stop_listening`/`Drop` can close them.
     conns: Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
@@ -189,6 +192,7 @@ impl TestSmtpServer {
             state: Mutex::new(State::default()),
             script: Mutex::new(Script::default()),
             count_tx: watch::channel(0).0,
+            data_tx: watch::channel(0).0,
             conns: Mutex::new(Vec::new()),
             started: Instant::now(),
         });
@@ -208,6 +212,14 @@ impl TestSmtpServer {
     /// `smtp://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// A view of what this server received that outlives it (for checks
+    /// after the service under test, which owns the server, has stopped).
+    pub fn observer(&self) -> SmtpObserver {
+        SmtpObserver {
+            shared: self.shared.clone(),
+        }
     }
 
     /// All accepted messages (those answered with a 2xx after DATA), in order.
@@ -244,6 +256,19 @@ impl TestSmtpServer {
             _ => Err(format!(
                 "timed out after {timeout:?} waiting for {n} message(s); {} accepted",
                 self.count()
+            )),
+        }
+    }
+
+    /// Waits until at least `n` messages' data was read in full (the client
+    /// has sent it; a stall or a drop may follow), or says how many were.
+    pub async fn wait_for_data(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.shared.data_tx.subscribe();
+        match tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "timed out after {timeout:?} waiting for the data of {n} message(s); {} read",
+                *self.shared.data_tx.borrow()
             )),
         }
     }
@@ -390,6 +415,18 @@ impl TestSmtpServer {
         };
         let task = tokio::spawn(accept_loop(listener, self.shared.clone()));
         *lock(&self.accept_task) = Some(task);
+    }
+}
+
+/// What a [`TestSmtpServer`] received, readable after it is gone.
+pub struct SmtpObserver {
+    shared: Arc<Shared>,
+}
+
+impl SmtpObserver {
+    /// All accepted messages, in order.
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        self.shared.state().accepted.clone()
     }
 }
 
@@ -595,6 +632,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                             data,
                             connection: id,
                         };
+                        shared.data_tx.send_modify(|n| *n += 1);
                         let (drop_it, stall) = {
                             let mut script = shared.script();
                             let drop_it = script.drop_after_data > 0;

@@ -1,0 +1,117 @@
+//! Dispatch under faults found by reading the code: an outcome that cannot
+//! be recorded, a stop in the middle of a batch, a stalled relay, and two
+//! deliveries racing for one shared address. Against the real RabbitMQ, the
+//! database (through a TCP proxy where it is cut) and the SMTP server.
+
+use crate::support::proxy::TcpProxy;
+use crate::support::{
+    TestBackend, WAIT, event_for, many_users, sample_directory, spawn_app, spawn_app_with,
+};
+use notifier::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
+use std::time::Duration;
+
+async fn all_rows(store: &notifier::store::Store) -> Vec<DeliveryRow> {
+    let mut c = store.pool().acquire().await.unwrap();
+    dl::list(&mut c, &DeliveryFilter::default()).await.unwrap()
+}
+
+/// The relay accepted the mail, then the database went away for longer than
+/// the lease: the outcome is kept in memory and recorded when the database
+/// is back; the mail is not sent a second time.
+#[tokio::test]
+async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let port = proxy.port();
+    let app = spawn_app_with(
+        "[dispatch]\nlease = \"3s\"",
+        TestBackend::Postgres,
+        |s| {
+            s.database.url = s
+                .database
+                .url
+                .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+        },
+    )
+    .await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp.stall_after_data(Some(Duration::from_secs(1)));
+    let id = app.publish_fresh("naleving.aanleververzoek").await;
+    app.smtp.wait_for_data(1, WAIT).await.unwrap();
+    // The database goes away while the relay holds the data; the relay
+    // then accepts the mail.
+    proxy.cut();
+    app.wait_mails(1).await;
+    // The outage lasts longer than the lease (3 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.restore();
+    let rows = app
+        .wait_deliveries(Some(&id), "the outcome recorded", |r| {
+            r.len() == 1 && r[0].status == "sent"
+        })
+        .await;
+    assert_eq!(rows[0].attempts, 1, "one attempt, recorded once");
+    assert_eq!(
+        app.smtp.count(),
+        1,
+        "the mail the relay accepted is not sent again"
+    );
+    app.stop().await;
+}
+
+/// At SIGTERM no new send starts; the one on the wire finishes within the
+/// grace and is recorded; the rest stays pending, untried.
+#[tokio::test]
+async fn a_stop_lets_sends_on_the_wire_finish_and_starts_no_new_ones() {
+    let app = spawn_app("[smtp]\nconcurrency = 1\n[shutdown]\ngrace = \"10s\"").await;
+    let agb = "04333001";
+    app.import_directory(&many_users(agb, 3)).await;
+    app.smtp.stall_after_data(Some(Duration::from_millis(500)));
+    app.publish(&event_for(agb)).await;
+    app.smtp.wait_for_data(1, WAIT).await.unwrap();
+    let store = app.store.clone();
+    let seen = app.smtp.observer();
+    let _stopped = app.stop().await;
+
+    let rows = all_rows(&store).await;
+    let sent: Vec<_> = rows.iter().filter(|d| d.status == "sent").collect();
+    let untried: Vec<_> = rows
+        .iter()
+        .filter(|d| d.status == "pending" && d.attempts == 0)
+        .collect();
+    assert_eq!(sent.len(), 1, "the send on the wire finished: {rows:#?}");
+    assert_eq!(untried.len(), 2, "no send started after the signal: {rows:#?}");
+    assert_eq!(seen.messages().len(), 1);
+}
+
+/// A send still on the wire when `shutdown.grace` ends is recorded as
+/// `unknown` and is due again (the next run sends it with the same
+/// Message-ID), instead of vanishing from the attempt log.
+#[tokio::test]
+async fn a_send_running_past_the_grace_is_recorded_as_unknown() {
+    let app = spawn_app("[smtp]\nconcurrency = 2\n[shutdown]\ngrace = \"1s\"").await;
+    let agb = "04333002";
+    app.import_directory(&many_users(agb, 2)).await;
+    app.smtp.stall_after_data(Some(Duration::from_secs(4)));
+    app.publish(&event_for(agb)).await;
+    app.smtp.wait_for_data(2, WAIT).await.unwrap();
+    let store = app.store.clone();
+    let _stopped = app.stop().await;
+
+    let rows = all_rows(&store).await;
+    assert_eq!(rows.len(), 2);
+    let mut c = store.pool().acquire().await.unwrap();
+    for d in &rows {
+        assert_eq!(d.status, "pending", "{d:#?}");
+        let attempts = dl::attempts(&mut c, &d.id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "{attempts:#?}");
+        assert_eq!(attempts[0].outcome, "unknown");
+        assert!(
+            attempts[0]
+                .detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("abandoned at shutdown"),
+            "{attempts:#?}"
+        );
+    }
+}
