@@ -22,7 +22,8 @@ use crate::domain::delivery::DeliveryStatus;
 use crate::domain::event::{EventBody, EventType, ValidationRules, parse_event};
 use crate::domain::ids::AgbCode;
 use crate::domain::recipients;
-use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow, ReplayConflict};
+use crate::pipeline::plan;
+use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use crate::store::events::{self as ev, EventFilter, EventRow};
 use crate::store::replays::{self, NewReplay};
 use crate::store::{StoreError, directory as dir, ms};
@@ -377,34 +378,25 @@ async fn resolve_again(
             None => None,
         };
         let res = recipients::resolve_module(m, &e.id, &snapshot, actor.as_ref());
-        let mut n = 0;
-        for p in &res.deliveries {
-            match dl::replay_conflict(conn, &e.id, p.kind.as_str(), p.address.as_str(), &p.about)
-                .await?
-            {
-                Some(ReplayConflict::Exists(_)) => r.existing += 1,
-                Some(ReplayConflict::Served(_)) => r.already_served += 1,
-                None => {
-                    // Due now, with a full deadline from now: the event's own
-                    // deadline may have passed while the directory was wrong.
-                    if insert
-                        && dl::insert_planned(conn, &e.id, p, ms(now), ms(now), deadline_ms)
-                            .await?
-                            .is_none()
-                    {
-                        r.existing += 1;
-                        continue;
-                    }
-                    n += 1;
-                    r.added.push(Addition {
-                        event_id: e.id.clone(),
-                        event_type: e.event_type.clone(),
-                        kind: p.kind.as_str().to_owned(),
-                        recipient: p.address.as_str().to_lowercase(),
-                        rule: p.rule_label(),
-                    });
-                }
-            }
+        // Due now, with a full deadline from now: the event's own deadline
+        // may have passed while the directory was wrong.
+        let timing = plan::Timing {
+            now_ms: ms(now),
+            due_ms: ms(now),
+            deadline_ms,
+        };
+        let report = plan::plan_resolution(conn, &e.id, &res, timing, insert).await?;
+        r.existing += report.existing;
+        r.already_served += report.already_served + report.joined;
+        let n = report.added.len();
+        for p in report.added {
+            r.added.push(Addition {
+                event_id: e.id.clone(),
+                event_type: e.event_type.clone(),
+                kind: p.kind.as_str().to_owned(),
+                recipient: p.address.as_str().to_lowercase(),
+                rule: p.rule_label(),
+            });
         }
         if n > 0 {
             r.events_with_additions += 1;

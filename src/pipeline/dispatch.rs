@@ -181,9 +181,7 @@ impl Dispatcher {
                 outcome: AttemptOutcome::Unknown,
                 smtp_code: None,
                 enhanced_code: None,
-                detail: format!(
-                    "send abandoned at shutdown: no reply within shutdown.grace; the relay may have the mail (it is sent again with the same Message-ID)"
-                ),
+                detail: "send abandoned at shutdown: no reply within shutdown.grace; the relay may have the mail (it is sent again with the same Message-ID)".into(),
                 policy_rejection: false,
             };
             let next = Transition::Retry {
@@ -467,9 +465,8 @@ impl Dispatcher {
                     })
                     .await;
             };
-            if current != d.address
-                && dl::address_already_served(&mut conn, &d.id, &d.event_id, &d.kind, &current)
-                    .await?
+            if d.claimed_address.as_deref() != Some(current.as_str())
+                && !dl::claim_address(&mut conn, &d.id, &self.owner, &current).await?
             {
                 drop(conn);
                 return self

@@ -14,6 +14,7 @@ use crate::domain::event::{
 use crate::domain::ids::AgbCode;
 use crate::domain::recipients::{self, PlannedDelivery, Routing};
 use crate::ops::metrics::Metrics;
+use crate::pipeline::plan;
 use crate::store::directory::{self as dir, UserChange};
 use crate::store::events::{self as ev, NewEvent, NewQuarantine};
 use crate::store::{Store, StoreError, deliveries, ms};
@@ -414,30 +415,24 @@ impl Ingestor {
         planned: &[PlannedDelivery],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let deadline = event_time + self.deadline;
+        let t = self.timing(event_time, now);
         let mut n = 0;
         for p in planned {
-            // Re-resolution: an address already served (or on its way) stays untouched.
-            if deliveries::replay_conflict(
-                conn,
-                event_id,
-                p.kind.as_str(),
-                p.address.as_str(),
-                &p.about,
-            )
-            .await?
-            .is_some()
-            {
-                continue;
-            }
-            if deliveries::insert_planned(conn, event_id, p, ms(now), ms(now), ms(deadline))
-                .await?
-                .is_some()
-            {
+            if plan::plan_delivery(conn, event_id, p, t, true).await? == plan::Planned::Added {
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// New deliveries are due now and have until the event time plus
+    /// `retry.deadline`.
+    fn timing(&self, event_time: DateTime<Utc>, now: DateTime<Utc>) -> plan::Timing {
+        plan::Timing {
+            now_ms: ms(now),
+            due_ms: ms(now),
+            deadline_ms: ms(event_time + self.deadline),
+        }
     }
 
     async fn apply(
@@ -691,9 +686,14 @@ impl Ingestor {
             None => None,
         };
         let res = recipients::resolve_module(m, id, &snapshot, actor.as_ref());
-        let n = self
-            .plan_for(conn, id, event_time, &res.deliveries, now)
-            .await?;
+        let report =
+            plan::plan_resolution(conn, id, &res, self.timing(event_time, now), true).await?;
+        let n = report.added.len();
+        if report.had_module_mail {
+            // Its mail is on its way or out: what the directory says now
+            // (a user who lost the right since) changes nothing about that.
+            return Ok((n, res));
+        }
         let notes = (!res.notes.is_empty()).then(|| format!("; {}", res.notes.join("; ")));
         let notes = notes.unwrap_or_default();
         let detail = match res.routing {

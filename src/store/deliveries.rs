@@ -13,7 +13,8 @@ pub fn message_id_for(delivery_id: &str) -> String {
 }
 
 /// Inserts a planned delivery and the users it serves; `None` when the same
-/// (event, kind, address, about) already exists, so re-ingesting is harmless.
+/// (event, kind, address, about) already exists, or another delivery of the
+/// event and kind has taken that address, so re-ingesting is harmless.
 pub async fn insert_planned(
     conn: &mut AnyConnection,
     event_id: &str,
@@ -25,9 +26,9 @@ pub async fn insert_planned(
     let id = uuid::Uuid::now_v7().to_string();
     let notice = p.notice.as_ref().map(|v| v.to_string());
     let n = sqlx::query(
-        "INSERT INTO deliveries (id, event_id, kind, about, address, rule, notice, status, due_at, deadline, message_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11) \
-         ON CONFLICT (event_id, kind, address, about) DO NOTHING",
+        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 'pending', $8, $9, $10, $11) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&id)
     .bind(event_id)
@@ -74,6 +75,8 @@ pub struct Claimed {
     pub message_id: String,
     /// 5.7.x refusals at RCPT in this attempt cycle.
     pub policy_rejections: i64,
+    /// The address this delivery has taken for its event and kind.
+    pub claimed_address: Option<String>,
 }
 
 /// Claims up to `limit` due deliveries (pending and due, or sending with an
@@ -105,7 +108,7 @@ pub async fn claim(
          UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
          WHERE id IN (SELECT id FROM picked) \
          AND ((status = 'pending' AND due_at <= $3) OR (status = 'sending' AND lease_until < $3)) \
-         RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections"
+         RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until_ms)
@@ -129,6 +132,7 @@ pub async fn claim(
                 deadline: r.try_get("deadline")?,
                 message_id: r.try_get("message_id")?,
                 policy_rejections: r.try_get("policy_rejections")?,
+                claimed_address: r.try_get("claimed_address")?,
             })
         })
         .collect()
@@ -174,21 +178,24 @@ pub async fn served_users(
         .collect()
 }
 
-/// Moves `users` off delivery `from` onto a new pending delivery (same event,
-/// kind, rule and notice) to `address`; when that delivery exists already,
-/// the users join it.
+/// Moves `users` off delivery `from` onto the delivery of the same event,
+/// kind and about that has taken `address`: a new pending one (same rule,
+/// notice and deadline), a cancelled one at that address revived, or the
+/// one that took it already. Returns that delivery's id when it is still to
+/// be sent, `None` when the address was served already (the users are
+/// recorded on that delivery and leave `from`).
 pub async fn split_off(
     conn: &mut AnyConnection,
     from: &str,
     address: &str,
     users: &[&str],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Option<String>, StoreError> {
     let id = uuid::Uuid::now_v7().to_string();
     sqlx::query(
-        "INSERT INTO deliveries (id, event_id, kind, about, address, rule, notice, status, due_at, deadline, message_id, created_at) \
-         SELECT $1, event_id, kind, about, $2, rule, notice, 'pending', $3, deadline, $4, $3 FROM deliveries WHERE id = $5 \
-         ON CONFLICT (event_id, kind, address, about) DO NOTHING",
+        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
+         SELECT $1, event_id, kind, about, $2, $2, rule, notice, 'pending', $3, deadline, $4, $3 FROM deliveries WHERE id = $5 \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&id)
     .bind(address)
@@ -197,21 +204,52 @@ pub async fn split_off(
     .bind(from)
     .execute(&mut *conn)
     .await?;
-    let target: String = sqlx::query_scalar(
-        "SELECT d.id FROM deliveries d JOIN deliveries o ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about \
-         WHERE o.id = $1 AND d.address = $2",
+    // A cancelled delivery planned for this address blocks the insert (one
+    // row per planned address): it is needed again.
+    let revive = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', due_at = $1, claimed_address = $2, last_error = NULL \
+         WHERE status = 'cancelled' AND address = $2 AND id IN (SELECT d.id FROM deliveries d JOIN deliveries o \
+             ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about WHERE o.id = $3)",
+    )
+    .bind(now_ms)
+    .bind(address)
+    .bind(from)
+    .execute(&mut *conn)
+    .await;
+    match revive {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let target: Option<(String, String)> = sqlx::query_as(
+        "SELECT d.id, d.status FROM deliveries d JOIN deliveries o ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about \
+         WHERE o.id = $1 AND d.claimed_address = $2",
     )
     .bind(from)
     .bind(address)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some((target, status)) = target else {
+        return Ok(None);
+    };
+    move_users(conn, from, &target, users).await?;
+    Ok((status == "pending" || status == "sending").then_some(target))
+}
+
+/// Moves the served `users` of delivery `from` onto delivery `to`.
+async fn move_users(
+    conn: &mut AnyConnection,
+    from: &str,
+    to: &str,
+    users: &[&str],
+) -> Result<(), StoreError> {
     for u in users {
         sqlx::query(
             "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) \
              SELECT $1, gebruikersnummer, versie, rule FROM delivery_users WHERE delivery_id = $2 AND gebruikersnummer = $3 \
              ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
         )
-        .bind(&target)
+        .bind(to)
         .bind(from)
         .bind(*u)
         .execute(&mut *conn)
@@ -225,26 +263,34 @@ pub async fn split_off(
     Ok(())
 }
 
-/// True when another delivery of the same event and kind already went (or is
-/// going) to `address`.
-pub async fn address_already_served(
+/// Takes `address` for this delivery (the send-time re-check found its
+/// users there) in one atomic step: `false` when another delivery of the
+/// same event, kind and about has taken it, planned, in flight or sent. The
+/// unique index on the taken address decides, so two deliveries racing for
+/// one shared address cannot both win.
+pub async fn claim_address(
     conn: &mut AnyConnection,
     delivery_id: &str,
-    event_id: &str,
-    kind: &str,
+    owner: &str,
     address: &str,
 ) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE event_id = $1 AND kind = $2 AND id <> $3 \
-         AND ((status = 'sent' AND sent_to = $4) OR (status IN ('pending', 'sending') AND address = $4 AND sent_to IS NULL))",
+    let r = sqlx::query(
+        "UPDATE deliveries SET claimed_address = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'sending'",
     )
-    .bind(event_id)
-    .bind(kind)
-    .bind(delivery_id)
     .bind(address)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n > 0)
+    .bind(delivery_id)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
 /// What one attempt recorded.
@@ -356,7 +402,8 @@ pub async fn finish(
     let n = sqlx::query(
         "UPDATE deliveries SET status = $1, due_at = COALESCE($2, due_at), retry_step = COALESCE($3, retry_step), \
          last_error = $4, sent_to = COALESCE($5, sent_to), sent_at = COALESCE($6, sent_at), attempts = attempts + $7, \
-         policy_rejections = policy_rejections + $10, lease_until = NULL, lease_owner = NULL \
+         policy_rejections = policy_rejections + $10, lease_until = NULL, lease_owner = NULL, \
+         claimed_address = CASE WHEN $1 = 'cancelled' THEN NULL ELSE claimed_address END \
          WHERE id = $8 AND status = 'sending' AND lease_owner = $9",
     )
     .bind(status)
@@ -509,7 +556,7 @@ pub async fn cancel_for_revoked(
     reason: &str,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(
-        "UPDATE deliveries SET status = 'cancelled', last_error = $1 \
+        "UPDATE deliveries SET status = 'cancelled', last_error = $1, claimed_address = NULL \
          WHERE status = 'pending' \
          AND id IN (SELECT delivery_id FROM delivery_users WHERE gebruikersnummer = $2) \
          AND NOT EXISTS (SELECT 1 FROM delivery_users du JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
@@ -788,14 +835,14 @@ pub async fn replay_conflict(
     if let Some(status) = same {
         return Ok(Some(ReplayConflict::Exists(status)));
     }
-    // 'sent' sorts after 'sending' and 'pending': report the strongest reason.
+    // The delivery that has taken the address, whatever it was planned for.
     let served: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 \
-         AND COALESCE(sent_to, address) = $3 AND status IN ('sent', 'pending', 'sending') \
-         ORDER BY status DESC LIMIT 1",
+        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 AND about = $3 \
+         AND claimed_address = $4 AND status IN ('sent', 'pending', 'sending')",
     )
     .bind(event_id)
     .bind(kind)
+    .bind(about)
     .bind(address)
     .fetch_optional(&mut *conn)
     .await?;
@@ -947,4 +994,99 @@ pub async fn relay_seen(conn: &mut AnyConnection) -> Result<RelaySeen, StoreErro
         last_attempt,
         last_sent_at,
     })
+}
+
+/// The users served by the deliveries of one event, kind and about that are
+/// not cancelled (pending, in flight, sent or failed: each of those users
+/// has had, or is having, this mail).
+pub async fn served_in_event(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    kind: &str,
+    about: &str,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT du.gebruikersnummer FROM delivery_users du JOIN deliveries d ON d.id = du.delivery_id \
+         WHERE d.event_id = $1 AND d.kind = $2 AND d.about = $3 AND d.status <> 'cancelled'",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(about)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Records `users` on the delivery of this event, kind and about that has
+/// taken `address` (or was planned for it), pending, in flight or sent.
+pub async fn add_users_at_address(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    kind: &str,
+    about: &str,
+    address: &str,
+    users: &[&crate::domain::recipients::Served],
+) -> Result<(), StoreError> {
+    let target: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE event_id = $1 AND kind = $2 AND about = $3 \
+         AND status IN ('pending', 'sending', 'sent') AND (claimed_address = $4 OR address = $4) \
+         ORDER BY CASE WHEN claimed_address = $4 THEN 0 ELSE 1 END LIMIT 1",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(about)
+    .bind(address)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(target) = target else {
+        return Ok(());
+    };
+    for u in users {
+        sqlx::query(
+            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
+        )
+        .bind(&target)
+        .bind(u.gebruikersnummer.as_str())
+        .bind(u.versie)
+        .bind(u.rule.label())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// True when the event's own module mail (kind = the event's type) has a
+/// delivery pending, in flight or sent.
+pub async fn has_live_or_sent_module_mail(
+    conn: &mut AnyConnection,
+    event_id: &str,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.event_id = $1 AND d.kind = e.type AND d.status IN ('pending', 'sending', 'sent')",
+    )
+    .bind(event_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Cancels the pending deliveries of one kind of an event; returns how many.
+pub async fn cancel_pending_kind(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    kind: &str,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', last_error = $1, claimed_address = NULL \
+         WHERE event_id = $2 AND kind = $3 AND status = 'pending'",
+    )
+    .bind(reason)
+    .bind(event_id)
+    .bind(kind)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }

@@ -109,8 +109,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         2,
-        "policy_rejections",
-        include_str!("../../migrations/sqlite/0002_policy_rejections.sql"),
+        "fault_paths",
+        include_str!("../../migrations/sqlite/0002_fault_paths.sql"),
     ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -121,8 +121,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         2,
-        "policy_rejections",
-        include_str!("../../migrations/postgres/0002_policy_rejections.sql"),
+        "fault_paths",
+        include_str!("../../migrations/postgres/0002_fault_paths.sql"),
     ),
 ];
 

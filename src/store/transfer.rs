@@ -152,6 +152,7 @@ const TABLES: &[Table] = &[
             ("sent_at", Int),
             ("last_error", Text),
             ("policy_rejections", Int),
+            ("claimed_address", Text),
         ],
     },
     Table {

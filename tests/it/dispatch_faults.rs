@@ -22,16 +22,12 @@ async fn all_rows(store: &notifier::store::Store) -> Vec<DeliveryRow> {
 async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let port = proxy.port();
-    let app = spawn_app_with(
-        "[dispatch]\nlease = \"3s\"",
-        TestBackend::Postgres,
-        |s| {
-            s.database.url = s
-                .database
-                .url
-                .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-        },
-    )
+    let app = spawn_app_with("[dispatch]\nlease = \"3s\"", TestBackend::Postgres, |s| {
+        s.database.url = s
+            .database
+            .url
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    })
     .await;
     app.import_directory(&sample_directory()).await;
     app.smtp.stall_after_data(Some(Duration::from_secs(1)));
@@ -79,7 +75,11 @@ async fn a_stop_lets_sends_on_the_wire_finish_and_starts_no_new_ones() {
         .filter(|d| d.status == "pending" && d.attempts == 0)
         .collect();
     assert_eq!(sent.len(), 1, "the send on the wire finished: {rows:#?}");
-    assert_eq!(untried.len(), 2, "no send started after the signal: {rows:#?}");
+    assert_eq!(
+        untried.len(),
+        2,
+        "no send started after the signal: {rows:#?}"
+    );
     assert_eq!(seen.messages().len(), 1);
 }
 
@@ -114,4 +114,62 @@ async fn a_send_running_past_the_grace_is_recorded_as_unknown() {
             "{attempts:#?}"
         );
     }
+}
+
+/// Two deliveries of one event whose users both moved to one shared address,
+/// re-checked in the same round: the address gets the mail once.
+#[tokio::test]
+async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
+    use crate::support::user;
+    // No re-resolution on the directory change, and both retries due
+    // before the next round starts, so they are claimed together.
+    let app =
+        spawn_app("[dispatch]\nidle_poll = \"2s\"\n[recipients]\nlate_directory_window = \"0s\"")
+            .await;
+    let agb = "04777004";
+    let links: &[(&str, &[&str], bool, bool)] = &[(agb, &["uitvragen"], false, true)];
+    app.import_users(&[
+        user("50000000000011", "een@praktijk.example", true, links, 1),
+        user("50000000000012", "twee@praktijk.example", true, links, 1),
+    ])
+    .await;
+    app.smtp.refuse_connections(true);
+    let event = crate::support::fresh_for("uitvraag.vragenlijst_klaargezet", agb);
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    app.wait_deliveries(Some(&id), "both tried once", |r| {
+        r.len() == 2 && r.iter().all(|d| d.status == "pending" && d.attempts == 1)
+    })
+    .await;
+    app.import_users(&[
+        user("50000000000011", "gedeeld@praktijk.example", true, links, 2),
+        user("50000000000012", "gedeeld@praktijk.example", true, links, 2),
+    ])
+    .await;
+    app.smtp.refuse_connections(false);
+    let rows = app
+        .wait_deliveries(Some(&id), "both final", |r| {
+            r.len() == 2
+                && r.iter()
+                    .all(|d| d.status == "sent" || d.status == "cancelled")
+        })
+        .await;
+    let to_shared = app
+        .smtp
+        .messages()
+        .iter()
+        .filter(|m| m.rcpt_to[0] == "gedeeld@praktijk.example")
+        .count();
+    assert_eq!(to_shared, 1, "{rows:#?}");
+    assert_eq!(rows.iter().filter(|d| d.status == "sent").count(), 1);
+    let cancelled = rows.iter().find(|d| d.status == "cancelled").unwrap();
+    assert!(
+        cancelled
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("duplicate"),
+        "{cancelled:#?}"
+    );
+    app.stop().await;
 }

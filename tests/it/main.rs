@@ -12,6 +12,7 @@ mod outages;
 mod pipeline;
 mod recipients;
 mod relay_faults;
+mod reresolution;
 mod store_contract;
 mod support;
 mod transfer;

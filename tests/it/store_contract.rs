@@ -1085,13 +1085,62 @@ async fn split_off_moves_users_to_their_own_delivery(store: Store) {
         users(dl::served_users(&mut c, &new.id).await.unwrap()),
         vec![nr(1).to_string(), nr(2).to_string()]
     );
+    assert_eq!(
+        dl::replay_conflict(&mut c, "e-1", MODULE, "u1@praktijk.example", "")
+            .await
+            .unwrap(),
+        Some(dl::ReplayConflict::Exists("pending".into())),
+        "the split-off delivery has taken its address"
+    );
+    assert_eq!(
+        dl::replay_conflict(&mut c, "e-1", MODULE, "elders@praktijk.example", "")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn only_one_delivery_takes_an_address_even_when_racing(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 2, 1).await;
+    assert_eq!(claim(&store, "me", 10, 60_000, 10).await.len(), 2);
+    // Both users moved to one shared address; both deliveries re-check at once.
+    let mut first = store.begin().await.unwrap();
     assert!(
-        dl::address_already_served(&mut c, &from, "e-1", MODULE, "u1@praktijk.example")
+        dl::claim_address(&mut first, &ids[0], "me", "gedeeld@praktijk.example")
             .await
             .unwrap()
     );
+    let (s2, id2) = (store.clone(), ids[1].clone());
+    let second = tokio::spawn(async move {
+        let mut tx = s2.begin().await.unwrap();
+        let won = dl::claim_address(&mut tx, &id2, "me", "gedeeld@praktijk.example")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        won
+    });
+    wait_for_lock_waiter(&store).await;
+    first.commit().await.unwrap();
     assert!(
-        !dl::address_already_served(&mut c, &from, "e-1", MODULE, "elders@praktijk.example")
+        !second.await.unwrap(),
+        "the second delivery finds the address taken"
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    // The address the first one left is free again; a cancelled delivery
+    // gives its address back.
+    assert!(
+        dl::claim_address(&mut c, &ids[1], "me", "u0@praktijk.example")
+            .await
+            .unwrap()
+    );
+    drop(c);
+    let cancelled = Transition::Cancelled {
+        reason: "test".into(),
+    };
+    assert!(finish(&store, &ids[0], "me", None, &cancelled).await);
+    let mut c = store.pool().acquire().await.unwrap();
+    assert!(
+        dl::claim_address(&mut c, &ids[1], "me", "gedeeld@praktijk.example")
             .await
             .unwrap()
     );
@@ -1336,6 +1385,7 @@ contract!(
     attempts_are_numbered_and_retries_keep_their_step,
     a_revocation_cancels_only_mails_without_another_active_user,
     split_off_moves_users_to_their_own_delivery,
+    only_one_delivery_takes_an_address_even_when_racing,
     listing_filters_by_event_status_agb_type_and_time,
     pending_summary_counts_what_is_not_final,
     a_recent_undeliverable_notice_is_found_by_user_and_time,
