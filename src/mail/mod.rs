@@ -114,6 +114,9 @@ pub struct SendReport {
     /// A 5.7.x refusal of this recipient at RCPT
     /// ([`classify::is_recipient_policy`]).
     pub recipient_policy: bool,
+    /// The relay did not answer within `smtp.timeout` (a relay that greets
+    /// and then hangs): counts toward the circuit breaker.
+    pub timed_out: bool,
 }
 
 impl SendReport {
@@ -127,6 +130,7 @@ impl SendReport {
             connect_failed: false,
             retry_hint: None,
             recipient_policy: false,
+            timed_out: false,
         }
     }
 }

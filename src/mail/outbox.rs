@@ -39,6 +39,7 @@ impl Outbox {
                 connect_failed: true,
                 retry_hint: None,
                 recipient_policy: false,
+                timed_out: false,
             },
         }
     }

@@ -228,6 +228,7 @@ impl SmtpPool {
                     connect_failed: false,
                     retry_hint: None,
                     recipient_policy: false,
+                    timed_out: true,
                 };
                 drop(conn);
                 (report, None)
@@ -264,6 +265,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
                 .then(|| retry_hint(&text))
                 .flatten(),
             recipient_policy: is_recipient_policy(step, code, &text),
+            timed_out: false,
             // 421 means the relay is closing the connection: a relay-level condition.
             connect_failed: code == 421,
             detail: format!("{code} {text}"),
@@ -280,6 +282,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             connect_failed: false,
             retry_hint: None,
             recipient_policy: false,
+            timed_out: false,
         },
         _ if is_tls_failure(e) => relay_fault(format!("TLS with the relay failed: {detail}")),
         _ => connection_failed(format!(
@@ -302,6 +305,7 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
             connect_failed: outcome == AttemptOutcome::Transient,
             retry_hint: None,
             recipient_policy: false,
+            timed_out: false,
         };
     }
     if is_tls_failure(e) {
@@ -328,6 +332,7 @@ fn connection_failed(detail: String) -> SendReport {
         connect_failed: true,
         retry_hint: None,
         recipient_policy: false,
+        timed_out: false,
     }
 }
 
@@ -340,6 +345,7 @@ fn relay_fault(detail: String) -> SendReport {
         connect_failed: false,
         retry_hint: None,
         recipient_policy: false,
+        timed_out: false,
     }
 }
 
@@ -352,5 +358,6 @@ fn permanent(detail: String) -> SendReport {
         connect_failed: false,
         retry_hint: None,
         recipient_policy: false,
+        timed_out: false,
     }
 }

@@ -518,7 +518,9 @@ impl Dispatcher {
         };
 
         let permit = self.limiter.acquire().await;
-        if self.stopping.load(Ordering::SeqCst) {
+        // Stopping, or the circuit opened while this one waited its turn:
+        // hand it back unsent rather than send into a relay known to fail.
+        if self.stopping.load(Ordering::SeqCst) || self.breaker.state() == CircuitState::Open {
             drop(permit);
             return self.finish(&d, kind, None, Transition::Released).await;
         }
@@ -639,7 +641,12 @@ impl Dispatcher {
     fn observe_relay(&self, r: &SendReport) {
         let opened = match r.outcome {
             AttemptOutcome::RelayFault => self.breaker.failure(&redact_addresses(&r.detail), true),
-            AttemptOutcome::Transient if r.connect_failed => {
+            // A relay that cannot be reached, or that greets and then
+            // hangs, is failing: both count toward the breaker (and a probe
+            // that times out keeps the circuit open).
+            AttemptOutcome::Transient | AttemptOutcome::Unknown
+                if r.connect_failed || r.timed_out =>
+            {
                 self.breaker.failure(&redact_addresses(&r.detail), false)
             }
             _ => {
@@ -729,7 +736,7 @@ impl Dispatcher {
                     sent_to: None,
                 }
             }
-            AttemptOutcome::Transient if r.connect_failed => {
+            AttemptOutcome::Transient if r.connect_failed || r.timed_out => {
                 let due = now + self.cfg.breaker_open_for.min(self.cfg.retry.base_delay(0));
                 if now > deadline {
                     Transition::Failed {
@@ -823,7 +830,7 @@ impl Dispatcher {
     }
 
     /// A module mail to a user ended failed: tell the AGB's contact persons,
-    /// at most once per user per day.
+    /// at most once per user and AGB code per day.
     async fn escalate(
         &self,
         d: &Claimed,
@@ -860,7 +867,19 @@ impl Dispatcher {
             let Some(user) = dir::get_user(&mut tx, &nr).await? else {
                 continue;
             };
-            if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), day_ago).await? {
+            // This practice's contact persons answer for this practice's
+            // users only: an actor's copy to someone of another practice
+            // raises nothing here (and tells nobody here their name).
+            if !snapshot
+                .members
+                .iter()
+                .any(|m| m.gebruikersnummer == user.gebruikersnummer)
+            {
+                continue;
+            }
+            // At most one notice a day per user and practice: the contact
+            // persons of a second practice of the same user are told too.
+            if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), agb.as_str(), day_ago).await? {
                 continue;
             }
             let failing = EmailAddress::parse(&d.address).ok();

@@ -740,16 +740,20 @@ pub async fn pending_summary(conn: &mut AnyConnection) -> Result<(i64, Option<i6
     Ok((row.try_get("n")?, row.try_get("oldest")?))
 }
 
-/// True when a `beheer.onbestelbaar` about this user was created since `since_ms`.
+/// True when a `beheer.onbestelbaar` about this user, for an event of this
+/// AGB code, was created since `since_ms`.
 pub async fn recent_undeliverable_notice(
     conn: &mut AnyConnection,
     gebruikersnummer: &str,
+    agb_code: &str,
     since_ms: i64,
 ) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE kind = 'beheer.onbestelbaar' AND about = $1 AND created_at >= $2",
+        "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.kind = 'beheer.onbestelbaar' AND d.about = $1 AND e.agb_code = $2 AND d.created_at >= $3",
     )
     .bind(gebruikersnummer)
+    .bind(agb_code)
     .bind(since_ms)
     .fetch_one(&mut *conn)
     .await?;

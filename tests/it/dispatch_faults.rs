@@ -173,3 +173,70 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
     );
     app.stop().await;
 }
+
+async fn wait_ready_body(
+    app: &crate::support::TestApp,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let url = format!("http://{}/readyz", app.http_addr);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body = crate::support::http_get(&url).await.unwrap_or_default();
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A relay that greets and then never answers MAIL: the timeouts open the
+/// circuit, the rest of the batch is not sent into it, and a probe that
+/// times out keeps the circuit open. When the relay answers, all is sent.
+#[tokio::test]
+async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
+    let app = spawn_app(
+        "[smtp]\ntimeout = \"1s\"\nconcurrency = 1\n[breaker]\nfailure_threshold = 2\nopen_for = \"2s\"",
+    )
+    .await;
+    let agb = "04333006";
+    app.import_directory(&many_users(agb, 6)).await;
+    app.smtp
+        .stall_command("MAIL", Some(Duration::from_secs(3600)));
+    let event = event_for(agb);
+    let id = event["id"].as_str().unwrap().to_owned();
+    app.publish(&event).await;
+    let body = wait_ready_body(&app, "the circuit open", |b| {
+        b.contains("\"relay_circuit\":\"open\"")
+    })
+    .await;
+    assert!(body.starts_with("HTTP/1.0 503"), "{body}");
+    let rows = app.deliveries(Some(&id)).await;
+    let untried = rows.iter().filter(|d| d.attempts == 0).count();
+    assert!(
+        untried >= 3,
+        "the rest of the batch is handed back, not sent into a hanging relay: {rows:#?}"
+    );
+    // The probe after breaker.open_for times out too: still open.
+    app.wait_deliveries(Some(&id), "the probe tried", |r| {
+        r.iter().map(|d| d.attempts).sum::<i64>() >= 3
+    })
+    .await;
+    let body = wait_ready_body(&app, "readiness", |b| !b.is_empty()).await;
+    assert!(
+        body.contains("\"relay_circuit\":\"open\""),
+        "a probe that times out keeps the circuit open: {body}"
+    );
+    app.smtp.stall_command("MAIL", None);
+    let rows = app
+        .wait_deliveries(Some(&id), "all sent once the relay answers", |r| {
+            r.len() == 6 && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    assert_eq!(app.smtp.count(), 6, "{rows:#?}");
+    app.stop().await;
+}

@@ -362,3 +362,110 @@ async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() 
     assert_eq!(app.smtp.count(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_undeliverable_user_of_two_practices_is_reported_to_both() {
+    let app = spawn_app("").await;
+    let (a, b) = ("04888001", "04888002");
+    app.import_users(&[
+        user(
+            "60000000000001",
+            "weg@praktijk.example",
+            true,
+            &[
+                (a, &["uitvragen"], false, false),
+                (b, &["uitvragen"], false, false),
+            ],
+            1,
+        ),
+        user(
+            "60000000000002",
+            "cp.a@praktijk.example",
+            true,
+            &[(a, &["contracteren"], false, true)],
+            1,
+        ),
+        user(
+            "60000000000003",
+            "cp.b@praktijk.example",
+            true,
+            &[(b, &["contracteren"], false, true)],
+            1,
+        ),
+    ])
+    .await;
+    app.smtp.reply_for_rcpt("weg@", "550 5.1.1 No such user");
+    for (agb, cp) in [(a, "cp.a@praktijk.example"), (b, "cp.b@praktijk.example")] {
+        let e = fresh_for("uitvraag.vragenlijst_klaargezet", agb);
+        app.publish_and_settle(&e).await;
+        let rows = app
+            .wait_deliveries(e["id"].as_str(), "the notice to this practice sent", |r| {
+                r.iter()
+                    .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
+            })
+            .await;
+        let n = rows
+            .iter()
+            .find(|d| d.kind == "beheer.onbestelbaar")
+            .unwrap();
+        assert_eq!(n.recipient, cp, "each practice's own contact person");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_actor_of_another_practice_raises_no_notice_here() {
+    let app = spawn_app("").await;
+    let (here, elsewhere) = ("04888003", "04888004");
+    app.import_users(&[
+        user(
+            "60000000000011",
+            "lid@praktijk.example",
+            true,
+            &[(here, ALL, true, false)],
+            1,
+        ),
+        user(
+            "60000000000012",
+            "cp@praktijk.example",
+            true,
+            &[(here, &["uitvragen"], false, true)],
+            1,
+        ),
+        // The actor works for another practice only.
+        user(
+            "60000000000013",
+            "actor@elders.example",
+            true,
+            &[(elsewhere, ALL, true, true)],
+            1,
+        ),
+    ])
+    .await;
+    app.smtp.reply_for_rcpt("actor@", "550 5.1.1 No such user");
+    let mut e = fresh_for("contract.geaccepteerd", here);
+    e["data"]["actor_gebruikersnummer"] = "60000000000013".into();
+    let rows = app.publish_and_settle(&e).await;
+    assert!(
+        rows.iter()
+            .any(|d| d.recipient == "actor@elders.example" && d.status == "failed"),
+        "{rows:#?}"
+    );
+    let store = app.store.clone();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let _kept = app.stop().await;
+    let mut c = store.pool().acquire().await.unwrap();
+    let all = notifier::store::deliveries::list(
+        &mut c,
+        &notifier::store::deliveries::DeliveryFilter {
+            event_id: Some(id),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        all.iter().all(|d| d.kind != "beheer.onbestelbaar"),
+        "this practice's contact persons are not told about another practice's user: {all:#?}"
+    );
+}

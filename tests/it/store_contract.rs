@@ -1311,19 +1311,25 @@ async fn a_recent_undeliverable_notice_is_found_by_user_and_time(store: Store) {
     tx.commit().await.unwrap();
     let mut c = store.pool().acquire().await.unwrap();
     assert!(
-        dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), 500)
+        dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), AGB, 500)
             .await
             .unwrap()
     );
     assert!(
-        !dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), 1_001)
+        !dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), AGB, 1_001)
             .await
             .unwrap()
     );
     assert!(
-        !dl::recent_undeliverable_notice(&mut c, nr(2).as_str(), 0)
+        !dl::recent_undeliverable_notice(&mut c, nr(2).as_str(), AGB, 0)
             .await
             .unwrap()
+    );
+    assert!(
+        !dl::recent_undeliverable_notice(&mut c, nr(1).as_str(), "04222222", 0)
+            .await
+            .unwrap(),
+        "a notice for another practice does not count"
     );
     drop(c);
     let d = claim(&store, "me", 1_000, 1_000, 1).await.remove(0);

@@ -59,6 +59,8 @@ struct Script {
     drop_after_data: usize,
     stall_after_data: Option<Duration>,
     stall_greeting: Option<Duration>,
+    /// Waits this long before answering a command with this verb.
+    stall_command: Option<(String, Duration)>,
     refuse_connections: bool,
 }
 
@@ -370,6 +372,12 @@ impl TestSmtpServer {
         self.shared.script().stall_greeting = delay;
     }
 
+    /// Waits `delay` before answering every command with this verb (e.g. a
+    /// relay that greets and then hangs at `MAIL`). `None` disables.
+    pub fn stall_command(&self, verb: &str, delay: Option<Duration>) {
+        self.shared.script().stall_command = delay.map(|d| (verb.to_uppercase(), d));
+    }
+
     /// While true, accepted TCP connections are closed at once, without greeting.
     pub fn refuse_connections(&self, on: bool) {
         self.shared.script().refuse_connections = on;
@@ -550,6 +558,15 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
             .unwrap_or("")
             .to_ascii_uppercase();
         let arg = text[verb.len()..].trim();
+        let stall = shared
+            .script()
+            .stall_command
+            .as_ref()
+            .filter(|(v, _)| *v == verb)
+            .map(|(_, d)| *d);
+        if let Some(d) = stall {
+            tokio::time::sleep(d).await;
+        }
 
         let forced = take_rule(&mut shared.script().command_rules, |k| k == verb);
         // A negative scripted reply replaces the command entirely.
