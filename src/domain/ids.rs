@@ -121,6 +121,15 @@ impl fmt::Debug for EmailAddress {
 }
 
 impl EmailAddress {
+    /// An address read back from the directory tables. It passed the rules
+    /// of the version that wrote it, which may have been looser than
+    /// [`EmailAddress::parse`] now: reading it must not fail (that would
+    /// stall everything about its practice); dispatch checks it again
+    /// before it sends.
+    pub fn stored(s: String) -> Self {
+        Self(s)
+    }
+
     /// Parses and lower-cases an address.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let bad = || ParseError("expected a plain e-mail address like naam@praktijk.nl".into());
@@ -144,6 +153,14 @@ impl EmailAddress {
                 .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
         {
             return Err(bad());
+        }
+        // The sender's own rules as well: an address the directory keeps
+        // must be one a mail can be built for (`a..b@x.nl`, `.a@x.nl` and
+        // `a@-x.nl` pass the rules above but not these).
+        if s.parse::<lettre::Address>().is_err() {
+            return Err(ParseError(
+                "not an address mail can be sent to (dots or hyphens out of place?)".into(),
+            ));
         }
         Ok(Self(s.to_lowercase()))
     }
@@ -195,5 +212,13 @@ mod tests {
         assert!(EventId::parse(&"x".repeat(128)).is_ok());
         assert!(EventId::parse(&"x".repeat(129)).is_err());
         assert!(EventId::parse("").is_err());
+    }
+
+    #[test]
+    fn addresses_the_sender_refuses_are_refused_here() {
+        for bad in ["a..b@x.nl", ".a@x.nl", "a.@x.nl", "a@-x.nl"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+        assert!(EmailAddress::parse("p.jansen@fysio-noord.example").is_ok());
     }
 }

@@ -120,6 +120,20 @@ pub struct SendReport {
 }
 
 impl SendReport {
+    /// A report for a mail refused for good before any relay saw it.
+    pub fn permanent(detail: String) -> Self {
+        Self {
+            outcome: AttemptOutcome::Permanent,
+            smtp_code: None,
+            enhanced_code: None,
+            detail,
+            connect_failed: false,
+            retry_hint: None,
+            recipient_policy: false,
+            timed_out: false,
+        }
+    }
+
     /// A report for an attempt that succeeded.
     pub fn sent(code: u16, detail: String) -> Self {
         Self {

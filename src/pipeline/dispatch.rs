@@ -490,6 +490,31 @@ impl Dispatcher {
         };
         drop(conn);
 
+        if address.parse::<lettre::Address>().is_err() {
+            // Kept from before the directory checked this (or written by
+            // hand): the address is the problem, not the template. It is
+            // undeliverable, so the contact persons hear of it.
+            let report = SendReport::permanent(
+                "the registered address is not one mail can be sent to; the user corrects it in the portal ('Wijzig'), then `notifier replay deliveries --status failed`".into(),
+            );
+            error!(reason = %report.detail, "undeliverable address: failed");
+            let t = self
+                .finish(
+                    &d,
+                    kind,
+                    None,
+                    Transition::Failed {
+                        error: report.detail.clone(),
+                        sent_to: None,
+                    },
+                )
+                .await?;
+            if kind.is_module() {
+                self.escalate(&d, &event.event_type, &report).await?;
+            }
+            return Ok(t);
+        }
+
         let rendered = self.render(
             kind,
             &d,

@@ -498,14 +498,20 @@ impl Ingestor {
             }
             EventBody::EmailadresGewijzigd {
                 gebruikersnummer,
+                oud_email,
                 nieuw_email,
                 versie,
-                ..
             } => {
-                let before = dir::get_user(conn, gebruikersnummer).await?;
+                let before =
+                    dir::get_user_for_update(conn, self.store.backend(), gebruikersnummer).await?;
                 match dir::set_email(conn, gebruikersnummer, nieuw_email, *versie, now_ms).await? {
                     UserChange::Applied => {
-                        let before = before.expect("applied implies known");
+                        // Another instance may have created the user between
+                        // the read and the update (PostgreSQL, READ
+                        // COMMITTED): the address it replaced is then the
+                        // one the event names.
+                        let old_email =
+                            before.map(|b| b.email).unwrap_or_else(|| oud_email.clone());
                         let after =
                             dir::get_user(conn, gebruikersnummer)
                                 .await?
@@ -514,7 +520,7 @@ impl Ingestor {
                                         "user vanished during an address change".into(),
                                     )
                                 })?;
-                        let mut planned = recipients::address_change_mails(&after, &before.email);
+                        let mut planned = recipients::address_change_mails(&after, &old_email);
                         if after.status != UserStatus::Actief {
                             // A revoked user gets nothing, not even this confirmation.
                             planned.retain(|p| p.users.is_empty());

@@ -18,8 +18,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<DirectoryUser, StoreError> {
         gebruikersnummer: Gebruikersnummer::parse(&row.try_get::<String, _>("gebruikersnummer")?)
             .map_err(|_| corrupt("gebruikersnummer"))?,
         naam: row.try_get("naam")?,
-        email: EmailAddress::parse(&row.try_get::<String, _>("email")?)
-            .map_err(|_| corrupt("email"))?,
+        email: EmailAddress::stored(row.try_get("email")?),
         status: UserStatus::parse(&row.try_get::<String, _>("status")?)
             .ok_or_else(|| corrupt("status"))?,
         versie: row.try_get("versie")?,
@@ -37,6 +36,28 @@ pub async fn get_user(
     .bind(nr.as_str())
     .fetch_optional(&mut *conn)
     .await?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+/// One user by number, its row locked until the transaction ends on
+/// PostgreSQL (SQLite's write transaction holds the whole database), so
+/// what is read is what a following update replaces.
+pub async fn get_user_for_update(
+    conn: &mut AnyConnection,
+    backend: super::Backend,
+    nr: &Gebruikersnummer,
+) -> Result<Option<DirectoryUser>, StoreError> {
+    let lock = match backend {
+        super::Backend::Postgres => " FOR UPDATE",
+        super::Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer = $1{lock}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(nr.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     row.as_ref().map(user_from_row).transpose()
 }
 

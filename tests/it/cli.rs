@@ -213,3 +213,51 @@ fn a_short_command_never_creates_a_database() {
         assert!(!db.exists(), "{args:?} created the database");
     }
 }
+
+/// Addresses the directory's own syntax allows but no mail can be built for
+/// are refused at import, each line with its number and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_import_refuses_addresses_the_sender_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let s = test_settings(dir.path(), &smtp.url(), "");
+    assert!(cli(&s, &["migrate"]).status.success());
+    let line = |nr: &str, email: &str| {
+        crate::support::user(
+            nr,
+            email,
+            true,
+            &[("04999100", &["uitvragen"], false, true)],
+            1,
+        )
+        .to_string()
+    };
+    let file = dir.path().join("directory.jsonl");
+    std::fs::write(
+        &file,
+        [
+            line("70000000000001", "goed@praktijk.example"),
+            line("70000000000002", "a..b@praktijk.example"),
+            line("70000000000003", ".a@praktijk.example"),
+            line("70000000000004", "a@-praktijk.example"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = cli(&s, &["directory", "import", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("inserted 1, updated 0, stale 0, rejected 3"),
+        "{}",
+        stdout(&out)
+    );
+    for n in 2..=4 {
+        assert!(
+            stderr(&out).contains(&format!(
+                "line {n}: rejected: email: not an address mail can be sent to"
+            )),
+            "line {n}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -214,3 +214,146 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
     }
     store.close().await;
 }
+
+/// The window behind "applied implies known": on PostgreSQL (READ
+/// COMMITTED) an address change can read "no such user" and then apply,
+/// because another instance created the user in between. Ingest must not
+/// assume the first read.
+#[tokio::test]
+async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
+    use notifier::domain::ids::{EmailAddress, Gebruikersnummer};
+    use notifier::store::directory::{self as dir, UserChange};
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let nr = Gebruikersnummer::parse("80000000000001").unwrap();
+    let mut b = store.begin().await.unwrap();
+    assert!(
+        dir::get_user_for_update(&mut b, store.backend(), &nr)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another instance creates the user meanwhile.
+    notifier::cli::input::import_users(
+        &store,
+        &crate::support::user(
+            "80000000000001",
+            "oud@praktijk.example",
+            true,
+            &[("04111222", &["uitvragen"], false, true)],
+            1,
+        )
+        .to_string(),
+        &mut |n, r| panic!("line {n}: {r}"),
+    )
+    .await
+    .unwrap();
+    let change = dir::set_email(
+        &mut b,
+        &nr,
+        &EmailAddress::parse("nieuw@praktijk.example").unwrap(),
+        2,
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(change, UserChange::Applied);
+    b.commit().await.unwrap();
+}
+
+/// Two instances apply creations and address changes of the same users at
+/// once: nobody panics, every event ends in a final state, and every user
+/// whose change was applied has the newest address and versie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_applying_the_same_users_converge_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let db = TestDb::postgres().await;
+    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
+    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let _topology = TopologyGuard(s.amqp.clone());
+    let store = db.store().await;
+    declare_topology(&s.amqp).await;
+    let env = [("NOTIFIER_AMQP__PREFETCH", "1")];
+    let mut a = RunProcess::spawn(&cfg, "a", &env);
+    let mut b = RunProcess::spawn(&cfg, "b", &env);
+    a.wait_consuming().await;
+    b.wait_consuming().await;
+    let publisher = Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
+        .await
+        .unwrap();
+    let n = 150;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let nr = format!("8100000000{i:04}");
+        let create = crate::support::user_event(crate::support::user(
+            &nr,
+            &format!("oud{i}@praktijk.example"),
+            true,
+            &[("04111223", &["uitvragen"], false, false)],
+            1,
+        ));
+        let mut change = crate::support::fresh("gebruiker.emailadres_gewijzigd");
+        change["data"]["gebruikersnummer"] = nr.clone().into();
+        change["data"]["oud_email"] = format!("oud{i}@praktijk.example").into();
+        change["data"]["nieuw_email"] = format!("nieuw{i}@praktijk.example").into();
+        change["data"]["versie"] = 2.into();
+        for e in [&create, &change] {
+            publisher
+                .publish(e["type"].as_str().unwrap(), None, e.to_string().as_bytes())
+                .await
+                .unwrap();
+            ids.push(e["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        if recorded as usize == ids.len() {
+            break;
+        }
+        for p in [&mut a, &mut b] {
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "an instance exited: {}",
+                p.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {recorded} of {} events recorded",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT e.state, u.email, CAST(u.versie AS TEXT) FROM events e \
+         JOIN users u ON u.gebruikersnummer = (e.payload::json -> 'data' ->> 'gebruikersnummer') \
+         WHERE e.type = 'gebruiker.emailadres_gewijzigd'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), n);
+    for (state, email, versie) in &rows {
+        match state.as_str() {
+            "applied" => assert!(
+                email.starts_with("nieuw") && versie == "2",
+                "{state} {email} {versie}"
+            ),
+            // Processed before the other instance had created the user.
+            "ignored" => assert!(
+                email.starts_with("oud") && versie == "1",
+                "{state} {email} {versie}"
+            ),
+            other => panic!("unexpected state {other}"),
+        }
+    }
+    for p in [&mut a, &mut b] {
+        assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
+        assert!(p.terminate(), "{}", p.log_text());
+    }
+}

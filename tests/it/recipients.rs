@@ -469,3 +469,61 @@ async fn an_actor_of_another_practice_raises_no_notice_here() {
         "this practice's contact persons are not told about another practice's user: {all:#?}"
     );
 }
+
+/// An address an earlier version let into the directory, which no mail can
+/// be built for, fails as undeliverable (not as a template error) and the
+/// contact person is told.
+#[tokio::test]
+async fn a_stored_address_the_sender_cannot_use_is_undeliverable_and_escalated() {
+    let app = spawn_app("").await;
+    let agb = "04888005";
+    app.import_users(&[
+        user(
+            "60000000000021",
+            "later.fout@praktijk.example",
+            true,
+            &[(agb, &["uitvragen"], false, false)],
+            1,
+        ),
+        user(
+            "60000000000022",
+            "cp@praktijk.example",
+            true,
+            &[(agb, &["contracteren"], false, true)],
+            1,
+        ),
+    ])
+    .await;
+    // As written by a version whose checks were looser.
+    sqlx::query("UPDATE users SET email = 'a..b@praktijk.example' WHERE gebruikersnummer = '60000000000021'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let e = fresh_for("uitvraag.vragenlijst_klaargezet", agb);
+    let rows = app.publish_and_settle(&e).await;
+    let failed = rows
+        .iter()
+        .find(|d| d.kind == "uitvraag.vragenlijst_klaargezet")
+        .unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not one mail can be sent to"),
+        "{failed:#?}"
+    );
+    let rows = app
+        .wait_deliveries(e["id"].as_str(), "the contact person told", |r| {
+            r.iter()
+                .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
+        })
+        .await;
+    let n = rows
+        .iter()
+        .find(|d| d.kind == "beheer.onbestelbaar")
+        .unwrap();
+    assert_eq!(n.recipient, "cp@praktijk.example");
+    app.stop().await;
+}
