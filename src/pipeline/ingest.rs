@@ -416,9 +416,12 @@ impl Ingestor {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let t = self.timing(event_time, now);
+        let mut served = plan::Served::of(conn, event_id).await?;
         let mut n = 0;
         for p in planned {
-            if plan::plan_delivery(conn, event_id, p, t, true).await? == plan::Planned::Added {
+            if plan::plan_delivery(conn, event_id, p, t, true, &mut served).await?
+                == plan::Planned::Added
+            {
                 n += 1;
             }
         }

@@ -15,6 +15,7 @@ use crate::domain::delivery::MailKind;
 use crate::domain::recipients::{PlannedDelivery, Resolution};
 use crate::store::{StoreError, deliveries as dl};
 use sqlx::AnyConnection;
+use std::collections::{HashMap, HashSet};
 
 /// What planning one delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,43 @@ pub struct Timing {
     pub deadline_ms: i64,
 }
 
+/// The users already served per (kind, about) of one event, read once per
+/// planning pass and kept up to date as deliveries are added.
+pub struct Served {
+    /// False while the event has no deliveries at all (its first ingest):
+    /// then nothing can conflict and no query is needed.
+    has_any: bool,
+    by_group: HashMap<(MailKind, String), HashSet<String>>,
+}
+
+impl Served {
+    /// What `event_id` has so far.
+    pub async fn of(conn: &mut AnyConnection, event_id: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            has_any: dl::has_deliveries(conn, event_id).await?,
+            by_group: HashMap::new(),
+        })
+    }
+
+    async fn group(
+        &mut self,
+        conn: &mut AnyConnection,
+        event_id: &str,
+        p: &PlannedDelivery,
+    ) -> Result<&mut HashSet<String>, StoreError> {
+        let key = (p.kind, p.about.clone());
+        if !self.by_group.contains_key(&key) {
+            let set = if self.has_any {
+                dl::served_in_event(conn, event_id, p.kind.as_str(), &p.about).await?
+            } else {
+                HashSet::new()
+            };
+            self.by_group.insert(key.clone(), set);
+        }
+        Ok(self.by_group.get_mut(&key).expect("inserted above"))
+    }
+}
+
 /// Plans one delivery. With `insert` false nothing is written and the
 /// answer says what would happen (`replay events` without `--execute`).
 pub async fn plan_delivery(
@@ -47,7 +85,24 @@ pub async fn plan_delivery(
     p: &PlannedDelivery,
     t: Timing,
     insert: bool,
+    served: &mut Served,
 ) -> Result<Planned, StoreError> {
+    if !served.has_any {
+        // The event's first planning: nothing exists to conflict with.
+        if !insert {
+            return Ok(Planned::Added);
+        }
+        let added = dl::insert_planned(conn, event_id, p, t.now_ms, t.due_ms, t.deadline_ms)
+            .await?
+            .is_some();
+        let group = served.group(conn, event_id, p).await?;
+        group.extend(p.users.iter().map(|u| u.gebruikersnummer.to_string()));
+        return Ok(if added {
+            Planned::Added
+        } else {
+            Planned::AlreadyServed
+        });
+    }
     let kind = p.kind.as_str();
     if let Some(conflict) =
         dl::replay_conflict(conn, event_id, kind, p.address.as_str(), &p.about).await?
@@ -56,7 +111,7 @@ pub async fn plan_delivery(
             // The very row exists: nothing to add unless a user is new to it.
             dl::ReplayConflict::Exists(status) => {
                 if matches!(status.as_str(), "sent" | "pending" | "sending") {
-                    match join(conn, event_id, p, insert).await? {
+                    match join(conn, event_id, p, insert, served).await? {
                         Planned::AlreadyServed => Planned::Exists(status),
                         other => other,
                     }
@@ -64,31 +119,33 @@ pub async fn plan_delivery(
                     Planned::Exists(status)
                 }
             }
-            dl::ReplayConflict::Served(_) => join(conn, event_id, p, insert).await?,
+            dl::ReplayConflict::Served(_) => join(conn, event_id, p, insert, served).await?,
         });
     }
-    let served = dl::served_in_event(conn, event_id, kind, &p.about).await?;
-    if !p.users.is_empty()
-        && p.users
-            .iter()
-            .all(|u| served.contains(u.gebruikersnummer.as_str()))
-    {
+    let group = served.group(conn, event_id, p).await?;
+    let fresh_users: Vec<_> = p
+        .users
+        .iter()
+        .filter(|u| !group.contains(u.gebruikersnummer.as_str()))
+        .cloned()
+        .collect();
+    if !p.users.is_empty() && fresh_users.is_empty() {
         return Ok(Planned::AlreadyServed);
     }
     if !insert {
         return Ok(Planned::Added);
     }
     let mut fresh = p.clone();
-    fresh
-        .users
-        .retain(|u| !served.contains(u.gebruikersnummer.as_str()));
-    Ok(
-        match dl::insert_planned(conn, event_id, &fresh, t.now_ms, t.due_ms, t.deadline_ms).await? {
-            Some(_) => Planned::Added,
-            // Taken between the check and the insert (another instance).
-            None => join(conn, event_id, p, insert).await?,
-        },
-    )
+    fresh.users = fresh_users;
+    match dl::insert_planned(conn, event_id, &fresh, t.now_ms, t.due_ms, t.deadline_ms).await? {
+        Some(_) => {
+            let group = served.group(conn, event_id, p).await?;
+            group.extend(fresh.users.iter().map(|u| u.gebruikersnummer.to_string()));
+            Ok(Planned::Added)
+        }
+        // Taken between the check and the insert (another instance).
+        None => join(conn, event_id, p, insert, served).await,
+    }
 }
 
 /// The address is served already: record the users not yet served on the
@@ -98,17 +155,19 @@ async fn join(
     event_id: &str,
     p: &PlannedDelivery,
     insert: bool,
+    served: &mut Served,
 ) -> Result<Planned, StoreError> {
-    let served = dl::served_in_event(conn, event_id, p.kind.as_str(), &p.about).await?;
+    let group = served.group(conn, event_id, p).await?;
     let new: Vec<_> = p
         .users
         .iter()
-        .filter(|u| !served.contains(u.gebruikersnummer.as_str()))
+        .filter(|u| !group.contains(u.gebruikersnummer.as_str()))
         .collect();
     if new.is_empty() {
         return Ok(Planned::AlreadyServed);
     }
     if insert {
+        group.extend(new.iter().map(|u| u.gebruikersnummer.to_string()));
         dl::add_users_at_address(
             conn,
             event_id,
@@ -143,7 +202,9 @@ pub async fn plan_resolution<'a>(
     t: Timing,
     insert: bool,
 ) -> Result<PlanReport<'a>, StoreError> {
-    let had_module_mail = dl::has_live_or_sent_module_mail(conn, event_id).await?;
+    let mut served = Served::of(conn, event_id).await?;
+    let had_module_mail =
+        served.has_any && dl::has_live_or_sent_module_mail(conn, event_id).await?;
     let mut report = PlanReport {
         had_module_mail,
         ..Default::default()
@@ -156,7 +217,7 @@ pub async fn plan_resolution<'a>(
         if had_module_mail && says_nobody {
             continue;
         }
-        match plan_delivery(conn, event_id, p, t, insert).await? {
+        match plan_delivery(conn, event_id, p, t, insert, &mut served).await? {
             Planned::Added => report.added.push(p),
             Planned::Joined => report.joined += 1,
             Planned::AlreadyServed => report.already_served += 1,

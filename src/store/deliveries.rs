@@ -1094,3 +1094,12 @@ pub async fn cancel_pending_kind(
     .await?
     .rows_affected())
 }
+
+/// True when the event has any delivery at all.
+pub async fn has_deliveries(conn: &mut AnyConnection, event_id: &str) -> Result<bool, StoreError> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT 1 FROM deliveries WHERE event_id = $1 LIMIT 1")
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(n.is_some())
+}

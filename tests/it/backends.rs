@@ -148,3 +148,29 @@ async fn a_sqlite_database_behind_is_refused_with_the_hint() {
 async fn a_postgres_database_behind_is_refused_with_the_hint() {
     a_database_behind_is_refused_with_the_hint(TestBackend::Postgres).await;
 }
+
+/// A commit on SQLite is on disk before it returns (`synchronous = FULL` on
+/// every connection of the pool): ingest acks RabbitMQ right after its
+/// commit, so with `NORMAL` a power cut could lose an acked event.
+#[tokio::test]
+async fn sqlite_commits_are_durable_before_they_return() {
+    let db = TestDb::new(TestBackend::Sqlite).await;
+    let store = db.store().await;
+    // Several connections at once, so more than one pooled connection is checked.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(store.pool().acquire().await.unwrap());
+    }
+    for c in &mut conns {
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        assert_eq!(level, 2, "PRAGMA synchronous is FULL (2)");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
