@@ -10,6 +10,7 @@ mod instances;
 mod ops;
 mod outages;
 mod pipeline;
+mod properties;
 mod recipients;
 mod relay_faults;
 mod reresolution;
