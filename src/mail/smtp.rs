@@ -131,7 +131,9 @@ impl SmtpPool {
         let (from, to) = match (from.parse::<Address>(), to.parse::<Address>()) {
             (Ok(f), Ok(t)) => (f, t),
             (Err(_), _) => return relay_fault("smtp.from is not a valid address".into()),
-            (_, Err(_)) => return permanent("the recipient address is not valid for SMTP".into()),
+            (_, Err(_)) => {
+                return SendReport::permanent("the recipient address is not valid for SMTP".into());
+            }
         };
         // A pooled connection may have been closed by the relay while idle:
         // one failure on a reused connection before MAIL was accepted is
@@ -339,19 +341,6 @@ fn connection_failed(detail: String) -> SendReport {
 fn relay_fault(detail: String) -> SendReport {
     SendReport {
         outcome: AttemptOutcome::RelayFault,
-        smtp_code: None,
-        enhanced_code: None,
-        detail,
-        connect_failed: false,
-        retry_hint: None,
-        recipient_policy: false,
-        timed_out: false,
-    }
-}
-
-fn permanent(detail: String) -> SendReport {
-    SendReport {
-        outcome: AttemptOutcome::Permanent,
         smtp_code: None,
         enhanced_code: None,
         detail,

@@ -727,23 +727,7 @@ impl Dispatcher {
             AttemptOutcome::Permanent
                 if r.recipient_policy && d.policy_rejections < MAX_POLICY_RETRIES =>
             {
-                let unit: f64 = rand::random();
-                match self
-                    .cfg
-                    .retry
-                    .next_due(d.retry_step as u32, now, deadline, None, unit)
-                {
-                    Some(due) => Transition::Retry {
-                        due_ms: ms(due),
-                        retry_step: d.retry_step + 1,
-                        error,
-                        sent_to,
-                    },
-                    None => Transition::Failed {
-                        error: format!("deadline passed: {error}"),
-                        sent_to,
-                    },
-                }
+                self.on_schedule(d, None, now, deadline, error, sent_to)
             }
             AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
             AttemptOutcome::RelayFault if now > deadline => Transition::Failed {
@@ -778,26 +762,38 @@ impl Dispatcher {
                 }
             }
             AttemptOutcome::Transient | AttemptOutcome::Unknown => {
-                let unit: f64 = rand::random();
-                match self.cfg.retry.next_due(
-                    d.retry_step as u32,
-                    now,
-                    deadline,
-                    r.retry_hint,
-                    unit,
-                ) {
-                    Some(due) => Transition::Retry {
-                        due_ms: ms(due),
-                        retry_step: d.retry_step + 1,
-                        error,
-                        sent_to,
-                    },
-                    None => Transition::Failed {
-                        error: format!("deadline passed: {error}"),
-                        sent_to,
-                    },
-                }
+                self.on_schedule(d, r.retry_hint, now, deadline, error, sent_to)
             }
+        }
+    }
+
+    /// The next step of the retry schedule (a relay's own wait honoured),
+    /// or failed when that is past the deadline.
+    fn on_schedule(
+        &self,
+        d: &Claimed,
+        hint: Option<Duration>,
+        now: chrono::DateTime<Utc>,
+        deadline: chrono::DateTime<Utc>,
+        error: String,
+        sent_to: Option<String>,
+    ) -> Transition {
+        let unit: f64 = rand::random();
+        match self
+            .cfg
+            .retry
+            .next_due(d.retry_step as u32, now, deadline, hint, unit)
+        {
+            Some(due) => Transition::Retry {
+                due_ms: ms(due),
+                retry_step: d.retry_step + 1,
+                error,
+                sent_to,
+            },
+            None => Transition::Failed {
+                error: format!("deadline passed: {error}"),
+                sent_to,
+            },
         }
     }
 

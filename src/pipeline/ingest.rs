@@ -250,20 +250,7 @@ impl Ingestor {
             return Ok(IngestOutcome::Rejected { reason });
         }
         let mut tx = self.store.begin().await?;
-        let id = ev::quarantine(
-            &mut tx,
-            &NewQuarantine {
-                received_at_ms: ms(Utc::now()),
-                source: m.source.as_str(),
-                routing_key: m.routing_key.as_deref(),
-                event_id: hint.id.as_deref(),
-                event_type: hint.event_type.as_deref(),
-                reason: &reason,
-                raw: &m.body,
-                size: m.size,
-            },
-        )
-        .await?;
+        let id = keep_in_quarantine(&mut tx, m, &hint, &reason, Utc::now()).await?;
         tx.commit().await?;
         warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason,
             "message refused by the database: quarantined, the rest of its batch goes on");
@@ -341,20 +328,7 @@ impl Ingestor {
                     info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
                     return Ok((t.to_owned(), IngestOutcome::Rejected { reason }));
                 }
-                let id = ev::quarantine(
-                    conn,
-                    &NewQuarantine {
-                        received_at_ms: ms(now),
-                        source: m.source.as_str(),
-                        routing_key: m.routing_key.as_deref(),
-                        event_id: hint.id.as_deref(),
-                        event_type: hint.event_type.as_deref(),
-                        reason: &reason,
-                        raw: &m.body,
-                        size: m.size,
-                    },
-                )
-                .await?;
+                let id = keep_in_quarantine(conn, m, &hint, &reason, now).await?;
                 warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
                 return Ok((
                     t.to_owned(),
@@ -772,6 +746,30 @@ impl Ingestor {
             .await?;
         Ok(n)
     }
+}
+
+/// Writes the quarantine row of a bad message; returns its id.
+async fn keep_in_quarantine(
+    conn: &mut AnyConnection,
+    m: &Incoming,
+    hint: &crate::domain::event::EnvelopeHint,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    ev::quarantine(
+        conn,
+        &NewQuarantine {
+            received_at_ms: ms(now),
+            source: m.source.as_str(),
+            routing_key: m.routing_key.as_deref(),
+            event_id: hint.id.as_deref(),
+            event_type: hint.event_type.as_deref(),
+            reason,
+            raw: &m.body,
+            size: m.size,
+        },
+    )
+    .await
 }
 
 /// What [`Ingestor::ingest_split`] got done.
