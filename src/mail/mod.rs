@@ -120,10 +120,10 @@ pub struct SendReport {
 }
 
 impl SendReport {
-    /// A report for a mail refused for good before any relay saw it.
-    pub fn permanent(detail: String) -> Self {
+    /// A report of an attempt that got no SMTP reply to classify.
+    pub fn without_reply(outcome: AttemptOutcome, detail: String) -> Self {
         Self {
-            outcome: AttemptOutcome::Permanent,
+            outcome,
             smtp_code: None,
             enhanced_code: None,
             detail,
@@ -132,6 +132,11 @@ impl SendReport {
             recipient_policy: false,
             timed_out: false,
         }
+    }
+
+    /// A report for a mail refused for good before any relay saw it.
+    pub fn permanent(detail: String) -> Self {
+        Self::without_reply(AttemptOutcome::Permanent, detail)
     }
 
     /// A report for an attempt that succeeded.

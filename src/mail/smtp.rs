@@ -327,26 +327,11 @@ fn is_tls_failure(e: &lettre::transport::smtp::Error) -> bool {
 
 fn connection_failed(detail: String) -> SendReport {
     SendReport {
-        outcome: AttemptOutcome::Transient,
-        smtp_code: None,
-        enhanced_code: None,
-        detail,
         connect_failed: true,
-        retry_hint: None,
-        recipient_policy: false,
-        timed_out: false,
+        ..SendReport::without_reply(AttemptOutcome::Transient, detail)
     }
 }
 
 fn relay_fault(detail: String) -> SendReport {
-    SendReport {
-        outcome: AttemptOutcome::RelayFault,
-        smtp_code: None,
-        enhanced_code: None,
-        detail,
-        connect_failed: false,
-        retry_hint: None,
-        recipient_policy: false,
-        timed_out: false,
-    }
+    SendReport::without_reply(AttemptOutcome::RelayFault, detail)
 }

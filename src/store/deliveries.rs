@@ -47,16 +47,29 @@ pub async fn insert_planned(
     if n == 0 {
         return Ok(None);
     }
-    for u in &p.users {
-        sqlx::query("INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(u.gebruikersnummer.as_str())
-            .bind(u.versie)
-            .bind(u.rule.label())
-            .execute(&mut *conn)
-            .await?;
-    }
+    add_served(conn, &id, p.users.iter()).await?;
     Ok(Some(id))
+}
+
+/// Records `users` as served by delivery `id` (a user already on it stays).
+async fn add_served(
+    conn: &mut AnyConnection,
+    id: &str,
+    users: impl Iterator<Item = &crate::domain::recipients::Served>,
+) -> Result<(), StoreError> {
+    for u in users {
+        sqlx::query(
+            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
+        )
+        .bind(id)
+        .bind(u.gebruikersnummer.as_str())
+        .bind(u.versie)
+        .bind(u.rule.label())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// A delivery claimed for sending.
@@ -1045,19 +1058,7 @@ pub async fn add_users_at_address(
     let Some(target) = target else {
         return Ok(());
     };
-    for u in users {
-        sqlx::query(
-            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
-        )
-        .bind(&target)
-        .bind(u.gebruikersnummer.as_str())
-        .bind(u.versie)
-        .bind(u.rule.label())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    add_served(conn, &target, users.iter().copied()).await
 }
 
 /// True when the event's own module mail (kind = the event's type) has a
