@@ -9,6 +9,11 @@
 //! - Bad data: when the database refuses a batch because of one message's
 //!   data, the messages are ingested one by one, the refused one goes to
 //!   quarantine with the database's reason and the rest is acked.
+//! - Redelivered messages (the broker's `redelivered` flag: a worker took
+//!   them and died, or lost the connection, before acking) are suspects:
+//!   they come in batches of their own, and each is ingested and acked on
+//!   its own, side by side, so the one message that takes workers down
+//!   alone runs into the delivery limit; its batch-mates are committed.
 //! - Dead-lettered messages (past `x-delivery-limit`) are consumed from the
 //!   dead-letter queue on their own channel, one at a time, and kept in
 //!   quarantine.
@@ -32,6 +37,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 /// Consumes portal events until shutdown.
+#[derive(Clone)]
 pub struct Consumer {
     settings: AmqpSettings,
     ingestor: Ingestor,
@@ -121,18 +127,24 @@ impl Consumer {
         self.set_connected(true);
         info!(queue = %s.queue, prefetch = s.prefetch, "consuming portal events");
 
+        // A delivery read ahead that did not fit the batch before it.
+        let mut held: Option<Delivery> = None;
+        let mut suspects = Suspects::default();
         let result = loop {
+            if let Some(first) = held.take() {
+                let (batch, rest) = drain(first, &mut events, s.prefetch as usize, s.batch_max_bytes);
+                held = rest;
+                if !self.handle_batch(batch, shutdown, &mut suspects).await? {
+                    break Ok(());
+                }
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.changed() => break Ok(()),
                 next = events.next() => match next {
                     None => break Err(BrokerError::Cancelled),
                     Some(Err(e)) => break Err(e.into()),
-                    Some(Ok(first)) => {
-                        let batch = drain(first, &mut events, s.prefetch as usize, s.batch_max_bytes);
-                        if !self.handle(batch, Source::Amqp, shutdown).await? {
-                            break Ok(());
-                        }
-                    }
+                    Some(Ok(first)) => held = Some(first),
                 },
                 // Dead-lettered messages already made the worker fail: one
                 // at a time, so none of them can take another down with it.
@@ -140,7 +152,7 @@ impl Consumer {
                     None => break Err(BrokerError::Cancelled),
                     Some(Err(e)) => break Err(e.into()),
                     Some(Ok(one)) => {
-                        if !self.handle(vec![one], Source::DeadLetter, shutdown).await? {
+                        if !self.handle(vec![one], Source::DeadLetter, Ack::EachOne, shutdown).await? {
                             break Ok(());
                         }
                     }
@@ -148,11 +160,62 @@ impl Consumer {
             }
         };
         self.set_connected(false);
+        suspects.tasks.abort_all();
         // Unacked messages go back to the queue when the channel closes.
         let _ = ch.close(200, "shutdown".into()).await;
         let _ = dead_ch.close(200, "shutdown".into()).await;
         let _ = conn.close(200, "shutdown".into()).await;
         result
+    }
+
+    /// A batch of first deliveries is ingested as one, here. Redelivered
+    /// ones are each handed to a task of their own (at most
+    /// [`SUSPECTS_SIDE_BY_SIDE`] at once) and the consumer reads on: one
+    /// that never finishes holds one slot, not the queue.
+    async fn handle_batch(
+        &self,
+        batch: Vec<Delivery>,
+        shutdown: &mut watch::Receiver<bool>,
+        suspects: &mut Suspects,
+    ) -> Result<bool, BrokerError> {
+        if !batch.first().is_some_and(|d| d.redelivered) {
+            // A `multiple` ack would also ack suspects still being ingested.
+            while let Some(done) = suspects.tasks.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    return Err(e);
+                }
+            }
+            let ack = if suspects.tasks.is_empty() {
+                Ack::Multiple
+            } else {
+                Ack::EachOne
+            };
+            return self.handle(batch, Source::Amqp, ack, shutdown).await;
+        }
+        self.metrics.redelivered.inc_by(batch.len() as u64);
+        warn!(
+            messages = batch.len(),
+            "redelivered messages (a worker stopped before acking them): ingesting each on its own"
+        );
+        for d in batch {
+            let permit = tokio::select! {
+                p = suspects.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => return Ok(false),
+            };
+            let me = self.clone();
+            let mut stop = shutdown.clone();
+            suspects.tasks.spawn(async move {
+                let r = me.handle(vec![d], Source::Amqp, Ack::EachOne, &mut stop).await;
+                drop(permit);
+                r
+            });
+        }
+        while let Some(done) = suspects.tasks.try_join_next() {
+            if let Ok(Err(e)) = done {
+                return Err(e);
+            }
+        }
+        Ok(true)
     }
 
     /// Ingests one batch and acks what got committed. Returns false when
@@ -166,6 +229,7 @@ impl Consumer {
         &self,
         batch: Vec<Delivery>,
         source: Source,
+        ack: Ack,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, BrokerError> {
         let (ackers, incoming): (Vec<Acker>, Vec<Incoming>) = batch
@@ -187,10 +251,20 @@ impl Consumer {
         while done < incoming.len() {
             let result = self.ingestor.ingest_split(&incoming[done..]).await;
             if result.committed > 0 {
+                let from = done;
                 done += result.committed;
-                ackers[done - 1]
-                    .ack(BasicAckOptions { multiple: true })
-                    .await?;
+                match ack {
+                    Ack::Multiple => {
+                        ackers[done - 1]
+                            .ack(BasicAckOptions { multiple: true })
+                            .await?;
+                    }
+                    Ack::EachOne => {
+                        for a in &ackers[from..done] {
+                            a.ack(BasicAckOptions::default()).await?;
+                        }
+                    }
+                }
             }
             let Some(e) = result.error else {
                 self.health.set_db(true);
@@ -209,18 +283,51 @@ impl Consumer {
     }
 }
 
+/// How many redelivered messages are ingested at once: each takes a
+/// database connection, and one that hangs must leave room for the rest.
+const SUSPECTS_SIDE_BY_SIDE: usize = 4;
+
+/// How a batch's committed messages are acked.
+#[derive(Debug, Clone, Copy)]
+enum Ack {
+    /// One `multiple` ack up to the last: only when no earlier delivery on
+    /// the channel is still unacked by someone else.
+    Multiple,
+    /// One ack each.
+    EachOne,
+}
+
+/// The tasks ingesting redelivered messages, and their slots.
+struct Suspects {
+    tasks: tokio::task::JoinSet<Result<bool, BrokerError>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Suspects {
+    fn default() -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(SUSPECTS_SIDE_BY_SIDE)),
+        }
+    }
+}
+
 /// The first delivery plus whatever else is ready now, up to `max`
-/// messages and about `max_bytes` of bodies.
+/// messages and about `max_bytes` of bodies, all first deliveries or all
+/// redelivered (so that a `multiple` ack never covers a suspect). Returns
+/// the delivery read ahead that belongs to the next batch.
 fn drain(
     first: Delivery,
     stream: &mut lapin::Consumer,
     max: usize,
     max_bytes: usize,
-) -> Vec<Delivery> {
+) -> (Vec<Delivery>, Option<Delivery>) {
     let mut bytes = first.data.len();
+    let redelivered = first.redelivered;
     let mut batch = vec![first];
     while batch.len() < max && bytes < max_bytes {
         match stream.next().now_or_never() {
+            Some(Some(Ok(d))) if d.redelivered != redelivered => return (batch, Some(d)),
             Some(Some(Ok(d))) => {
                 bytes += d.data.len();
                 batch.push(d);
@@ -228,5 +335,5 @@ fn drain(
             _ => break,
         }
     }
-    batch
+    (batch, None)
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub circuit_open: Gauge,
     pub amqp_connected: Gauge,
     pub stuck_events: Gauge,
+    /// Messages the broker delivered again (a worker stopped before acking).
+    pub redelivered: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,12 @@ impl Metrics {
         let circuit_open = Gauge::default();
         let amqp_connected = Gauge::default();
         let stuck_events = Gauge::default();
+        let redelivered = Counter::default();
+        r.register(
+            "notifier_messages_redelivered",
+            "Messages RabbitMQ delivered again because a worker stopped before acking them; ingested one by one",
+            redelivered.clone(),
+        );
         r.register(
             "notifier_events_received",
             "Portal events received, by type and outcome (accepted, duplicate, stale, quarantined)",
@@ -136,6 +144,7 @@ impl Metrics {
             circuit_open,
             amqp_connected,
             stuck_events,
+            redelivered,
         }
     }
 

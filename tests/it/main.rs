@@ -5,6 +5,7 @@ mod backends;
 mod cli;
 mod delivery;
 mod dispatch_faults;
+mod faults;
 mod ingest_faults;
 mod instances;
 mod ops;

@@ -625,14 +625,35 @@ pub struct RunProcess {
 impl RunProcess {
     /// Starts `notifier --config CONFIG run` with `env` on top.
     pub fn spawn(config: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_bin(
+            std::path::Path::new(env!("CARGO_BIN_EXE_notifier")),
+            config,
+            name,
+            env,
+        )
+    }
+
+    /// [`RunProcess::spawn`] with another build of the binary (e.g. release).
+    pub fn spawn_bin(
+        bin: &std::path::Path,
+        config: &std::path::Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = config.with_file_name(format!("{name}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        let child = std::process::Command::new(bin)
             .args(["--config", config.to_str().unwrap(), "run"])
             .env("NOTIFIER_HTTP__LISTEN", http.to_string())
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         Self { child, http, log }

@@ -229,6 +229,16 @@ impl TestSmtpServer {
         self.shared.state().accepted.clone()
     }
 
+    /// Accepted messages with the moment the final 250 was sent.
+    pub fn messages_with_times(&self) -> Vec<(ReceivedMail, Instant)> {
+        let st = self.shared.state();
+        st.accepted
+            .iter()
+            .cloned()
+            .zip(st.accepted_at.iter().copied())
+            .collect()
+    }
+
     /// Number of accepted messages.
     pub fn count(&self) -> usize {
         self.shared.state().accepted.len()
