@@ -132,7 +132,8 @@ impl Consumer {
         let mut suspects = Suspects::default();
         let result = loop {
             if let Some(first) = held.take() {
-                let (batch, rest) = drain(first, &mut events, s.prefetch as usize, s.batch_max_bytes);
+                let (batch, rest) =
+                    drain(first, &mut events, s.prefetch as usize, s.batch_max_bytes);
                 held = rest;
                 if !self.handle_batch(batch, shutdown, &mut suspects).await? {
                     break Ok(());
@@ -205,7 +206,9 @@ impl Consumer {
             let me = self.clone();
             let mut stop = shutdown.clone();
             suspects.tasks.spawn(async move {
-                let r = me.handle(vec![d], Source::Amqp, Ack::EachOne, &mut stop).await;
+                let r = me
+                    .handle(vec![d], Source::Amqp, Ack::EachOne, &mut stop)
+                    .await;
                 drop(permit);
                 r
             });

@@ -91,7 +91,11 @@ impl Options {
             extra: String::new(),
             amqp_proxy: false,
             db_proxy: false,
-            seed: 7,
+            // FAULTS_SEED varies the directory and the stream; 7 by default.
+            seed: std::env::var("FAULTS_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(7),
         }
     }
 }
@@ -147,9 +151,9 @@ pub struct Scenario {
     pub one_of: Vec<BTreeSet<MailKey>>,
     /// Addresses the relay refuses for good in this scenario.
     pub refused: BTreeSet<String>,
-    /// (lower-case address, moment its user's revocation was published and
-    /// confirmed): no attempt to it may start after the revocation's commit.
-    pub revoked: Vec<(String, String)>,
+    /// (lower-case address, when the suite saw its user's revocation
+    /// committed, in ms since the epoch): no attempt to it may start later.
+    pub revoked: Vec<(String, i64)>,
     probe_agb: String,
     probes: usize,
     pub recover: Duration,
@@ -197,8 +201,7 @@ impl Scenario {
                 "a database cut needs PostgreSQL"
             );
             let p = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-            worker_toml =
-                worker_toml.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", p.port()));
+            worker_toml = worker_toml.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", p.port()));
             Some(p)
         } else {
             None
@@ -323,7 +326,13 @@ impl Scenario {
     // ---- publishing ----
 
     /// Publishes `body` under `routing_key` and waits for the confirm.
-    pub async fn publish_raw(&mut self, routing_key: &str, body: &[u8], id: Option<&str>, fate: Fate) {
+    pub async fn publish_raw(
+        &mut self,
+        routing_key: &str,
+        body: &[u8],
+        id: Option<&str>,
+        fate: Fate,
+    ) {
         self.publisher
             .publish(routing_key, id, body)
             .await
@@ -345,7 +354,9 @@ impl Scenario {
     /// A module event for a random practice, with its mails in `required`.
     pub fn next_module_event(&mut self) -> serde_json::Value {
         let n = self.published.len();
-        let agb = self.directory.agbs[self.rng.below(self.directory.agbs.len() as u64 - 1) as usize].clone();
+        let agb = self.directory.agbs
+            [self.rng.below(self.directory.agbs.len() as u64 - 1) as usize]
+            .clone();
         let t = model::MODULE_TYPES[self.rng.below(model::MODULE_TYPES.len() as u64) as usize];
         let e = model::module_event(t, &agb, n);
         self.expect_event(&e);
@@ -563,7 +574,10 @@ impl Scenario {
             failures.push(format!("{} lost, e.g. {:?}", r.lost, r.lost_examples));
         }
         if r.wrong > 0 {
-            failures.push(format!("{} to a wrong recipient, e.g. {:?}", r.wrong, r.wrong_examples));
+            failures.push(format!(
+                "{} to a wrong recipient, e.g. {:?}",
+                r.wrong, r.wrong_examples
+            ));
         }
         if r.duplicated > r.explained {
             failures.push(format!(
@@ -579,6 +593,19 @@ impl Scenario {
                 self.peak_rss_kb / 1024,
                 rss_limit / 1024
             ));
+        }
+        if r.refusals_not_failed > 0 {
+            failures.push(format!(
+                "{} mails to a refused address did not end failed",
+                r.refusals_not_failed
+            ));
+        }
+        if !self.refused.is_empty() {
+            if r.escalated == 0 {
+                failures.push("no beheer.onbestelbaar for the refused addresses".into());
+            }
+            self.notes
+                .push(format!("{} onbestelbaar notices", r.escalated));
         }
         let pass = failures.is_empty();
         let row = Row {
@@ -603,6 +630,15 @@ impl Scenario {
         };
         row.report();
         if !pass {
+            for k in r.lost_examples.iter().take(2) {
+                if let Some(id) = k.split('"').nth(1) {
+                    let out = self.cli(&["events", "show", id]);
+                    eprintln!(
+                        "events show {id}:\n{}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                }
+            }
             let reasons: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY count(*) DESC",
             )
@@ -611,9 +647,17 @@ impl Scenario {
             .unwrap_or_default();
             eprintln!("quarantine: {reasons:#?}");
             for w in &self.workers {
-                eprintln!("--- {}:\n{}", w.process.log.display(), tail(&w.process.log_text()));
+                eprintln!(
+                    "--- {}:\n{}",
+                    w.process.log.display(),
+                    tail(&w.process.log_text())
+                );
             }
-            panic!("scenario {} failed:\n- {}", self.name, failures.join("\n- "));
+            panic!(
+                "scenario {} failed:\n- {}",
+                self.name,
+                failures.join("\n- ")
+            );
         }
     }
 
@@ -647,17 +691,15 @@ impl Scenario {
     /// Compares the three sources.
     async fn reconcile(&self) -> Reconciled {
         // The database, as operators see it.
-        let list: Vec<serde_json::Value> = serde_json::from_slice(
-            &self.cli(&["deliveries", "list", "--format", "json"]).stdout,
-        )
-        .expect("deliveries list --format json");
+        let list: Vec<serde_json::Value> =
+            serde_json::from_slice(&self.cli(&["deliveries", "list", "--format", "json"]).stdout)
+                .expect("deliveries list --format json");
         let export = self.dir().join("export.jsonl");
         self.cli(&["export", "--output", export.to_str().unwrap()]);
         let mut about: HashMap<String, String> = HashMap::new();
         let mut unknown_of: HashMap<String, usize> = HashMap::new();
         let mut unknown = 0;
         let mut attempt_starts: HashMap<String, Vec<i64>> = HashMap::new();
-        let mut event_received: HashMap<String, i64> = HashMap::new();
         for line in std::fs::read_to_string(&export).unwrap().lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             match v["table"].as_str() {
@@ -677,12 +719,6 @@ impl Scenario {
                         .entry(d)
                         .or_default()
                         .push(v["started_at"].as_i64().unwrap_or(0));
-                }
-                Some("events") => {
-                    event_received.insert(
-                        v["id"].as_str().unwrap().to_owned(),
-                        v["received_at"].as_i64().unwrap_or(0),
-                    );
                 }
                 _ => {}
             }
@@ -711,8 +747,20 @@ impl Scenario {
             })
             .collect();
 
-        // What the relay accepted, one entry per (message, RCPT).
         let mut r = Reconciled::default();
+        // A refused address's module mails end failed, and are escalated.
+        for d in &list {
+            let to = d["recipient"].as_str().unwrap_or("").to_lowercase();
+            let kind = d["kind"].as_str().unwrap_or("");
+            if self.refused.contains(&to) && !kind.starts_with("beheer.") && d["status"] != "failed"
+            {
+                r.refusals_not_failed += 1;
+            }
+            if kind == "beheer.onbestelbaar" {
+                r.escalated += 1;
+            }
+        }
+        // What the relay accepted, one entry per (message, RCPT).
         let mut copies: BTreeMap<(String, String, String, String), Vec<(String, Instant, String)>> =
             BTreeMap::new();
         let mut received: BTreeSet<MailKey> = BTreeSet::new();
@@ -722,7 +770,8 @@ impl Scenario {
                 let rcpt = rcpt.to_lowercase();
                 let Some(d) = by_mid.get(&mid) else {
                     r.wrong += 1;
-                    r.wrong_examples.push(format!("<{mid}> unknown to the database"));
+                    r.wrong_examples
+                        .push(format!("<{mid}> unknown to the database"));
                     continue;
                 };
                 let key = (d.key.0.clone(), d.key.1.clone(), rcpt.clone());
@@ -732,7 +781,8 @@ impl Scenario {
                 {
                     r.wrong += 1;
                     if r.wrong_examples.len() < 5 {
-                        r.wrong_examples.push(format!("{key:?} (delivery {})", d.id));
+                        r.wrong_examples
+                            .push(format!("{key:?} (delivery {})", d.id));
                     }
                 }
                 received.insert(key.clone());
@@ -743,15 +793,14 @@ impl Scenario {
             }
         }
         // A revoked user must get nothing whose attempt began after the revocation's commit.
-        for (addr, event_id) in &self.revoked {
-            let Some(&revoked_at) = event_received.get(event_id) else {
-                continue;
-            };
+        for &(ref addr, revoked_at) in &self.revoked {
             for d in by_mid.values().filter(|d| &d.key.2 == addr) {
                 let late = attempt_starts
                     .get(&d.id)
                     .is_some_and(|s| s.iter().any(|&t| t > revoked_at));
-                let got = received.iter().any(|k| k.0 == d.key.0 && k.1 == d.key.1 && &k.2 == addr);
+                let got = received
+                    .iter()
+                    .any(|k| k.0 == d.key.0 && k.1 == d.key.1 && &k.2 == addr);
                 if late && got && d.key.1 != "certificaat.ingetrokken" {
                     r.wrong += 1;
                     r.wrong_examples
@@ -816,6 +865,8 @@ struct Reconciled {
     wrong: usize,
     wrong_examples: Vec<String>,
     unknown: usize,
+    refusals_not_failed: usize,
+    escalated: usize,
 }
 
 /// One line of the suite's table.
@@ -876,13 +927,16 @@ impl Row {
 
 /// The Message-ID header of a raw mail, without angle brackets.
 pub fn message_id(raw: &str) -> Option<String> {
-    raw.lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("message-id")
-                .then(|| value.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    raw.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("message-id").then(|| {
+            value
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
         })
+    })
 }
 
 /// A `/proc/PID/status` figure in kB (`VmHWM:` is the peak resident size).

@@ -166,10 +166,12 @@ impl Directory {
     }
 
     fn links_of<'a>(&'a self, agb: &'a str) -> impl Iterator<Item = (&'a User, &'a Link)> + 'a {
-        self.users
-            .iter()
-            .filter(|u| u.active)
-            .flat_map(move |u| u.links.iter().filter(move |l| l.agb == agb).map(move |l| (u, l)))
+        self.users.iter().filter(|u| u.active).flat_map(move |u| {
+            u.links
+                .iter()
+                .filter(move |l| l.agb == agb)
+                .map(move |l| (u, l))
+        })
     }
 
     /// U(r): addresses (lower case) of the active users of `agb` with right `r`.
@@ -219,7 +221,10 @@ pub fn mails_for(dir: &Directory, event_type: &str, agb: &str) -> Vec<(String, S
     let mut out = Vec::new();
     if u.is_empty() {
         // No recipient: the contact persons hear of it (none: unroutable).
-        out.extend(cp.iter().map(|a| ("beheer.geen_ontvanger".to_owned(), a.clone())));
+        out.extend(
+            cp.iter()
+                .map(|a| ("beheer.geen_ontvanger".to_owned(), a.clone())),
+        );
         return out;
     }
     out.extend(u.iter().map(|a| (event_type.to_owned(), a.clone())));
