@@ -761,8 +761,9 @@ impl Scenario {
             }
         }
         // What the relay accepted, one entry per (message, RCPT).
-        let mut copies: BTreeMap<(String, String, String, String), Vec<(String, Instant, String)>> =
-            BTreeMap::new();
+        // (event, kind, about, address) -> each copy: (Message-ID, accepted at, delivery id).
+        type Copies = BTreeMap<(String, String, String, String), Vec<(String, Instant, String)>>;
+        let mut copies = Copies::new();
         let mut received: BTreeSet<MailKey> = BTreeSet::new();
         for (m, at) in self.smtp.messages_with_times() {
             let mid = message_id(&m.data_str()).unwrap_or_default();
@@ -838,7 +839,7 @@ impl Scenario {
             // the worker died (or lost the database) before recording it.
             let in_flight = self.faults.iter().any(|f| {
                 c[0].1 <= *f + Duration::from_secs(1)
-                    && f.saturating_duration_since(c[0].1) < Duration::from_secs(15)
+                    && f.saturating_duration_since(c[0].1) < Duration::from_secs(5)
             });
             if same_id && (unknown_attempt || in_flight) {
                 r.explained += extra;
