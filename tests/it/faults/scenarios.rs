@@ -60,25 +60,7 @@ async fn three_instances_two_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: run by tests/faults/run"]
 async fn broker_cut() {
-    let mut s = Scenario::new(
-        "broker_cut",
-        Options {
-            amqp_proxy: true,
-            ..Options::new(S)
-        },
-    )
-    .await;
-    let events = by_tier(1_000, 5_000);
-    s.start_workers(1).await;
-    s.publish_module_events(events / 2).await;
-    s.wait_recorded(events / 10, secs(30)).await;
-    s.amqp_proxy.as_ref().unwrap().cut();
-    s.fault_now();
-    s.publish_module_events(events / 2).await;
-    tokio::time::sleep(by_tier(secs(3), secs(30))).await;
-    s.amqp_proxy.as_ref().unwrap().restore();
-    s.end_fault();
-    s.finish().await;
+    cut_mid_stream("broker_cut", Cut::Broker, by_tier(secs(3), secs(30))).await;
 }
 
 /// The database connection cut mid-stream (through a proxy) and restored:
@@ -86,25 +68,43 @@ async fn broker_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: run by tests/faults/run"]
 async fn database_cut() {
-    let mut s = Scenario::new(
-        "database_cut",
-        Options {
+    cut_mid_stream("database_cut", Cut::Database, by_tier(secs(5), secs(60))).await;
+}
+
+/// Which connection a cut scenario cuts.
+enum Cut {
+    Broker,
+    Database,
+}
+
+/// Half the stream, a cut of `length` once 200 mails are out while the
+/// other half is published, then the connection restored.
+async fn cut_mid_stream(name: &str, cut: Cut, length: Duration) {
+    let options = match cut {
+        Cut::Broker => Options {
+            amqp_proxy: true,
+            ..Options::new(S)
+        },
+        Cut::Database => Options {
             db_proxy: true,
             ..Options::new(PG)
         },
-    )
-    .await;
+    };
+    let mut s = Scenario::new(name, options).await;
     let events = by_tier(1_000, 5_000);
     s.start_workers(1).await;
     s.publish_module_events(events / 2).await;
     s.wait_accepted(200, secs(60)).await;
-    s.db_proxy.as_ref().unwrap().cut();
+    let proxy = s.amqp_proxy.take().or(s.db_proxy.take()).unwrap();
+    proxy.cut();
     s.fault_now();
     s.publish_module_events(events / 2).await;
-    tokio::time::sleep(by_tier(secs(5), secs(60))).await;
-    s.db_proxy.as_ref().unwrap().restore();
+    tokio::time::sleep(length).await;
+    proxy.restore();
     s.end_fault();
+    s.notes.push(format!("cut {}s", length.as_secs()));
     s.finish().await;
+    drop(proxy);
 }
 
 /// The relay answers 421 at MAIL for a while, then 451 at RCPT.
@@ -520,6 +520,13 @@ fn hostile() -> Vec<(String, Vec<u8>)> {
         .filter(|(_, v)| v.is_string())
         .map(|(k, _)| k.clone())
         .collect();
+    out.push(with(&|e| {
+        let v = e["data"]["zorgverzekeraar"]["naam"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        e["data"]["zorgverzekeraar"]["naam"] = format!("{v}\u{0}").into();
+    }));
     for field in data_fields {
         out.push(with(&|e| {
             let v = e["data"][&field].as_str().unwrap().to_owned();
