@@ -689,8 +689,9 @@ async fn directory_races() {
 
 /// docs/recipients.md, "Events that arrive before the directory knows the
 /// user": an update of an active user resolves the recent events of its
-/// practices again. A user who gained a right may get their mails, and a
-/// pending `beheer.geen_ontvanger` of such an event may be cancelled.
+/// practices again. A user who gained a right may get their mails, a
+/// pending `beheer.geen_ontvanger` of such an event may be cancelled, and
+/// an event left without a live module mail may raise a notice.
 fn late_directory_data(s: &mut Scenario, u: &model::User, earlier: &[(String, String, String)]) {
     if !u.active {
         return;
@@ -700,6 +701,14 @@ fn late_directory_data(s: &mut Scenario, u: &model::User, earlier: &[(String, St
         let Some(link) = u.links.iter().find(|l| &l.agb == agb) else {
             continue;
         };
+        // An event whose module mails were all cancelled meanwhile (its
+        // recipients revoked) finds no recipient now: the contact persons
+        // may hear so, at their current addresses.
+        for cp in s.directory.cp(agb) {
+            for notice in ["beheer.geen_ontvanger", "beheer.geen_tekenbevoegde"] {
+                s.allowed.insert((id.clone(), notice.into(), cp.clone()));
+            }
+        }
         if model::rights_for(t).iter().any(|r| link.rights.contains(r)) {
             s.allowed.insert((id.clone(), t.clone(), addr.clone()));
             relax(s, |k| &k.0 == id && k.1 == "beheer.geen_ontvanger");
