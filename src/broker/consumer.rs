@@ -181,11 +181,7 @@ impl Consumer {
     ) -> Result<bool, BrokerError> {
         if !batch.first().is_some_and(|d| d.redelivered) {
             // A `multiple` ack would also ack suspects still being ingested.
-            while let Some(done) = suspects.tasks.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    return Err(e);
-                }
-            }
+            suspects.reap()?;
             let ack = if suspects.tasks.is_empty() {
                 Ack::Multiple
             } else {
@@ -213,11 +209,7 @@ impl Consumer {
                 r
             });
         }
-        while let Some(done) = suspects.tasks.try_join_next() {
-            if let Ok(Err(e)) = done {
-                return Err(e);
-            }
-        }
+        suspects.reap()?;
         Ok(true)
     }
 
@@ -304,6 +296,23 @@ enum Ack {
 struct Suspects {
     tasks: tokio::task::JoinSet<Result<bool, BrokerError>>,
     slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Suspects {
+    /// Collects the finished tasks; a broker error of one ends the session.
+    fn reap(&mut self) -> Result<(), BrokerError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            match done {
+                Ok(Err(e)) => return Err(e),
+                // Unacked, so the broker delivers it again.
+                Err(e) if e.is_panic() => {
+                    error!("ingesting a redelivered message panicked; it stays unacked")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Suspects {

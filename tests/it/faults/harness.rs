@@ -117,7 +117,7 @@ pub struct Published {
 /// A key of one mail: (event id, kind, lower-case address).
 pub type MailKey = (String, String, String);
 
-/// One `notifier run` process and the peak memory seen of it.
+/// One `notifier run` process; a killed one stays listed (its log is shown on failure).
 pub struct Worker {
     pub process: RunProcess,
     pub killed: bool,
@@ -500,23 +500,30 @@ impl Scenario {
         Ok((ev.into_iter().map(|(i,)| i).collect(), q as usize, open))
     }
 
-    /// Waits until the relay has accepted at least `n` messages.
-    pub async fn wait_accepted(&self, n: usize, within: Duration) -> bool {
-        self.smtp.wait_for_count(n, within).await.is_ok()
+    /// Waits until the relay has accepted at least `n` messages, the moment
+    /// a fault is injected; not reaching it fails the scenario (the fault
+    /// would have hit something else).
+    pub async fn wait_accepted(&mut self, n: usize, within: Duration) {
+        if let Err(e) = self.smtp.wait_for_count(n, within).await {
+            self.extra_failures
+                .push(format!("the stream never reached {n} accepted mails: {e}"));
+        }
     }
 
-    /// Waits until `n` more events have been recorded than now.
-    pub async fn wait_recorded(&self, n: usize, within: Duration) -> bool {
+    /// Waits until at least `n` events are recorded; not reaching it fails
+    /// the scenario.
+    pub async fn wait_recorded(&mut self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok((ev, _, _)) = self.db_state().await
                 && ev.len() >= n
             {
-                return true;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
+        self.extra_failures
+            .push(format!("fewer than {n} events recorded within {within:?}"));
     }
 
     /// A random moment: sleeps 0..max.

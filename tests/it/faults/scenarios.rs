@@ -289,9 +289,7 @@ async fn delivery_limit_dead_letters_one() {
     .await;
     // The stuck message: the suite inserts its event id first, in a
     // transaction it keeps open, so the worker's insert waits for it.
-    let mut stuck = s.next_module_event();
-    s.required.retain(|k| k.0 != stuck["id"].as_str().unwrap());
-    stuck["id"] = uuid::Uuid::new_v4().to_string().into();
+    let stuck = model::module_event("naleving.aanleververzoek", &s.directory.agbs[0].clone(), 0);
     let stuck_id = stuck["id"].as_str().unwrap().to_owned();
     let mut lock = sqlx::PgConnection::connect(&s.settings.database.url)
         .await
