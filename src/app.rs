@@ -198,7 +198,13 @@ pub async fn run(
 
     let grace = settings.shutdown.grace.0;
     let consume = consumer.run(shutdown.clone());
-    let dispatch = dispatcher.run(shutdown.clone(), grace);
+    let dispatch = async {
+        if settings.dispatch.enabled {
+            dispatcher.run(shutdown.clone(), grace).await;
+        } else {
+            info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
+        }
+    };
     tokio::join!(consume, dispatch);
     let _ = sampler.await;
     let _ = http.await;

@@ -127,6 +127,9 @@ impl std::fmt::Debug for SmtpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchSettings {
+    /// `false`: `run` ingests and serves HTTP but sends nothing (a backlog
+    /// builds up in the database for another instance or a later start).
+    pub enabled: bool,
     pub batch_size: u32,
     pub lease: HumanDuration,
     pub idle_poll: HumanDuration,
