@@ -12,6 +12,7 @@ use crate::ops::http::{OpsState, router};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::dispatch::{DispatchConfig, Dispatcher};
 use crate::pipeline::ingest::Ingestor;
+use crate::pipeline::wake::{self, DueSignal};
 use crate::store::{RunLock, Store, deliveries, events};
 use crate::templates::Templates;
 use anyhow::Context;
@@ -161,7 +162,8 @@ pub async fn run(
         ingestor(&settings, &store, &metrics),
         metrics.clone(),
         health.clone(),
-    );
+    )
+    .with_due_signal(DueSignal::new(dispatcher.waker(), store.clone()));
 
     let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
         StartError::Config(format!(
@@ -200,7 +202,8 @@ pub async fn run(
     let consume = consumer.run(shutdown.clone());
     let dispatch = async {
         if settings.dispatch.enabled {
-            dispatcher.run(shutdown.clone(), grace).await;
+            let listen = wake::listen(store.clone(), dispatcher.waker(), shutdown.clone());
+            tokio::join!(dispatcher.run(shutdown.clone(), grace), listen);
         } else {
             info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
         }

@@ -24,7 +24,8 @@ use super::{BrokerError, topology};
 use crate::config::AmqpSettings;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::ingest::{Incoming, Ingestor, Source};
+use crate::pipeline::ingest::{Incoming, IngestOutcome, Ingestor, Source};
+use crate::pipeline::wake::DueSignal;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -43,6 +44,8 @@ pub struct Consumer {
     ingestor: Ingestor,
     metrics: Metrics,
     health: Arc<Health>,
+    /// Told when a batch committed deliveries (they are due at once).
+    due: Option<DueSignal>,
 }
 
 impl Consumer {
@@ -58,7 +61,14 @@ impl Consumer {
             ingestor,
             metrics,
             health,
+            due: None,
         }
+    }
+
+    /// Wakes the dispatchers through `due` after every commit that added deliveries.
+    pub fn with_due_signal(mut self, due: DueSignal) -> Self {
+        self.due = Some(due);
+        self
     }
 
     /// Supervises sessions until `shutdown` turns true.
@@ -246,6 +256,11 @@ impl Consumer {
         while done < incoming.len() {
             let result = self.ingestor.ingest_split(&incoming[done..]).await;
             if result.committed > 0 {
+                if let Some(due) = &self.due
+                    && result.outcomes.iter().any(adds_deliveries)
+                {
+                    due.due_now().await;
+                }
                 let from = done;
                 done += result.committed;
                 match ack {
@@ -276,6 +291,14 @@ impl Consumer {
         }
         Ok(true)
     }
+}
+
+fn adds_deliveries(o: &IngestOutcome) -> bool {
+    matches!(
+        o,
+        IngestOutcome::Accepted { deliveries, .. } | IngestOutcome::Applied { deliveries, .. }
+            if *deliveries > 0
+    )
 }
 
 /// How many redelivered messages are ingested at once: each takes a

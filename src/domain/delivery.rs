@@ -207,6 +207,162 @@ pub fn after_secs(now: DateTime<Utc>, secs: f64) -> Option<DateTime<Utc>> {
 /// [`after_secs`], far inside what chrono can add without overflow.
 pub const MAX_DELAY_SECS: f64 = 100.0 * 365.25 * 86_400.0;
 
+/// Where a delivery goes after an attempt (or a check before one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Sent {
+        sent_to: String,
+        at_ms: i64,
+    },
+    Retry {
+        due_ms: i64,
+        retry_step: i64,
+        error: String,
+        sent_to: Option<String>,
+    },
+    Failed {
+        error: String,
+        sent_to: Option<String>,
+    },
+    Cancelled {
+        reason: String,
+    },
+    /// Handed back unsent (the worker is stopping): `pending` as before the
+    /// claim, `last_error` and the retry step untouched.
+    Released,
+}
+
+impl Transition {
+    /// The status this transition leads to.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Sent { .. } => DeliveryStatus::Sent,
+            Self::Retry { .. } => DeliveryStatus::Pending,
+            Self::Failed { .. } => DeliveryStatus::Failed,
+            Self::Cancelled { .. } => DeliveryStatus::Cancelled,
+            Self::Released => DeliveryStatus::Pending,
+        }
+    }
+}
+
+/// How often a 5.7.x refusal of a recipient at RCPT is retried before the
+/// delivery fails.
+pub const MAX_POLICY_RETRIES: i64 = 2;
+
+/// What an attempt showed, as far as the next state depends on it.
+#[derive(Debug, Clone)]
+pub struct Attempted<'a> {
+    pub outcome: AttemptOutcome,
+    /// The relay's reply or the error, kept as the delivery's last error.
+    pub detail: &'a str,
+    /// A 5.7.x refusal of this recipient at RCPT.
+    pub recipient_policy: bool,
+    /// The relay could not be reached, or greeted and then hung.
+    pub unreachable: bool,
+    /// A relay's own "try again in N".
+    pub retry_hint: Option<std::time::Duration>,
+}
+
+/// Where a delivery stood when it was claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub retry_step: i64,
+    pub policy_rejections: i64,
+    pub deadline: DateTime<Utc>,
+}
+
+/// The rules [`next_state`] applies.
+#[derive(Debug, Clone)]
+pub struct StateRules {
+    pub retry: RetryPolicy,
+    /// How long the relay circuit stays open: a relay's fault comes back then.
+    pub breaker_open_for: std::time::Duration,
+}
+
+/// The delivery state machine: where a delivery at `progress` goes after an
+/// attempt to `address` that showed `a` at `now`. `unit` in `[0, 1)` draws
+/// the retry jitter. Pure: the caller records the result.
+pub fn next_state(
+    rules: &StateRules,
+    progress: Progress,
+    a: &Attempted<'_>,
+    address: &str,
+    now: DateTime<Utc>,
+    unit: f64,
+) -> Transition {
+    let sent_to = Some(address.to_owned());
+    let error = a.detail.to_owned();
+    let on_schedule = |error: String, sent_to: Option<String>, hint| match rules.retry.next_due(
+        progress.retry_step.clamp(0, i64::from(u32::MAX)) as u32,
+        now,
+        progress.deadline,
+        hint,
+        unit,
+    ) {
+        Some(due) => Transition::Retry {
+            due_ms: due.timestamp_millis(),
+            retry_step: progress.retry_step + 1,
+            error,
+            sent_to,
+        },
+        None => Transition::Failed {
+            error: format!("deadline passed: {error}"),
+            sent_to,
+        },
+    };
+    match a.outcome {
+        AttemptOutcome::Sent => Transition::Sent {
+            sent_to: address.to_owned(),
+            at_ms: now.timestamp_millis(),
+        },
+        // A recipient's policy refusal is often a passing block (a
+        // reputation list, a full quota mislabelled): two more tries on the
+        // recipient schedule, then it is permanent.
+        AttemptOutcome::Permanent
+            if a.recipient_policy && progress.policy_rejections < MAX_POLICY_RETRIES =>
+        {
+            on_schedule(error, sent_to, None)
+        }
+        AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
+        AttemptOutcome::RelayFault if now > progress.deadline => Transition::Failed {
+            error: format!("deadline passed while the relay was unusable: {error}"),
+            sent_to: None,
+        },
+        // The relay's fault, not the recipient's: the retry step stays, and
+        // the delivery comes back when the circuit probes again.
+        AttemptOutcome::RelayFault => Transition::Retry {
+            due_ms: later(now, rules.breaker_open_for),
+            retry_step: progress.retry_step,
+            error,
+            sent_to: None,
+        },
+        AttemptOutcome::Transient if a.unreachable => {
+            if now > progress.deadline {
+                Transition::Failed {
+                    error: format!("deadline passed: {error}"),
+                    sent_to: None,
+                }
+            } else {
+                Transition::Retry {
+                    due_ms: later(now, rules.breaker_open_for.min(rules.retry.base_delay(0))),
+                    retry_step: progress.retry_step,
+                    error,
+                    sent_to: None,
+                }
+            }
+        }
+        AttemptOutcome::Transient | AttemptOutcome::Unknown => {
+            on_schedule(error, sent_to, a.retry_hint)
+        }
+    }
+}
+
+/// `now + d` in epoch milliseconds, saturating.
+fn later(now: DateTime<Utc>, d: std::time::Duration) -> i64 {
+    now.timestamp_millis()
+        .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Parses a relay's "try again in N seconds/minutes" (greylisting) hint.
 pub fn retry_hint(text: &str) -> Option<std::time::Duration> {
     let lower = text.to_ascii_lowercase();
@@ -319,5 +475,294 @@ mod tests {
             assert_eq!(MailKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(MailKind::all().len(), 19);
+    }
+
+    /// One row of the state machine's table: the attempt, where the
+    /// delivery stood, and what it must become.
+    struct Row {
+        name: &'static str,
+        outcome: AttemptOutcome,
+        recipient_policy: bool,
+        unreachable: bool,
+        hint_secs: Option<u64>,
+        retry_step: i64,
+        policy_rejections: i64,
+        /// Deadline relative to now, in seconds (negative: passed).
+        deadline_in: i64,
+        expect: Expect,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Sent,
+        /// Retry after this many seconds (±jitter), at this step, with or
+        /// without the address it was sent to.
+        Retry {
+            after: i64,
+            step: i64,
+            sent_to: bool,
+        },
+        Failed {
+            deadline: bool,
+            sent_to: bool,
+        },
+    }
+
+    #[test]
+    fn the_state_machine_follows_its_table() {
+        use AttemptOutcome as O;
+        let rules = StateRules {
+            retry: RetryPolicy {
+                schedule: [30, 120].map(StdDuration::from_secs).to_vec(),
+                repeat: StdDuration::from_secs(3600),
+                jitter: 0.0,
+            },
+            breaker_open_for: StdDuration::from_secs(60),
+        };
+        let day = 86_400;
+        let row = |name, outcome, deadline_in, expect| Row {
+            name,
+            outcome,
+            recipient_policy: false,
+            unreachable: false,
+            hint_secs: None,
+            retry_step: 0,
+            policy_rejections: 0,
+            deadline_in,
+            expect,
+        };
+        let table = [
+            row("accepted", O::Sent, day, Expect::Sent),
+            row(
+                "accepted after the deadline still counts",
+                O::Sent,
+                -1,
+                Expect::Sent,
+            ),
+            row(
+                "refused for good",
+                O::Permanent,
+                day,
+                Expect::Failed {
+                    deadline: false,
+                    sent_to: true,
+                },
+            ),
+            row(
+                "4xx: first step",
+                O::Transient,
+                day,
+                Expect::Retry {
+                    after: 30,
+                    step: 1,
+                    sent_to: true,
+                },
+            ),
+            Row {
+                retry_step: 1,
+                ..row(
+                    "4xx: second step",
+                    O::Transient,
+                    day,
+                    Expect::Retry {
+                        after: 120,
+                        step: 2,
+                        sent_to: true,
+                    },
+                )
+            },
+            Row {
+                retry_step: 7,
+                ..row(
+                    "4xx: then the repeat",
+                    O::Transient,
+                    day,
+                    Expect::Retry {
+                        after: 3600,
+                        step: 8,
+                        sent_to: true,
+                    },
+                )
+            },
+            row(
+                "4xx: step past the deadline",
+                O::Transient,
+                10,
+                Expect::Failed {
+                    deadline: true,
+                    sent_to: true,
+                },
+            ),
+            row(
+                "no reply to the data: on the schedule",
+                O::Unknown,
+                day,
+                Expect::Retry {
+                    after: 30,
+                    step: 1,
+                    sent_to: true,
+                },
+            ),
+            Row {
+                hint_secs: Some(300),
+                ..row(
+                    "greylisting hint wins when longer",
+                    O::Transient,
+                    day,
+                    Expect::Retry {
+                        after: 300,
+                        step: 1,
+                        sent_to: true,
+                    },
+                )
+            },
+            Row {
+                hint_secs: Some(10 * day as u64),
+                ..row(
+                    "a hint past the deadline: one try at it",
+                    O::Transient,
+                    day,
+                    Expect::Retry {
+                        after: day,
+                        step: 1,
+                        sent_to: true,
+                    },
+                )
+            },
+            Row {
+                unreachable: true,
+                ..row(
+                    "relay unreachable: soon, step kept",
+                    O::Transient,
+                    day,
+                    Expect::Retry {
+                        after: 30,
+                        step: 0,
+                        sent_to: false,
+                    },
+                )
+            },
+            Row {
+                unreachable: true,
+                ..row(
+                    "relay unreachable after the deadline",
+                    O::Transient,
+                    -1,
+                    Expect::Failed {
+                        deadline: true,
+                        sent_to: false,
+                    },
+                )
+            },
+            Row {
+                retry_step: 2,
+                ..row(
+                    "relay fault: after the circuit, step kept",
+                    O::RelayFault,
+                    day,
+                    Expect::Retry {
+                        after: 60,
+                        step: 2,
+                        sent_to: false,
+                    },
+                )
+            },
+            row(
+                "relay fault after the deadline",
+                O::RelayFault,
+                -1,
+                Expect::Failed {
+                    deadline: true,
+                    sent_to: false,
+                },
+            ),
+            Row {
+                recipient_policy: true,
+                ..row(
+                    "5.7.x at RCPT: retried",
+                    O::Permanent,
+                    day,
+                    Expect::Retry {
+                        after: 30,
+                        step: 1,
+                        sent_to: true,
+                    },
+                )
+            },
+            Row {
+                recipient_policy: true,
+                policy_rejections: 1,
+                retry_step: 1,
+                ..row(
+                    "5.7.x at RCPT: second retry",
+                    O::Permanent,
+                    day,
+                    Expect::Retry {
+                        after: 120,
+                        step: 2,
+                        sent_to: true,
+                    },
+                )
+            },
+            Row {
+                recipient_policy: true,
+                policy_rejections: MAX_POLICY_RETRIES,
+                ..row(
+                    "5.7.x at RCPT: then permanent",
+                    O::Permanent,
+                    day,
+                    Expect::Failed {
+                        deadline: false,
+                        sent_to: true,
+                    },
+                )
+            },
+        ];
+        let now = Utc::now();
+        for r in table {
+            let a = Attempted {
+                outcome: r.outcome,
+                detail: "450 4.2.0 try later",
+                recipient_policy: r.recipient_policy,
+                unreachable: r.unreachable,
+                retry_hint: r.hint_secs.map(StdDuration::from_secs),
+            };
+            let progress = Progress {
+                retry_step: r.retry_step,
+                policy_rejections: r.policy_rejections,
+                deadline: now + Duration::seconds(r.deadline_in),
+            };
+            let t = next_state(&rules, progress, &a, "a@b.example", now, 0.5);
+            let got = match &t {
+                Transition::Sent { sent_to, at_ms } => {
+                    assert_eq!(
+                        (sent_to.as_str(), *at_ms),
+                        ("a@b.example", now.timestamp_millis()),
+                        "{}",
+                        r.name
+                    );
+                    Expect::Sent
+                }
+                Transition::Retry {
+                    due_ms,
+                    retry_step,
+                    error,
+                    sent_to,
+                } => {
+                    assert_eq!(error, "450 4.2.0 try later", "{}", r.name);
+                    Expect::Retry {
+                        after: (due_ms - now.timestamp_millis()) / 1000,
+                        step: *retry_step,
+                        sent_to: sent_to.is_some(),
+                    }
+                }
+                Transition::Failed { error, sent_to } => Expect::Failed {
+                    deadline: error.starts_with("deadline passed"),
+                    sent_to: sent_to.is_some(),
+                },
+                other => panic!("{}: unexpected {other:?}", r.name),
+            };
+            assert_eq!(got, r.expect, "{}", r.name);
+        }
     }
 }

@@ -1,16 +1,21 @@
-//! Dispatch: claim due deliveries under a lease, check the recipient again,
-//! render, send, classify, and record the attempt and the next state in one
-//! transaction. Retries are due times in the database, never held messages.
+//! Dispatch: claim due deliveries under a lease, read what the round needs
+//! in one query per table (served users, events, organisations), check each
+//! recipient again, render, send concurrently, classify, and record the
+//! attempts and next states with group commit ([`super::recorder`]).
+//! Retries are due times in the database, never held messages.
 
-use crate::domain::delivery::{AttemptOutcome, MailKind, RetryPolicy};
-use crate::domain::event::{EventBody, EventType, ValidationRules, parse_event};
+use super::recorder::Recorder;
+use crate::domain::delivery::{
+    self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
+};
+use crate::domain::event::{EventBody, EventType, ModuleEvent, ValidationRules, parse_event};
 use crate::domain::ids::{EmailAddress, Gebruikersnummer};
 use crate::domain::recipients;
 use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
 use crate::ops::metrics::Metrics;
-use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Transition};
+use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Finish, ServedNow, Transition};
 use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
 use crate::templates::Templates;
 use chrono::Utc;
@@ -20,12 +25,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// How often a 5.7.x refusal of a recipient at RCPT is retried before the
-/// delivery fails.
-pub const MAX_POLICY_RETRIES: i64 = 2;
+pub use crate::domain::delivery::MAX_POLICY_RETRIES;
+
+/// Deliveries of a round in flight at once, per relay connection: enough
+/// that rendering and the group commit overlap the sends, few enough that a
+/// shutdown has little to hand back.
+pub const IN_FLIGHT_PER_CONNECTION: usize = 8;
+
+/// The most deliveries one dispatcher has in flight (rendering, sending, or
+/// sent and waiting for their group's commit). It bounds what a `kill -9`
+/// can make arrive twice: every other delivery's outcome is committed.
+pub fn max_in_flight(concurrency: usize, batch_size: u32) -> usize {
+    (concurrency.max(1) * IN_FLIGHT_PER_CONNECTION).min(batch_size.max(1) as usize)
+}
 
 /// What dispatch needs from the settings.
 #[derive(Clone)]
@@ -59,6 +74,21 @@ pub struct Dispatcher {
     /// Sends on the wire now (started, outcome not yet recorded), so that a
     /// send still running when `shutdown.grace` ends is recorded as `unknown`.
     on_wire: Arc<std::sync::Mutex<HashMap<String, OnWire>>>,
+    /// One permit per relay connection: a delivery counts as on the wire
+    /// only once it holds one.
+    wire: Arc<Semaphore>,
+    /// Woken when ingest has committed deliveries that are due now.
+    wake: Arc<Notify>,
+}
+
+/// What a round reads once for all its deliveries.
+#[derive(Default)]
+struct RoundData {
+    served: HashMap<String, Vec<ServedNow>>,
+    events: HashMap<String, ev::EventRow>,
+    /// Each module event of the round, parsed once (or why it cannot be).
+    parsed: HashMap<String, Result<ModuleEvent, String>>,
+    praktijk: HashMap<String, String>,
 }
 
 /// A send in flight.
@@ -94,14 +124,22 @@ impl Dispatcher {
             store,
             templates,
             mailer,
-            cfg,
             owner: format!("{}-{}", hostname(), uuid::Uuid::new_v4()),
             metrics,
             breaker,
             limiter,
             stopping: Arc::new(AtomicBool::new(false)),
             on_wire: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            wire: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            wake: Arc::new(Notify::new()),
+            cfg,
         }
+    }
+
+    /// Wakes the dispatch loop: call it after committing deliveries that are
+    /// due now, so they go out without waiting for `dispatch.idle_poll`.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// The relay circuit, for readiness.
@@ -142,6 +180,7 @@ impl Dispatcher {
                     };
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
+                        _ = self.wake.notified(), if self.breaker.state() != CircuitState::Open => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -261,28 +300,44 @@ impl Dispatcher {
             c
         };
         let n = claimed.len();
+        if n == 0 {
+            return Ok(0);
+        }
         // Every claimed delivery of the round keeps its lease while the round
         // runs, however long a send or the rate limit takes: a lease that ran
         // out under a send in flight would let another instance send it again.
         let held: Arc<std::sync::Mutex<HashSet<String>>> = Arc::new(std::sync::Mutex::new(
             claimed.iter().map(|d| d.id.clone()).collect(),
         ));
-        let work = futures_util::stream::iter(claimed)
-            .map(|d| {
-                let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
-                let held = held.clone();
-                async move {
-                    let id = d.id.clone();
-                    let r = self.handle_isolated(d).await;
-                    held.lock().expect("lease set").remove(&id);
-                    r
-                }
-                .instrument(span)
-            })
-            .buffer_unordered(self.cfg.concurrency.max(1))
-            .collect::<Vec<Result<Transition, StoreError>>>();
+        let data = self.prefetch(&claimed).await?;
+        let (recorder, writing) = Recorder::new(self.store.clone(), self.owner.clone());
+        let in_flight = max_in_flight(self.cfg.concurrency, self.cfg.batch_size).min(n);
+        let work = {
+            let held = held.clone();
+            async move {
+                let results = futures_util::stream::iter(claimed)
+                    .map(|d| {
+                        let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
+                        let held = held.clone();
+                        let (data, recorder) = (&data, &recorder);
+                        async move {
+                            let id = d.id.clone();
+                            let r = self.handle_isolated(d, data, recorder).await;
+                            held.lock().expect("lease set").remove(&id);
+                            r
+                        }
+                        .instrument(span)
+                    })
+                    .buffer_unordered(in_flight)
+                    .collect::<Vec<Result<Transition, StoreError>>>()
+                    .await;
+                // The last handle: the recorder writes what is left and ends.
+                drop(recorder);
+                results
+            }
+        };
         let results = tokio::select! {
-            r = work => r,
+            (r, ()) = async { tokio::join!(work, writing) } => r,
             never = self.renew_leases(&held) => match never {},
         };
         for r in results {
@@ -298,6 +353,58 @@ impl Dispatcher {
             }
         }
         Ok(n)
+    }
+
+    /// Reads, in one statement per table, what the claimed deliveries need:
+    /// their served users as the directory has them now, their events
+    /// (module events parsed once), and the names of the organisations.
+    async fn prefetch(&self, claimed: &[Claimed]) -> Result<RoundData, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let by_users: Vec<&str> = claimed
+            .iter()
+            .filter(|d| d.rule != "ADDRESS")
+            .map(|d| d.id.as_str())
+            .collect();
+        let served = if by_users.is_empty() {
+            HashMap::new()
+        } else {
+            dl::served_users_of(&mut conn, &by_users).await?
+        };
+        let mut event_ids: Vec<&str> = claimed.iter().map(|d| d.event_id.as_str()).collect();
+        event_ids.sort_unstable();
+        event_ids.dedup();
+        let events = ev::get_events(&mut conn, &event_ids).await?;
+        let mut agbs: Vec<&str> = events
+            .values()
+            .filter_map(|e| e.agb_code.as_deref())
+            .collect();
+        agbs.sort_unstable();
+        agbs.dedup();
+        let praktijk = if agbs.is_empty() {
+            HashMap::new()
+        } else {
+            dir::organisation_names(&mut conn, &agbs).await?
+        };
+        drop(conn);
+        let parsed = events
+            .values()
+            .filter(|e| EventType::parse(&e.event_type).is_some_and(|t| t.is_module()))
+            .map(|e| {
+                let m = parse_event(e.payload.as_bytes(), &self.cfg.rules)
+                    .map_err(|r| format!("stored event no longer valid: {r}"))
+                    .and_then(|p| match p.body {
+                        EventBody::Module(m) => Ok(m),
+                        _ => Err("stored event is not a module event".to_owned()),
+                    });
+                (e.id.clone(), m)
+            })
+            .collect();
+        Ok(RoundData {
+            served,
+            events,
+            parsed,
+            praktijk,
+        })
     }
 
     /// Renews the leases in `held` every `dispatch.lease / 3`, fenced by
@@ -357,10 +464,15 @@ impl Dispatcher {
     /// a delivery that makes this version panic would do so again after every
     /// restart. It ends `failed` with the reason, for operators to replay
     /// once the cause is fixed.
-    async fn handle_isolated(&self, d: Claimed) -> Result<Transition, StoreError> {
+    async fn handle_isolated(
+        &self,
+        d: Claimed,
+        data: &RoundData,
+        rec: &Recorder,
+    ) -> Result<Transition, StoreError> {
         let id = d.id.clone();
         let kind = d.kind.clone();
-        match std::panic::AssertUnwindSafe(self.handle(d))
+        match std::panic::AssertUnwindSafe(self.handle(d, data, rec))
             .catch_unwind()
             .await
         {
@@ -390,40 +502,39 @@ impl Dispatcher {
     }
 
     /// Checks, renders, sends and records one claimed delivery.
-    async fn handle(&self, d: Claimed) -> Result<Transition, StoreError> {
+    async fn handle(
+        &self,
+        d: Claimed,
+        data: &RoundData,
+        rec: &Recorder,
+    ) -> Result<Transition, StoreError> {
         if self.stopping.load(Ordering::SeqCst) {
-            return self.finish_released(&d).await;
+            return self.finish_released(&d, rec).await;
         }
         let Some(kind) = MailKind::parse(&d.kind) else {
             // A row this version cannot send (e.g. written by a newer version):
             // end it visibly instead of failing the round again every lease.
             let error = format!("unknown mail kind {:?}: not sent by this version", d.kind);
             error!(%error, "delivery failed");
-            let mut tx = self.store.begin().await?;
-            dl::finish(
-                &mut tx,
-                &d.id,
-                &self.owner,
-                None,
-                &Transition::Failed {
-                    error: error.clone(),
-                    sent_to: None,
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Transition::Failed {
+            let failed = Transition::Failed {
                 error,
                 sent_to: None,
-            });
+            };
+            rec.record(Finish {
+                delivery_id: d.id.clone(),
+                attempt: None,
+                next: failed.clone(),
+            })
+            .await?;
+            return Ok(failed);
         };
-        let mut conn = self.store.pool().acquire().await?;
 
         // Checked at send time: revoked users dropped, the current address used.
         let address = if d.rule == "ADDRESS" {
             d.address.clone()
         } else {
-            let served = dl::served_users(&mut conn, &d.id).await?;
+            let no_users = Vec::new();
+            let served = data.served.get(&d.id).unwrap_or(&no_users);
             let mut active: Vec<_> = served
                 .iter()
                 .filter(|u| u.status.as_deref() == Some("actief"))
@@ -437,7 +548,6 @@ impl Dispatcher {
             }
             if active.len() > 1 {
                 // Users who shared an address no longer do: each address gets its own delivery.
-                drop(conn);
                 let mut tx = self.store.begin().await?;
                 for other in &active[1..] {
                     let users: Vec<&str> = served
@@ -455,22 +565,19 @@ impl Dispatcher {
                     split = active.len() - 1,
                     "served users now have different addresses: split into separate deliveries"
                 );
-                conn = self.store.pool().acquire().await?;
             }
             let Some(current) = active.into_iter().next() else {
-                drop(conn);
                 return self
-                    .finish(&d, kind, None, Transition::Cancelled {
+                    .finish(rec, &d, kind, None, Transition::Cancelled {
                         reason: "cancelled: every user this mail served was revoked (or left the directory)".into(),
                     })
                     .await;
             };
             if d.claimed_address.as_deref() != Some(current.as_str())
-                && !dl::claim_address(&mut conn, &d.id, &self.owner, &current).await?
+                && !self.claim_address(&d, &current).await?
             {
-                drop(conn);
                 return self
-                    .finish(&d, kind, None, Transition::Cancelled {
+                    .finish(rec, &d, kind, None, Transition::Cancelled {
                         reason: "cancelled as duplicate: the user's current address already got this mail".into(),
                     })
                     .await;
@@ -478,17 +585,17 @@ impl Dispatcher {
             current
         };
 
-        let Some(event) = ev::get_event(&mut conn, &d.event_id).await? else {
+        let Some(event) = data.events.get(&d.event_id) else {
             return Err(StoreError::Corrupt(format!(
                 "delivery {} has no event",
                 d.id
             )));
         };
-        let praktijk = match &event.agb_code {
-            Some(a) => dir::organisation_name(&mut conn, a).await?,
-            None => None,
-        };
-        drop(conn);
+        let praktijk = event
+            .agb_code
+            .as_ref()
+            .and_then(|a| data.praktijk.get(a))
+            .map(String::as_str);
 
         if address.parse::<lettre::Address>().is_err() {
             // Kept from before the directory checked this (or written by
@@ -500,6 +607,7 @@ impl Dispatcher {
             error!(reason = %report.detail, "undeliverable address: failed");
             let t = self
                 .finish(
+                    rec,
                     &d,
                     kind,
                     None,
@@ -518,9 +626,9 @@ impl Dispatcher {
         let rendered = self.render(
             kind,
             &d,
-            &event.payload,
+            data.parsed.get(&d.event_id),
             event.agb_code.as_deref(),
-            praktijk.as_deref(),
+            praktijk,
         );
         let bytes = match rendered.and_then(|m| {
             message::build(&self.cfg.from, &address, &m, &d.message_id).map_err(|e| e.to_string())
@@ -530,6 +638,7 @@ impl Dispatcher {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
                 return self
                     .finish(
+                        rec,
                         &d,
                         kind,
                         None,
@@ -542,12 +651,13 @@ impl Dispatcher {
             }
         };
 
+        let connection = self.wire.acquire().await.expect("semaphore never closed");
         let permit = self.limiter.acquire().await;
         // Stopping, or the circuit opened while this one waited its turn:
         // hand it back unsent rather than send into a relay known to fail.
         if self.stopping.load(Ordering::SeqCst) || self.breaker.state() == CircuitState::Open {
-            drop(permit);
-            return self.finish(&d, kind, None, Transition::Released).await;
+            drop((permit, connection));
+            return self.finish(rec, &d, kind, None, Transition::Released).await;
         }
         let started = Utc::now();
         let clock = Instant::now();
@@ -565,7 +675,7 @@ impl Dispatcher {
             .send(self.cfg.from.email.as_ref(), &address, &d.id, &bytes)
             .await;
         let duration = clock.elapsed();
-        drop(permit);
+        drop((permit, connection));
         let mut report = report;
         let refusal = report
             .recipient_policy
@@ -611,7 +721,9 @@ impl Dispatcher {
                 "not sent"
             ),
         }
-        let t = self.finish(&d, kind, Some(&attempt), next).await;
+        let t = self
+            .finish(rec, &d, kind, Some(attempt.clone()), next)
+            .await;
         self.on_wire.lock().expect("on-wire set").remove(&d.id);
         let t = t?;
         if attempt.policy_rejection && self.breaker.is_refusing() {
@@ -630,21 +742,21 @@ impl Dispatcher {
         &self,
         kind: MailKind,
         d: &Claimed,
-        payload: &str,
+        parsed: Option<&Result<ModuleEvent, String>>,
         agb: Option<&str>,
         praktijk: Option<&str>,
     ) -> Result<crate::templates::RenderedMail, String> {
         let ctx = match kind {
             MailKind::Module(_) => {
-                let e = parse_event(payload.as_bytes(), &self.cfg.rules)
-                    .map_err(|r| format!("stored event no longer valid: {r}"))?;
-                let EventBody::Module(m) = e.body else {
-                    return Err("stored event is not a module event".into());
+                let m = match parsed {
+                    Some(Ok(m)) => m,
+                    Some(Err(reason)) => return Err(reason.clone()),
+                    None => return Err("stored event is not a module event".into()),
                 };
                 let praktijk = praktijk
                     .map(str::to_owned)
                     .unwrap_or_else(|| m.agb_code.to_string());
-                context::module_context(kind.as_str(), &m, &praktijk, &self.cfg.portal_url)
+                context::module_context(kind.as_str(), m, &praktijk, &self.cfg.portal_url)
             }
             _ => {
                 let notice: serde_json::Value = d
@@ -713,95 +825,39 @@ impl Dispatcher {
         address: &str,
         now: chrono::DateTime<Utc>,
     ) -> Transition {
-        let deadline = from_ms(d.deadline);
-        let sent_to = Some(address.to_owned());
-        let error = r.detail.clone();
-        match r.outcome {
-            AttemptOutcome::Sent => Transition::Sent {
-                sent_to: address.to_owned(),
-                at_ms: ms(now),
-            },
-            // A recipient's policy refusal is often a passing block (a
-            // reputation list, a full quota mislabelled): two more tries on
-            // the recipient schedule, then it is permanent.
-            AttemptOutcome::Permanent
-                if r.recipient_policy && d.policy_rejections < MAX_POLICY_RETRIES =>
-            {
-                self.on_schedule(d, None, now, deadline, error, sent_to)
-            }
-            AttemptOutcome::Permanent => Transition::Failed { error, sent_to },
-            AttemptOutcome::RelayFault if now > deadline => Transition::Failed {
-                error: format!("deadline passed while the relay was unusable: {error}"),
-                sent_to: None,
-            },
-            AttemptOutcome::RelayFault => {
-                // The relay's fault, not the recipient's: keep the retry step,
-                // come back when the circuit probes again.
-                let due = now + self.cfg.breaker_open_for;
-                Transition::Retry {
-                    due_ms: ms(due),
-                    retry_step: d.retry_step,
-                    error,
-                    sent_to: None,
-                }
-            }
-            AttemptOutcome::Transient if r.connect_failed || r.timed_out => {
-                let due = now + self.cfg.breaker_open_for.min(self.cfg.retry.base_delay(0));
-                if now > deadline {
-                    Transition::Failed {
-                        error: format!("deadline passed: {error}"),
-                        sent_to: None,
-                    }
-                } else {
-                    Transition::Retry {
-                        due_ms: ms(due),
-                        retry_step: d.retry_step,
-                        error,
-                        sent_to: None,
-                    }
-                }
-            }
-            AttemptOutcome::Transient | AttemptOutcome::Unknown => {
-                self.on_schedule(d, r.retry_hint, now, deadline, error, sent_to)
-            }
-        }
+        let rules = StateRules {
+            retry: self.cfg.retry.clone(),
+            breaker_open_for: self.cfg.breaker_open_for,
+        };
+        let progress = Progress {
+            retry_step: d.retry_step,
+            policy_rejections: d.policy_rejections,
+            deadline: from_ms(d.deadline),
+        };
+        let attempted = Attempted {
+            outcome: r.outcome,
+            detail: &r.detail,
+            recipient_policy: r.recipient_policy,
+            unreachable: r.connect_failed || r.timed_out,
+            retry_hint: r.retry_hint,
+        };
+        delivery::next_state(&rules, progress, &attempted, address, now, rand::random())
     }
 
-    /// The next step of the retry schedule (a relay's own wait honoured),
-    /// or failed when that is past the deadline.
-    fn on_schedule(
-        &self,
-        d: &Claimed,
-        hint: Option<Duration>,
-        now: chrono::DateTime<Utc>,
-        deadline: chrono::DateTime<Utc>,
-        error: String,
-        sent_to: Option<String>,
-    ) -> Transition {
-        let unit: f64 = rand::random();
-        match self
-            .cfg
-            .retry
-            .next_due(d.retry_step as u32, now, deadline, hint, unit)
-        {
-            Some(due) => Transition::Retry {
-                due_ms: ms(due),
-                retry_step: d.retry_step + 1,
-                error,
-                sent_to,
-            },
-            None => Transition::Failed {
-                error: format!("deadline passed: {error}"),
-                sent_to,
-            },
-        }
-    }
-
-    async fn finish_released(&self, d: &Claimed) -> Result<Transition, StoreError> {
-        let mut tx = self.store.begin().await?;
-        dl::finish(&mut tx, &d.id, &self.owner, None, &Transition::Released).await?;
-        tx.commit().await?;
+    async fn finish_released(&self, d: &Claimed, rec: &Recorder) -> Result<Transition, StoreError> {
+        rec.record(Finish {
+            delivery_id: d.id.clone(),
+            attempt: None,
+            next: Transition::Released,
+        })
+        .await?;
         Ok(Transition::Released)
+    }
+
+    /// Takes `address` for `d` ([`dl::claim_address`]).
+    async fn claim_address(&self, d: &Claimed, address: &str) -> Result<bool, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        dl::claim_address(&mut conn, &d.id, &self.owner, address).await
     }
 
     /// Records `next` (and the attempt, if there was one) under this
@@ -812,23 +868,25 @@ impl Dispatcher {
     /// lease.
     async fn finish(
         &self,
+        rec: &Recorder,
         d: &Claimed,
         kind: MailKind,
-        attempt: Option<&AttemptRecord>,
+        attempt: Option<AttemptRecord>,
         next: Transition,
     ) -> Result<Transition, StoreError> {
         let mut backoff = Duration::from_millis(100);
+        let sent = attempt.is_some();
         let kept = loop {
-            let recorded = async {
-                let mut tx = self.store.begin().await?;
-                let kept = dl::finish(&mut tx, &d.id, &self.owner, attempt, &next).await?;
-                tx.commit().await?;
-                Ok::<_, StoreError>(kept)
-            }
-            .await;
+            let recorded = rec
+                .record(Finish {
+                    delivery_id: d.id.clone(),
+                    attempt: attempt.clone(),
+                    next: next.clone(),
+                })
+                .await;
             match recorded {
                 Ok(kept) => break kept,
-                Err(e) if attempt.is_some() && !e.is_data_error() => {
+                Err(e) if sent && !e.is_data_error() => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "cannot record the outcome of a send: keeping it and trying again (the mail is not sent again)");
                     tokio::time::sleep(backoff).await;

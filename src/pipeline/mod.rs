@@ -4,3 +4,5 @@
 pub mod dispatch;
 pub mod ingest;
 pub mod plan;
+pub mod recorder;
+pub mod wake;

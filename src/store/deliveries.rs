@@ -1,10 +1,11 @@
 //! The delivery queue: one row per mail (event × kind × address), claimed
 //! under a lease, and an `attempts` row for every SMTP attempt.
 
-use super::{Backend, StoreError, storable};
+use super::{Backend, MAX_PARAMS, StoreError, placeholders, storable};
 use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
 use crate::domain::recipients::PlannedDelivery;
 use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
 
 /// The Message-ID of a delivery: stable across retries and replays, so a
 /// repeated mail is recognisable downstream.
@@ -191,6 +192,41 @@ pub async fn served_users(
         .collect()
 }
 
+/// [`served_users`] of many deliveries at once (one statement per 500),
+/// by delivery id; a delivery without served users is absent.
+pub async fn served_users_of(
+    conn: &mut AnyConnection,
+    delivery_ids: &[&str],
+) -> Result<HashMap<String, Vec<ServedNow>>, StoreError> {
+    let mut by_delivery: HashMap<String, Vec<ServedNow>> = HashMap::new();
+    for chunk in delivery_ids.chunks(500) {
+        let sql = format!(
+            "SELECT du.delivery_id, du.gebruikersnummer, du.rule, du.versie, u.naam, u.email, u.status FROM delivery_users du \
+             LEFT JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
+             WHERE du.delivery_id IN ({}) ORDER BY du.delivery_id, du.gebruikersnummer",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            by_delivery
+                .entry(r.try_get("delivery_id")?)
+                .or_default()
+                .push(ServedNow {
+                    gebruikersnummer: r.try_get("gebruikersnummer")?,
+                    rule: r.try_get("rule")?,
+                    versie: r.try_get("versie")?,
+                    naam: r.try_get("naam")?,
+                    email: r.try_get("email")?,
+                    status: r.try_get("status")?,
+                });
+        }
+    }
+    Ok(by_delivery)
+}
+
 /// Moves `users` off delivery `from` onto the delivery of the same event,
 /// kind and about that has taken `address`: a new pending one (same rule,
 /// notice and deadline), a cancelled one at that address revived, or the
@@ -320,43 +356,7 @@ pub struct AttemptRecord {
     pub policy_rejection: bool,
 }
 
-/// Where a delivery goes after an attempt (or a check before one).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transition {
-    Sent {
-        sent_to: String,
-        at_ms: i64,
-    },
-    Retry {
-        due_ms: i64,
-        retry_step: i64,
-        error: String,
-        sent_to: Option<String>,
-    },
-    Failed {
-        error: String,
-        sent_to: Option<String>,
-    },
-    Cancelled {
-        reason: String,
-    },
-    /// Handed back unsent (the worker is stopping): `pending` as before the
-    /// claim, `last_error` and the retry step untouched.
-    Released,
-}
-
-impl Transition {
-    /// The status this transition leads to.
-    pub fn status(&self) -> DeliveryStatus {
-        match self {
-            Self::Sent { .. } => DeliveryStatus::Sent,
-            Self::Retry { .. } => DeliveryStatus::Pending,
-            Self::Failed { .. } => DeliveryStatus::Failed,
-            Self::Cancelled { .. } => DeliveryStatus::Cancelled,
-            Self::Released => DeliveryStatus::Pending,
-        }
-    }
-}
+pub use crate::domain::delivery::Transition;
 
 /// Records an attempt (if any) and moves the delivery on, only while `owner`
 /// still holds its lease. Returns `false` when the lease was lost.
@@ -379,37 +379,14 @@ pub async fn finish(
         .rows_affected();
         return Ok(n == 1);
     }
-    #[allow(clippy::type_complexity)]
-    let (status, due, step, err, sent_to, sent_at): (
-        &str,
-        Option<i64>,
-        Option<i64>,
-        Option<&str>,
-        Option<&str>,
-        Option<i64>,
-    ) = match next {
-        Transition::Sent { sent_to, at_ms } => {
-            ("sent", None, None, None, Some(sent_to), Some(*at_ms))
-        }
-        Transition::Retry {
-            due_ms,
-            retry_step,
-            error,
-            sent_to,
-        } => (
-            "pending",
-            Some(*due_ms),
-            Some(*retry_step),
-            Some(error),
-            sent_to.as_deref(),
-            None,
-        ),
-        Transition::Failed { error, sent_to } => {
-            ("failed", None, None, Some(error), sent_to.as_deref(), None)
-        }
-        Transition::Cancelled { reason } => ("cancelled", None, None, Some(reason), None, None),
-        Transition::Released => unreachable!("handled above"),
-    };
+    let Columns {
+        status,
+        due,
+        step,
+        err,
+        sent_to,
+        sent_at,
+    } = Columns::of(next);
     let bump = i64::from(attempt.is_some());
     let policy = i64::from(attempt.is_some_and(|a| a.policy_rejection));
     let n = sqlx::query(
@@ -451,6 +428,184 @@ pub async fn finish(
         .await?;
     }
     Ok(true)
+}
+
+/// One outcome to record with [`finish_many`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub delivery_id: String,
+    pub attempt: Option<AttemptRecord>,
+    pub next: Transition,
+}
+
+/// [`finish`] for many deliveries in a few statements (group commit: the
+/// caller commits them together). Every row is fenced on `owner`'s lease as
+/// in `finish`; the answer says, per item in order, whether it was kept.
+pub async fn finish_many(
+    conn: &mut AnyConnection,
+    owner: &str,
+    items: &[Finish],
+) -> Result<Vec<bool>, StoreError> {
+    let mut kept: HashMap<&str, i64> = HashMap::with_capacity(items.len());
+    let released: Vec<&str> = items
+        .iter()
+        .filter(|f| matches!(f.next, Transition::Released))
+        .map(|f| f.delivery_id.as_str())
+        .collect();
+    for chunk in released.chunks(500) {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
+             WHERE status = 'sending' AND lease_owner = $1 AND id IN ({}) RETURNING id, attempts",
+            placeholders(2, chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for (id, n) in q.fetch_all(&mut *conn).await? {
+            if let Some(id) = chunk.iter().find(|c| **c == id) {
+                kept.insert(id, n);
+            }
+        }
+    }
+    let moving: Vec<&Finish> = items
+        .iter()
+        .filter(|f| !matches!(f.next, Transition::Released))
+        .collect();
+    const COLS: usize = 9;
+    for chunk in moving.chunks(MAX_PARAMS / COLS) {
+        // One row of values per delivery; the casts give PostgreSQL the
+        // column types (NULLs included) that SQLite does not need.
+        let values = (0..chunk.len())
+            .map(|r| {
+                let p = |c: usize| r * COLS + c + 2;
+                format!(
+                    "(${}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS (VALUES {values}) \
+             UPDATE deliveries SET status = v.status, due_at = COALESCE(v.due, deliveries.due_at), \
+             retry_step = COALESCE(v.step, deliveries.retry_step), last_error = v.err, \
+             sent_to = COALESCE(v.sent_to, deliveries.sent_to), sent_at = COALESCE(v.sent_at, deliveries.sent_at), \
+             attempts = deliveries.attempts + v.bump, policy_rejections = deliveries.policy_rejections + v.policy, \
+             lease_until = NULL, lease_owner = NULL, \
+             claimed_address = CASE WHEN v.status = 'cancelled' THEN NULL ELSE deliveries.claimed_address END \
+             FROM v WHERE deliveries.id = v.id AND deliveries.status = 'sending' AND deliveries.lease_owner = $1 \
+             RETURNING deliveries.id, deliveries.attempts"
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
+        for f in chunk {
+            let c = Columns::of(&f.next);
+            q = q
+                .bind(f.delivery_id.as_str())
+                .bind(c.status)
+                .bind(c.due)
+                .bind(c.step)
+                .bind(c.err.map(storable))
+                .bind(c.sent_to.map(str::to_owned))
+                .bind(c.sent_at)
+                .bind(i64::from(f.attempt.is_some()))
+                .bind(i64::from(
+                    f.attempt.as_ref().is_some_and(|a| a.policy_rejection),
+                ));
+        }
+        for (id, n) in q.fetch_all(&mut *conn).await? {
+            if let Some(f) = chunk.iter().find(|f| f.delivery_id == id) {
+                kept.insert(f.delivery_id.as_str(), n);
+            }
+        }
+    }
+    let attempts: Vec<(&str, i64, &AttemptRecord)> = items
+        .iter()
+        .filter_map(|f| {
+            let n = *kept.get(f.delivery_id.as_str())?;
+            Some((f.delivery_id.as_str(), n, f.attempt.as_ref()?))
+        })
+        .collect();
+    const ACOLS: usize = 8;
+    for chunk in attempts.chunks(MAX_PARAMS / ACOLS) {
+        let values = (0..chunk.len())
+            .map(|r| format!("({})", placeholders(r * ACOLS + 1, ACOLS)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail) VALUES {values}"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, n, a) in chunk {
+            q = q
+                .bind(*id)
+                .bind(*n)
+                .bind(a.started_at_ms)
+                .bind(a.duration_ms)
+                .bind(a.outcome.as_str())
+                .bind(a.smtp_code)
+                .bind(a.enhanced_code.as_deref().map(storable))
+                .bind(storable(&truncate(&a.detail, 1000)));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(items
+        .iter()
+        .map(|f| kept.contains_key(f.delivery_id.as_str()))
+        .collect())
+}
+
+/// The columns a transition writes (`None`: left as it is, for the
+/// COALESCEd ones).
+struct Columns<'a> {
+    status: &'static str,
+    due: Option<i64>,
+    step: Option<i64>,
+    err: Option<&'a str>,
+    sent_to: Option<&'a str>,
+    sent_at: Option<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(t: &'a Transition) -> Self {
+        let none = |status| Columns {
+            status,
+            due: None,
+            step: None,
+            err: None,
+            sent_to: None,
+            sent_at: None,
+        };
+        match t {
+            Transition::Sent { sent_to, at_ms } => Columns {
+                sent_to: Some(sent_to),
+                sent_at: Some(*at_ms),
+                ..none("sent")
+            },
+            Transition::Retry {
+                due_ms,
+                retry_step,
+                error,
+                sent_to,
+            } => Columns {
+                due: Some(*due_ms),
+                step: Some(*retry_step),
+                err: Some(error),
+                sent_to: sent_to.as_deref(),
+                ..none("pending")
+            },
+            Transition::Failed { error, sent_to } => Columns {
+                err: Some(error),
+                sent_to: sent_to.as_deref(),
+                ..none("failed")
+            },
+            Transition::Cancelled { reason } => Columns {
+                err: Some(reason),
+                ..none("cancelled")
+            },
+            Transition::Released => none("pending"),
+        }
+    }
 }
 
 /// The relay turned out to refuse us, not the recipients: deliveries already

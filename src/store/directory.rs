@@ -306,6 +306,26 @@ pub async fn organisation_name(
     )
 }
 
+/// The names of these organisations (one statement per 500 codes), by AGB code.
+pub async fn organisation_names(
+    conn: &mut AnyConnection,
+    agbs: &[&str],
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    let mut names = std::collections::HashMap::with_capacity(agbs.len());
+    for chunk in agbs.chunks(500) {
+        let sql = format!(
+            "SELECT agb_code, naam FROM organisations WHERE agb_code IN ({})",
+            super::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            q = q.bind(*a);
+        }
+        names.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(names)
+}
+
 /// Records a directory update that was not applied (stale, unknown user), for counts and audits.
 pub async fn log_skipped(
     conn: &mut AnyConnection,

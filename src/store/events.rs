@@ -93,6 +93,29 @@ pub async fn get_event(conn: &mut AnyConnection, id: &str) -> Result<Option<Even
     row.as_ref().map(event_row).transpose()
 }
 
+/// The events with these ids (one statement per 500 ids), by id.
+pub async fn get_events(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, EventRow>, StoreError> {
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE id IN ({})",
+            super::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let e = event_row(&r)?;
+            found.insert(e.id.clone(), e);
+        }
+    }
+    Ok(found)
+}
+
 /// Events about `agb` received since `since_ms` that can gain recipients
 /// (accepted or unroutable), oldest first.
 pub async fn recent_for_agb(

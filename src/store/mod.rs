@@ -87,6 +87,18 @@ pub fn storable(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
+/// Bind parameters per statement: well under SQLite's (32,766) and
+/// PostgreSQL's (65,535) limits, and small enough to plan quickly.
+pub(crate) const MAX_PARAMS: usize = 900;
+
+/// `$first, $first+1, …` for `n` parameters (an `IN (…)` list).
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Which SQL dialect is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -99,6 +111,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Kept for connections outside the pool (PostgreSQL `LISTEN`); it may
+    /// hold a password: never print it.
+    url: std::sync::Arc<str>,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -175,7 +190,16 @@ impl Store {
             })
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.as_str().into(),
+        })
+    }
+
+    /// The database URL (may hold a password: never print it).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// The backend in use.

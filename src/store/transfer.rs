@@ -13,7 +13,7 @@
 //! database with a table or column it does not list, so a new migration
 //! cannot be left out of a move silently: extend [`TABLES`] with it.
 
-use super::{Backend, Store, StoreError, Tx};
+use super::{Backend, MAX_PARAMS, Store, StoreError, Tx};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::TryStreamExt;
@@ -442,9 +442,6 @@ fn clear_lease(t: &Table, row: &mut [Cell]) -> bool {
     row[col("lease_owner")] = Cell::Text(None);
     changed
 }
-
-/// Parameters per INSERT: well under SQLite's and PostgreSQL's limits.
-const MAX_PARAMS: usize = 900;
 
 async fn insert_rows(tx: &mut Tx, t: &Table, rows: &mut Vec<Vec<Cell>>) -> Result<(), StoreError> {
     if rows.is_empty() {
