@@ -367,67 +367,13 @@ pub async fn finish(
     attempt: Option<&AttemptRecord>,
     next: &Transition,
 ) -> Result<bool, StoreError> {
-    if matches!(next, Transition::Released) {
-        let n = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
-             WHERE id = $1 AND status = 'sending' AND lease_owner = $2",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        return Ok(n == 1);
-    }
-    let Columns {
-        status,
-        due,
-        step,
-        err,
-        sent_to,
-        sent_at,
-    } = Columns::of(next);
-    let bump = i64::from(attempt.is_some());
-    let policy = i64::from(attempt.is_some_and(|a| a.policy_rejection));
-    let n = sqlx::query(
-        "UPDATE deliveries SET status = $1, due_at = COALESCE($2, due_at), retry_step = COALESCE($3, retry_step), \
-         last_error = $4, sent_to = COALESCE($5, sent_to), sent_at = COALESCE($6, sent_at), attempts = attempts + $7, \
-         policy_rejections = policy_rejections + $10, lease_until = NULL, lease_owner = NULL, \
-         claimed_address = CASE WHEN $1 = 'cancelled' THEN NULL ELSE claimed_address END \
-         WHERE id = $8 AND status = 'sending' AND lease_owner = $9",
-    )
-    .bind(status)
-    .bind(due)
-    .bind(step)
-    .bind(err.map(storable))
-    .bind(sent_to)
-    .bind(sent_at)
-    .bind(bump)
-    .bind(delivery_id)
-    .bind(owner)
-    .bind(policy)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Ok(false);
-    }
-    if let Some(a) = attempt {
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail) \
-             VALUES ($1, (SELECT attempts FROM deliveries WHERE id = $1), $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(delivery_id)
-        .bind(a.started_at_ms)
-        .bind(a.duration_ms)
-        .bind(a.outcome.as_str())
-        .bind(a.smtp_code)
-        .bind(a.enhanced_code.as_deref().map(storable))
-        .bind(storable(&truncate(&a.detail, 1000)))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(true)
+    let one = Finish {
+        delivery_id: delivery_id.to_owned(),
+        attempt: attempt.cloned(),
+        next: next.clone(),
+    };
+    let kept = finish_many(conn, owner, std::slice::from_ref(&one)).await?;
+    Ok(kept.first().copied().unwrap_or(false))
 }
 
 /// One outcome to record with [`finish_many`].

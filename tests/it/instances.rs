@@ -5,8 +5,8 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, declare_topology, event_for, many_users, parse_mail,
-    test_toml_with_db, wait_all_deliveries,
+    RunProcess, TestBackend, TestDb, TopologyGuard, declare_topology, event_for, many_users,
+    parse_mail, spawn_app_with, test_toml_with_db, wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
 use std::collections::BTreeMap;
@@ -219,6 +219,67 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
 /// COMMITTED) an address change can read "no such user" and then apply,
 /// because another instance created the user in between. Ingest must not
 /// assume the first read.
+/// PostgreSQL: an instance that only ingests (`dispatch.enabled = false`)
+/// wakes another that only sends and would otherwise poll once an hour
+/// (`LISTEN`/`NOTIFY`).
+#[tokio::test]
+async fn an_ingesting_instance_wakes_a_sending_instance_through_the_database() {
+    let ingesting =
+        spawn_app_with("[dispatch]\nenabled = false", TestBackend::Postgres, |_| {}).await;
+    let mut sender = ingesting.settings.clone();
+    sender.dispatch.enabled = true;
+    sender.dispatch.idle_poll = notifier::config::HumanDuration(Duration::from_secs(3600));
+    // Its own, silent exchange and queue: it receives no event, so only a
+    // notification can tell it that something is due.
+    let silent = format!("silent.{}", uuid::Uuid::new_v4());
+    sender.amqp.exchange = silent.clone();
+    sender.amqp.queue = silent.clone();
+    sender.amqp.dead_letter_exchange = format!("{silent}.dlx");
+    sender.amqp.dead_letter_queue = format!("{silent}.dlq");
+    sender.http.listen = "127.0.0.1:0".parse().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(notifier::app::run(sender, stopped, Some(ready_tx)));
+    ready_rx.await.expect("the sending instance started");
+    // Its listener is subscribed before anything is published.
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(ingesting.store.pool())
+        .await
+        .unwrap();
+        if listening > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sending instance never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    ingesting
+        .import_directory(&crate::support::sample_directory())
+        .await;
+    for _ in 0..2 {
+        let id = ingesting
+            .publish_fresh("contract.voorstel_aangeboden")
+            .await;
+        ingesting
+            .wait_deliveries(
+                Some(&id),
+                "both deliveries sent by the other instance",
+                |r| r.len() == 2 && r.iter().all(|d| d.status == "sent"),
+            )
+            .await;
+    }
+    assert_eq!(ingesting.smtp.count(), 4);
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
     use notifier::domain::ids::{EmailAddress, Gebruikersnummer};

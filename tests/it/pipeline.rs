@@ -69,6 +69,22 @@ async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() 
     app.stop().await;
 }
 
+/// With polling made useless (`dispatch.idle_poll` an hour), a published
+/// event's mails still go out: ingest wakes the dispatcher when it commits.
+#[tokio::test]
+async fn ingest_wakes_the_dispatcher_instead_of_waiting_for_the_poll() {
+    let app = spawn_app("[dispatch]\nidle_poll = \"1h\"").await;
+    app.import_directory(&sample_directory()).await;
+    for _ in 0..3 {
+        let id = app.publish_fresh("contract.voorstel_aangeboden").await;
+        app.wait_deliveries(Some(&id), "both deliveries sent", |r| {
+            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+        })
+        .await;
+    }
+    assert_eq!(app.smtp.count(), 6);
+}
+
 #[tokio::test]
 async fn bad_input_is_quarantined_and_the_next_good_message_still_delivered() {
     let app = spawn_app("").await;

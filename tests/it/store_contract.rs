@@ -980,6 +980,135 @@ async fn attempts_are_numbered_and_retries_keep_their_step(store: Store) {
     );
 }
 
+async fn a_group_of_finishes_is_recorded_together_and_fenced_per_delivery(store: Store) {
+    let ids = event_with_deliveries(&store, "e-1", 6, 1).await;
+    assert_eq!(claim(&store, "me", 10, 1_000, 5).await.len(), 5);
+    // The sixth is someone else's: its finish in my group must not count.
+    let theirs = claim(&store, "other", 10, 1_000, 1).await.remove(0);
+    let sent = |i: usize| Transition::Sent {
+        sent_to: format!("u{i}@praktijk.example"),
+        at_ms: 7_000 + i as i64,
+    };
+    let group = vec![
+        dl::Finish {
+            delivery_id: ids[0].clone(),
+            attempt: Some(attempt(AttemptOutcome::Sent, Some(250))),
+            next: sent(0),
+        },
+        dl::Finish {
+            delivery_id: ids[1].clone(),
+            attempt: Some(AttemptRecord {
+                policy_rejection: true,
+                ..attempt(AttemptOutcome::Permanent, Some(550))
+            }),
+            next: Transition::Retry {
+                due_ms: 9_000,
+                retry_step: 1,
+                error: "550 5.7.1 blocked\0here".into(),
+                sent_to: Some("u1@praktijk.example".into()),
+            },
+        },
+        dl::Finish {
+            delivery_id: ids[2].clone(),
+            attempt: None,
+            next: Transition::Cancelled {
+                reason: "revoked".into(),
+            },
+        },
+        dl::Finish {
+            delivery_id: ids[3].clone(),
+            attempt: None,
+            next: Transition::Released,
+        },
+        dl::Finish {
+            delivery_id: theirs.id.clone(),
+            attempt: Some(attempt(AttemptOutcome::Sent, Some(250))),
+            next: sent(9),
+        },
+        dl::Finish {
+            delivery_id: ids[4].clone(),
+            attempt: Some(attempt(AttemptOutcome::Permanent, Some(550))),
+            next: Transition::Failed {
+                error: "550 no such user".into(),
+                sent_to: Some("u4@praktijk.example".into()),
+            },
+        },
+    ];
+    let mut tx = store.begin().await.unwrap();
+    let kept = dl::finish_many(&mut tx, "me", &group).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(kept, vec![true, true, true, true, false, true]);
+
+    let rows = list(&store, DeliveryFilter::default()).await;
+    let row = |id: &str| rows.iter().find(|d| d.id == id).unwrap().clone();
+    let d0 = row(&ids[0]);
+    assert_eq!(
+        (d0.status.as_str(), d0.attempts, d0.sent_at, d0.last_error),
+        ("sent", 1, Some(7_000), None)
+    );
+    let d1 = row(&ids[1]);
+    assert_eq!(
+        (d1.status.as_str(), d1.attempts, d1.due_at),
+        ("pending", 1, 9_000)
+    );
+    assert_eq!(
+        d1.last_error.as_deref(),
+        Some("550 5.7.1 blocked\u{FFFD}here")
+    );
+    assert_eq!(row(&ids[2]).status, "cancelled");
+    let d3 = row(&ids[3]);
+    assert_eq!(
+        (d3.status.as_str(), d3.attempts),
+        ("pending", 0),
+        "released unsent"
+    );
+    assert_eq!(
+        row(&theirs.id).status,
+        "sending",
+        "another owner's lease holds"
+    );
+    assert_eq!(row(&ids[4]).status, "failed");
+
+    let mut c = store.pool().acquire().await.unwrap();
+    assert_eq!(dl::attempts(&mut c, &ids[0]).await.unwrap().len(), 1);
+    assert!(dl::attempts(&mut c, &ids[2]).await.unwrap().is_empty());
+    assert!(
+        dl::attempts(&mut c, &theirs.id).await.unwrap().is_empty(),
+        "no attempt row without the lease"
+    );
+    drop(c);
+    // The policy refusal counted: the next claim sees it, and the retry step.
+    let again = claim(&store, "me", 9_000, 1_000, 10).await;
+    let c1 = again.iter().find(|d| d.id == ids[1]).unwrap();
+    assert_eq!(
+        (c1.policy_rejections, c1.retry_step, c1.attempts),
+        (1, 1, 1)
+    );
+    // A second group numbers its attempts on from the first.
+    let mut tx = store.begin().await.unwrap();
+    let kept = dl::finish_many(
+        &mut tx,
+        "me",
+        &[dl::Finish {
+            delivery_id: ids[1].clone(),
+            attempt: Some(attempt(AttemptOutcome::Sent, Some(250))),
+            next: sent(1),
+        }],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(kept, vec![true]);
+    let mut c = store.pool().acquire().await.unwrap();
+    let n: Vec<i64> = dl::attempts(&mut c, &ids[1])
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.n)
+        .collect();
+    assert_eq!(n, vec![1, 2]);
+}
+
 async fn a_revocation_cancels_only_mails_without_another_active_user(store: Store) {
     add_users(&store, 3).await;
     add_event(&store, "e-1").await;
@@ -1389,6 +1518,7 @@ contract!(
     a_renewed_lease_holds_and_only_its_owner_renews_it,
     a_policy_refusal_is_counted_and_undone_once,
     attempts_are_numbered_and_retries_keep_their_step,
+    a_group_of_finishes_is_recorded_together_and_fenced_per_delivery,
     a_revocation_cancels_only_mails_without_another_active_user,
     split_off_moves_users_to_their_own_delivery,
     only_one_delivery_takes_an_address_even_when_racing,
