@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub use crate::domain::delivery::MAX_POLICY_RETRIES;
 
@@ -309,8 +309,17 @@ impl Dispatcher {
         let held: Arc<std::sync::Mutex<HashSet<String>>> = Arc::new(std::sync::Mutex::new(
             claimed.iter().map(|d| d.id.clone()).collect(),
         ));
+        let began = Instant::now();
         let data = self.prefetch(&claimed).await?;
+        debug!(
+            deliveries = n,
+            prefetch_ms = began.elapsed().as_millis() as u64,
+            "round claimed"
+        );
         let (recorder, writing) = Recorder::new(self.store.clone(), self.owner.clone());
+        // On a task of its own: the group commit runs on another core than
+        // the rendering and the SMTP exchanges of the round.
+        let writer = tokio::spawn(writing);
         let in_flight = max_in_flight(self.cfg.concurrency, self.cfg.batch_size).min(n);
         let work = {
             let held = held.clone();
@@ -337,9 +346,14 @@ impl Dispatcher {
             }
         };
         let results = tokio::select! {
-            (r, ()) = async { tokio::join!(work, writing) } => r,
+            r = work => r,
             never = self.renew_leases(&held) => match never {},
         };
+        // Every finish of the round was answered; the writer has ended or
+        // ends now that the last handle is gone.
+        if let Err(e) = writer.await {
+            error!(error = %e, "the outcome recorder of a round failed");
+        }
         for r in results {
             let t = r?;
             if let Some(s) = summary.as_mut() {

@@ -12,7 +12,7 @@ use crate::store::{Store, StoreError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How many finishes one transaction holds at most.
 pub const GROUP: usize = 128;
@@ -69,7 +69,13 @@ async fn write_groups(mut rx: mpsc::UnboundedReceiver<Request>, store: Store, ow
                 Ok(None) | Err(_) => break,
             }
         }
+        let (n, began) = (group.len(), std::time::Instant::now());
         write(&store, &owner, group).await;
+        debug!(
+            finishes = n,
+            took_ms = began.elapsed().as_millis() as u64,
+            "group committed"
+        );
     }
 }
 

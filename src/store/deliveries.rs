@@ -432,15 +432,24 @@ pub async fn finish_many(
             })
             .collect::<Vec<_>>()
             .join(", ");
+        // The ids once more as a list (the same parameters): the primary key
+        // then finds the rows whatever the planner believes about the
+        // table. Without it, PostgreSQL with stale statistics joined every
+        // `sending` row against the values (25 ms for 50 finishes).
+        let ids = (0..chunk.len())
+            .map(|r| format!("${}", r * COLS + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS (VALUES {values}) \
+            "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS MATERIALIZED (VALUES {values}) \
              UPDATE deliveries SET status = v.status, due_at = COALESCE(v.due, deliveries.due_at), \
              retry_step = COALESCE(v.step, deliveries.retry_step), last_error = v.err, \
              sent_to = COALESCE(v.sent_to, deliveries.sent_to), sent_at = COALESCE(v.sent_at, deliveries.sent_at), \
              attempts = deliveries.attempts + v.bump, policy_rejections = deliveries.policy_rejections + v.policy, \
              lease_until = NULL, lease_owner = NULL, \
              claimed_address = CASE WHEN v.status = 'cancelled' THEN NULL ELSE deliveries.claimed_address END \
-             FROM v WHERE deliveries.id = v.id AND deliveries.status = 'sending' AND deliveries.lease_owner = $1 \
+             FROM v WHERE deliveries.id = v.id AND deliveries.id IN ({ids}) \
+             AND deliveries.status = 'sending' AND deliveries.lease_owner = $1 \
              RETURNING deliveries.id, deliveries.attempts"
         );
         let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);

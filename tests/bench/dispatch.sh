@@ -42,7 +42,7 @@ export NOTIFIER_SMTP__URL="smtp://127.0.0.1:$port"
 export NOTIFIER_SMTP__MAX_RATE=0
 export NOTIFIER_SMTP__CONCURRENCY="$CONC"
 export NOTIFIER_DISPATCH__BATCH_SIZE=500
-export RUST_LOG=error
+export RUST_LOG=${RUST_LOG:-error}
 
 "$BIN" migrate >/dev/null
 python3 - "$N" >"$dir/users.jsonl" <<'PY'
