@@ -79,6 +79,18 @@ pub struct Dispatcher {
     wire: Arc<Semaphore>,
     /// Woken when ingest has committed deliveries that are due now.
     wake: Arc<Notify>,
+    /// Every delivery this dispatcher has claimed and not yet recorded
+    /// (the running batch and the one claimed ahead): their leases are
+    /// renewed, however long a send or the rate limit takes, because a
+    /// lease that ran out under a send would let another instance send it
+    /// again.
+    held: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Deliveries claimed for one round, with what the round read for them.
+struct Batch {
+    claimed: Vec<Claimed>,
+    data: RoundData,
 }
 
 /// What a round reads once for all its deliveries.
@@ -132,6 +144,7 @@ impl Dispatcher {
             on_wire: Arc::new(std::sync::Mutex::new(HashMap::new())),
             wire: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             wake: Arc::new(Notify::new()),
+            held: Arc::new(std::sync::Mutex::new(HashSet::new())),
             cfg,
         }
     }
@@ -149,29 +162,41 @@ impl Dispatcher {
 
     /// Runs until `shutdown` turns true; in-flight sends get `grace` to finish,
     /// then their leases are released.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    pub async fn run(&self, shutdown: watch::Receiver<bool>, grace: Duration) {
+        tokio::select! {
+            () = self.rounds(shutdown, grace) => {}
+            never = self.renew_leases() => match never {},
+        }
+        self.release().await;
+    }
+
+    /// The rounds of [`Self::run`]. The next batch is claimed and read while
+    /// the current one sends its last mails, so the relay connections do not
+    /// wait for the claim and the round's reads.
+    async fn rounds(&self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut ahead: Option<Batch> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let mut no_summary = None;
-            let round = self.round(&mut no_summary);
-            tokio::pin!(round);
-            let result = tokio::select! {
-                r = &mut round => r,
+            let step = self.step(ahead.take());
+            tokio::pin!(step);
+            let (result, next) = tokio::select! {
+                r = &mut step => r,
                 _ = shutdown.changed() => {
                     // No new send starts from here; those on the wire finish
                     // and are recorded, within the grace.
                     self.stopping.store(true, Ordering::SeqCst);
-                    match tokio::time::timeout(grace, &mut round).await {
+                    match tokio::time::timeout(grace, &mut step).await {
                         Ok(r) => r,
                         Err(_) => {
                             self.abandon_on_wire().await;
-                            Ok(0)
+                            (Ok(0), None)
                         }
                     }
                 }
             };
+            ahead = next;
             match result {
                 Ok(0) => {
                     let pause = match self.breaker.state() {
@@ -194,9 +219,42 @@ impl Dispatcher {
                 }
             }
         }
-        self.release().await;
+        // A batch claimed ahead and never started goes back with the rest
+        // of this dispatcher's leases in `release`.
     }
 
+    /// Sends `ahead` (or a batch claimed now) and, once all of its
+    /// deliveries have started, claims the next one; returns how many it
+    /// handled and the next batch.
+    async fn step(&self, ahead: Option<Batch>) -> (Result<usize, StoreError>, Option<Batch>) {
+        let batch = match ahead {
+            Some(b) => b,
+            None => match self.prepare().await {
+                Ok(b) => b,
+                Err(e) => return (Err(e), None),
+            },
+        };
+        let n = batch.claimed.len();
+        if n == 0 {
+            return (Ok(0), None);
+        }
+        let (started, all_started) = tokio::sync::oneshot::channel();
+        let mut no_summary = None;
+        let (sent, next) = tokio::join!(self.execute(batch, Some(started), &mut no_summary), async {
+            if all_started.await.is_err() || self.stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            match self.prepare().await {
+                Ok(b) if !b.claimed.is_empty() => Some(b),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(error = %e, "cannot claim the next batch ahead; claiming it after this round");
+                    None
+                }
+            }
+        });
+        (sent.map(|()| n), next)
+    }
     /// `shutdown.grace` ended with sends on the wire: each is recorded as an
     /// `unknown` attempt (the relay may have the mail) and is due at once,
     /// so the next run sends it again with the same Message-ID rather than
@@ -269,21 +327,47 @@ impl Dispatcher {
                 warn!("relay circuit open: stopping; the rest stays pending");
                 break;
             }
-            if self.round(&mut summary).await? == 0 {
-                break;
+            let round = async {
+                let batch = self.prepare().await?;
+                let n = batch.claimed.len();
+                if n > 0 {
+                    self.execute(batch, None, &mut summary).await?;
+                }
+                Ok::<_, StoreError>(n)
+            };
+            let n = tokio::select! {
+                r = round => r,
+                never = self.renew_leases() => match never {},
+            };
+            match n {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.release().await;
+                    return Err(e);
+                }
             }
         }
         self.release().await;
         Ok(summary.unwrap_or_default())
     }
 
-    /// One claim-and-send round; returns how many deliveries it handled.
-    async fn round(&self, summary: &mut Option<DispatchSummary>) -> Result<usize, StoreError> {
+    /// Claims up to a batch of due deliveries (one when the relay circuit
+    /// is half open, none while it is open) and reads what they need; the
+    /// claimed ones join the leases this dispatcher renews.
+    async fn prepare(&self) -> Result<Batch, StoreError> {
         let limit = match self.breaker.state() {
-            CircuitState::Open => return Ok(0),
+            CircuitState::Open => 0,
             CircuitState::HalfOpen => 1,
             CircuitState::Closed => self.cfg.batch_size,
         };
+        if limit == 0 {
+            return Ok(Batch {
+                claimed: Vec::new(),
+                data: RoundData::default(),
+            });
+        }
+        let began = Instant::now();
         let now = Utc::now();
         let claimed = {
             let mut tx = self.store.begin().await?;
@@ -299,58 +383,107 @@ impl Dispatcher {
             tx.commit().await?;
             c
         };
-        let n = claimed.len();
-        if n == 0 {
-            return Ok(0);
+        if claimed.is_empty() {
+            return Ok(Batch {
+                claimed,
+                data: RoundData::default(),
+            });
         }
-        // Every claimed delivery of the round keeps its lease while the round
-        // runs, however long a send or the rate limit takes: a lease that ran
-        // out under a send in flight would let another instance send it again.
-        let held: Arc<std::sync::Mutex<HashSet<String>>> = Arc::new(std::sync::Mutex::new(
-            claimed.iter().map(|d| d.id.clone()).collect(),
-        ));
-        let began = Instant::now();
-        let data = self.prefetch(&claimed).await?;
+        self.held
+            .lock()
+            .expect("lease set")
+            .extend(claimed.iter().map(|d| d.id.clone()));
+        let data = match self.prefetch(&claimed).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing of the batch started: it goes back at once.
+                let ids: Vec<String> = claimed.iter().map(|d| d.id.clone()).collect();
+                self.give_back(&ids).await;
+                return Err(e);
+            }
+        };
         debug!(
-            deliveries = n,
-            prefetch_ms = began.elapsed().as_millis() as u64,
-            "round claimed"
+            deliveries = claimed.len(),
+            prepare_ms = began.elapsed().as_millis() as u64,
+            "batch claimed"
         );
+        Ok(Batch { claimed, data })
+    }
+
+    /// Hands claimed deliveries back unsent (pending, due as before).
+    async fn give_back(&self, ids: &[String]) {
+        let items: Vec<Finish> = ids
+            .iter()
+            .map(|id| Finish {
+                delivery_id: id.clone(),
+                attempt: None,
+                next: Transition::Released,
+            })
+            .collect();
+        let released = async {
+            let mut tx = self.store.begin().await?;
+            dl::finish_many(&mut tx, &self.owner, &items).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = released {
+            warn!(error = %e, "cannot hand back a claimed batch; its leases run out after dispatch.lease");
+        }
+        let mut held = self.held.lock().expect("lease set");
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// Sends a batch: up to [`max_in_flight`] deliveries at once, each
+    /// checked, rendered, sent and recorded through one group-committing
+    /// recorder. `started` fires once every delivery has started.
+    async fn execute(
+        &self,
+        batch: Batch,
+        started: Option<tokio::sync::oneshot::Sender<()>>,
+        summary: &mut Option<DispatchSummary>,
+    ) -> Result<(), StoreError> {
+        let Batch { claimed, data } = batch;
+        let n = claimed.len();
         let (recorder, writing) = Recorder::new(self.store.clone(), self.owner.clone());
         // On a task of its own: the group commit runs on another core than
         // the rendering and the SMTP exchanges of the round.
         let writer = tokio::spawn(writing);
         let in_flight = max_in_flight(self.cfg.concurrency, self.cfg.batch_size).min(n);
-        let work = {
-            let held = held.clone();
-            async move {
-                let results = futures_util::stream::iter(claimed)
-                    .map(|d| {
-                        let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
-                        let held = held.clone();
-                        let (data, recorder) = (&data, &recorder);
-                        async move {
-                            let id = d.id.clone();
-                            let r = self.handle_isolated(d, data, recorder).await;
-                            held.lock().expect("lease set").remove(&id);
-                            r
+        let mut started = started;
+        // After the last delivery, one marker that fires `started` when
+        // buffer_unordered pulls it, i.e. when every delivery has begun.
+        let items = claimed.into_iter().map(Some).chain(std::iter::once(None));
+        let results = futures_util::stream::iter(items)
+            .map(|d| {
+                let (data, recorder) = (&data, &recorder);
+                let started = if d.is_none() { started.take() } else { None };
+                async move {
+                    let Some(d) = d else {
+                        if let Some(s) = started {
+                            let _ = s.send(());
                         }
+                        return None;
+                    };
+                    let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
+                    let id = d.id.clone();
+                    let r = self
+                        .handle_isolated(d, data, recorder)
                         .instrument(span)
-                    })
-                    .buffer_unordered(in_flight)
-                    .collect::<Vec<Result<Transition, StoreError>>>()
-                    .await;
-                // The last handle: the recorder writes what is left and ends.
-                drop(recorder);
-                results
-            }
-        };
-        let results = tokio::select! {
-            r = work => r,
-            never = self.renew_leases(&held) => match never {},
-        };
-        // Every finish of the round was answered; the writer has ended or
-        // ends now that the last handle is gone.
+                        .await;
+                    self.held.lock().expect("lease set").remove(&id);
+                    Some(r)
+                }
+            })
+            .buffer_unordered(in_flight)
+            .filter_map(|r| async move { r })
+            .collect::<Vec<Result<Transition, StoreError>>>()
+            .await;
+        // The last handle: the recorder writes what is left and ends.
+        drop(recorder);
+        // Every finish was answered; the writer has ended or ends now.
         if let Err(e) = writer.await {
             error!(error = %e, "the outcome recorder of a round failed");
         }
@@ -366,7 +499,7 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Reads, in one statement per table, what the claimed deliveries need:
@@ -425,14 +558,17 @@ impl Dispatcher {
     /// owner; runs until dropped. A lease found under another owner is
     /// logged (its send, if on the wire, is not stopped: the relay may get
     /// that mail twice, with the same Message-ID).
-    async fn renew_leases(
-        &self,
-        held: &std::sync::Mutex<HashSet<String>>,
-    ) -> std::convert::Infallible {
+    async fn renew_leases(&self) -> std::convert::Infallible {
         let every = self.cfg.lease / 3;
         loop {
             tokio::time::sleep(every).await;
-            let ids: Vec<String> = held.lock().expect("lease set").iter().cloned().collect();
+            let ids: Vec<String> = self
+                .held
+                .lock()
+                .expect("lease set")
+                .iter()
+                .cloned()
+                .collect();
             if ids.is_empty() {
                 continue;
             }
