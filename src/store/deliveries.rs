@@ -23,32 +23,11 @@ pub async fn insert_planned(
     due_ms: i64,
     deadline_ms: i64,
 ) -> Result<Option<String>, StoreError> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let notice = p.notice.as_ref().map(|v| v.to_string());
-    let n = sqlx::query(
-        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 'pending', $8, $9, $10, $11) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&id)
-    .bind(event_id)
-    .bind(p.kind.as_str())
-    .bind(&p.about)
-    .bind(p.address.as_str())
-    .bind(p.rule_label())
-    .bind(notice)
-    .bind(due_ms)
-    .bind(deadline_ms)
-    .bind(message_id_for(&id))
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Ok(None);
-    }
-    add_served(conn, &id, p.users.iter()).await?;
-    Ok(Some(id))
+    // One code path builds every new delivery row (see `store::planning`).
+    let mut ids =
+        super::planning::insert_planned_many(conn, event_id, &[p], now_ms, due_ms, deadline_ms)
+            .await?;
+    Ok(ids.pop().flatten())
 }
 
 /// Records `users` as served by delivery `id` (a user already on it stays).
@@ -57,19 +36,8 @@ async fn add_served(
     id: &str,
     users: impl Iterator<Item = &crate::domain::recipients::Served>,
 ) -> Result<(), StoreError> {
-    for u in users {
-        sqlx::query(
-            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
-        )
-        .bind(id)
-        .bind(u.gebruikersnummer.as_str())
-        .bind(u.versie)
-        .bind(u.rule.label())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    let pairs: Vec<_> = users.map(|u| (id, u)).collect();
+    super::planning::add_served_many(conn, &pairs).await
 }
 
 /// A delivery claimed for sending.

@@ -9,6 +9,7 @@
 pub mod deliveries;
 pub mod directory;
 pub mod events;
+pub mod planning;
 pub mod replays;
 pub mod transfer;
 

@@ -1,0 +1,131 @@
+//! Planning writes: new delivery rows and the users they serve, written in
+//! multi-row statements. On SQLite every statement is a hand-off to sqlx's
+//! worker thread and on PostgreSQL a round trip, so a fan-out to thousands
+//! of recipients costs a handful of statements instead of two per recipient.
+
+use super::StoreError;
+use super::deliveries::message_id_for;
+use crate::domain::recipients::{PlannedDelivery, Served};
+use sqlx::AnyConnection;
+use std::collections::HashSet;
+
+/// The fewest bound parameters one statement may carry on either backend
+/// (SQLite's `SQLITE_MAX_VARIABLE_NUMBER`; PostgreSQL allows 65535).
+const MAX_PARAMS: usize = 32766;
+
+/// Rows per multi-row statement: large enough that a big fan-out takes a
+/// few statements, small enough to stay far below [`MAX_PARAMS`] and to keep
+/// each statement's text (and SQLite's prepared plan) modest.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Parameters of one delivery row, besides the four shared by the statement.
+const DELIVERY_PARAMS: usize = 7;
+/// Parameters of one `delivery_users` row.
+const SERVED_PARAMS: usize = 4;
+const _: () = assert!(4 + ROWS_PER_STATEMENT * DELIVERY_PARAMS <= MAX_PARAMS);
+const _: () = assert!(ROWS_PER_STATEMENT * SERVED_PARAMS <= MAX_PARAMS);
+
+/// Inserts planned deliveries of one event and the users each serves, in
+/// order, in a few multi-row statements. Returns, per planned delivery, the
+/// new id, or `None` when the same (event, kind, address, about) already
+/// exists or another delivery of the event and kind has taken the address
+/// (also one earlier in `planned`): the first one wins, as if inserted one
+/// by one, and re-ingesting is harmless.
+pub async fn insert_planned_many(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    planned: &[&PlannedDelivery],
+    now_ms: i64,
+    due_ms: i64,
+    deadline_ms: i64,
+) -> Result<Vec<Option<String>>, StoreError> {
+    let ids: Vec<String> = planned
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let mut inserted = HashSet::with_capacity(planned.len());
+    for (chunk, chunk_ids) in planned
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(ids.chunks(ROWS_PER_STATEMENT))
+    {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = 5 + i * DELIVERY_PARAMS;
+                // claimed_address starts as the planned address ($b+3 twice).
+                format!(
+                    "(${b}, $1, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', $2, $3, ${}, $4)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
+             VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(event_id)
+            .bind(due_ms)
+            .bind(deadline_ms)
+            .bind(now_ms);
+        for (p, id) in chunk.iter().zip(chunk_ids) {
+            q = q
+                .bind(id.clone())
+                .bind(p.kind.as_str())
+                .bind(p.about.clone())
+                .bind(p.address.as_str().to_owned())
+                .bind(p.rule_label())
+                .bind(p.notice.as_ref().map(|v| v.to_string()))
+                .bind(message_id_for(id));
+        }
+        inserted.extend(q.fetch_all(&mut *conn).await?);
+    }
+    let served: Vec<(&str, &Served)> = planned
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| inserted.contains(id.as_str()))
+        .flat_map(|(p, id)| p.users.iter().map(move |u| (id.as_str(), u)))
+        .collect();
+    add_served_many(conn, &served).await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| inserted.contains(&id).then_some(id))
+        .collect())
+}
+
+/// Records each (delivery id, user) pair as served, in a few multi-row
+/// statements (a user already on the delivery stays as it is).
+pub async fn add_served_many(
+    conn: &mut AnyConnection,
+    served: &[(&str, &Served)],
+) -> Result<(), StoreError> {
+    for chunk in served.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = 1 + i * SERVED_PARAMS;
+                format!("(${b}, ${}, ${}, ${})", b + 1, b + 2, b + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES {values} \
+             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, u) in chunk {
+            q = q
+                .bind(id.to_string())
+                .bind(u.gebruikersnummer.as_str().to_owned())
+                .bind(u.versie)
+                .bind(u.rule.label());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
