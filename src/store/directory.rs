@@ -103,14 +103,6 @@ pub async fn agb_snapshot(
 /// Codes per `IN (...)` list: far below SQLite's 32766 parameters.
 const CODES_PER_STATEMENT: usize = 500;
 
-/// `$first, $first+1, ...` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The snapshots of several AGB codes in two statements (per 500 codes),
 /// one for every code asked (a code nobody is linked to has no members).
 pub async fn agb_snapshots(
@@ -134,7 +126,7 @@ pub async fn agb_snapshots(
     let mut codes: Vec<String> = out.keys().cloned().collect();
     codes.sort();
     for chunk in codes.chunks(CODES_PER_STATEMENT) {
-        let list = placeholders(1, chunk.len());
+        let list = super::Binds::for_conn(conn).list(chunk.len());
         let sql = format!("SELECT agb_code, naam FROM organisations WHERE agb_code IN ({list})");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for a in chunk {
@@ -188,7 +180,7 @@ pub async fn get_users(
     for chunk in nrs.chunks(CODES_PER_STATEMENT) {
         let sql = format!(
             "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer IN ({})",
-            placeholders(1, chunk.len())
+            super::Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for n in chunk {

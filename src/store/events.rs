@@ -36,19 +36,9 @@ pub async fn insert_events(
 ) -> Result<Vec<bool>, StoreError> {
     let mut inserted = std::collections::HashSet::with_capacity(events.len());
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut binds = super::Binds::for_conn(conn);
         let values = (0..chunk.len())
-            .map(|i| {
-                let b = 1 + i * 7;
-                format!(
-                    "(${b}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                )
-            })
+            .map(|_| binds.row(7))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(

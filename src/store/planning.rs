@@ -3,8 +3,8 @@
 //! worker thread and on PostgreSQL a round trip, so a fan-out to thousands
 //! of recipients costs a handful of statements instead of two per recipient.
 
-use super::StoreError;
 use super::deliveries::message_id_for;
+use super::{Binds, StoreError};
 use crate::domain::recipients::{PlannedDelivery, Served};
 use sqlx::AnyConnection;
 use std::collections::HashSet;
@@ -18,11 +18,11 @@ const MAX_PARAMS: usize = 32766;
 /// each statement's text (and SQLite's prepared plan) modest.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Parameters of one delivery row, besides the four shared by the statement.
-const DELIVERY_PARAMS: usize = 7;
+/// Parameters of one delivery row.
+const DELIVERY_PARAMS: usize = 12;
 /// Parameters of one `delivery_users` row.
 const SERVED_PARAMS: usize = 4;
-const _: () = assert!(4 + ROWS_PER_STATEMENT * DELIVERY_PARAMS <= MAX_PARAMS);
+const _: () = assert!(ROWS_PER_STATEMENT * DELIVERY_PARAMS <= MAX_PARAMS);
 const _: () = assert!(ROWS_PER_STATEMENT * SERVED_PARAMS <= MAX_PARAMS);
 
 /// Inserts planned deliveries of one event and the users each serves, in
@@ -48,41 +48,33 @@ pub async fn insert_planned_many(
         .chunks(ROWS_PER_STATEMENT)
         .zip(ids.chunks(ROWS_PER_STATEMENT))
     {
+        // Each value once, in bind order (see `Binds`): claimed_address
+        // starts as the planned address, so that is bound twice.
+        let mut binds = Binds::for_conn(conn);
         let values = (0..chunk.len())
-            .map(|i| {
-                let b = 5 + i * DELIVERY_PARAMS;
-                // claimed_address starts as the planned address ($b+3 twice).
-                format!(
-                    "(${b}, $1, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', $2, $3, ${}, $4)",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                )
-            })
+            .map(|_| format!("({}, 'pending')", binds.list(DELIVERY_PARAMS)))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
+            "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, due_at, deadline, message_id, created_at, status) \
              VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
         );
-        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-            .bind(event_id)
-            .bind(due_ms)
-            .bind(deadline_ms)
-            .bind(now_ms);
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for (p, id) in chunk.iter().zip(chunk_ids) {
+            let address = p.address.as_str().to_owned();
             q = q
                 .bind(id.clone())
+                .bind(event_id.to_owned())
                 .bind(p.kind.as_str())
                 .bind(p.about.clone())
-                .bind(p.address.as_str().to_owned())
+                .bind(address.clone())
+                .bind(address)
                 .bind(p.rule_label())
                 .bind(p.notice.as_ref().map(|v| v.to_string()))
-                .bind(message_id_for(id));
+                .bind(due_ms)
+                .bind(deadline_ms)
+                .bind(message_id_for(id))
+                .bind(now_ms);
         }
         inserted.extend(q.fetch_all(&mut *conn).await?);
     }
@@ -106,11 +98,9 @@ pub async fn add_served_many(
     served: &[(&str, &Served)],
 ) -> Result<(), StoreError> {
     for chunk in served.chunks(ROWS_PER_STATEMENT) {
+        let mut binds = Binds::for_conn(conn);
         let values = (0..chunk.len())
-            .map(|i| {
-                let b = 1 + i * SERVED_PARAMS;
-                format!("(${b}, ${}, ${}, ${})", b + 1, b + 2, b + 3)
-            })
+            .map(|_| binds.row(SERVED_PARAMS))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(

@@ -1428,6 +1428,43 @@ async fn events_view(store: &Store) -> Vec<(String, String, Option<String>)> {
         .unwrap()
 }
 
+async fn in_one_multi_row_insert_the_first_of_two_rows_for_one_address_wins(store: Store) {
+    add_users(&store, 3).await;
+    add_event(&store, "e-1").await;
+    let first = planned("u0@praktijk.example", &[0]);
+    let same = planned("u0@praktijk.example", &[1]);
+    let other = planned("u2@praktijk.example", &[2]);
+    let mut tx = store.begin().await.unwrap();
+    let ids = notifier::store::planning::insert_planned_many(
+        &mut tx,
+        "e-1",
+        &[&first, &same, &other],
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        ids[0].is_some() && ids[1].is_none() && ids[2].is_some(),
+        "{ids:?}"
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    let served = dl::served_users(&mut c, ids[0].as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        served
+            .iter()
+            .map(|u| u.gebruikersnummer.clone())
+            .collect::<Vec<_>>(),
+        vec![nr(0).to_string()],
+        "the users of the row that lost are not recorded on the winner"
+    );
+    assert_eq!(list(&store, DeliveryFilter::default()).await.len(), 2);
+}
+
 async fn fan_out_to_5000_gives_5000_deliveries_each_with_its_user(store: Store) {
     use sqlx::Row;
     const N: u32 = 5_000;
@@ -1792,6 +1829,7 @@ contract!(
     listing_filters_by_event_status_agb_type_and_time,
     pending_summary_counts_what_is_not_final,
     a_recent_undeliverable_notice_is_found_by_user_and_time,
+    in_one_multi_row_insert_the_first_of_two_rows_for_one_address_wins,
     fan_out_to_5000_gives_5000_deliveries_each_with_its_user,
     snapshots_of_several_codes_read_at_once_match_one_by_one,
     a_mixed_batch_resolves_as_if_ingested_one_by_one,
