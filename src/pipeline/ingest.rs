@@ -6,7 +6,7 @@
 //! no-op), the directory changes, every delivery, and the quarantine rows for
 //! bad input. The caller acks only after [`Ingestor::ingest_batch`] returned Ok.
 
-use crate::domain::directory::{UserRecord, UserStatus, VersionCheck};
+use crate::domain::directory::{AgbSnapshot, DirectoryUser, UserRecord, UserStatus, VersionCheck};
 use crate::domain::event::{
     EventBody, MAX_BODY_BYTES, ModuleEvent, PortalEvent, ValidationRules, envelope_hint,
     parse_event,
@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use sqlx::AnyConnection;
 use std::time::Duration;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// Where a message came from (kept with quarantined messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,25 +265,20 @@ impl Ingestor {
     pub async fn ingest_batch(&self, batch: &[Incoming]) -> Result<Vec<IngestOutcome>, StoreError> {
         let now = Utc::now();
         let mut tx = self.store.begin().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut types = Vec::with_capacity(batch.len());
-        for m in batch {
-            // No value from outside may take the process down: a panic while
-            // handling one message fails that message (and, through
-            // `ingest_split`, only that message).
-            let processed = std::panic::AssertUnwindSafe(self.process(&mut tx, m, now))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    Err(StoreError::BadMessage(format!(
-                        "internal error while ingesting this message ({}); it is kept in quarantine, please report it",
-                        panic_text(&panic)
-                    )))
-                });
-            let (t, o) = processed?;
-            types.push(t);
-            outcomes.push(o);
-        }
+        // No value from outside may take the process down: a panic while
+        // handling the batch fails it as bad data, and `ingest_split` then
+        // tries each message alone, so only the message that panics again
+        // is kept in quarantine.
+        let processed = std::panic::AssertUnwindSafe(self.process_batch(&mut tx, batch, now))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(StoreError::BadMessage(format!(
+                    "internal error while ingesting this message ({}); it is kept in quarantine, please report it",
+                    panic_text(&panic)
+                )))
+            });
+        let (types, outcomes): (Vec<String>, Vec<IngestOutcome>) = processed?.into_iter().unzip();
         tx.commit().await?;
         for (t, o) in types.iter().zip(&outcomes) {
             self.metrics.event_received(t, o.label());
@@ -305,69 +300,196 @@ impl Ingestor {
         Ok(outcomes)
     }
 
-    async fn process(
-        &self,
-        conn: &mut AnyConnection,
-        m: &Incoming,
-        now: DateTime<Utc>,
-    ) -> Result<(String, IngestOutcome), StoreError> {
-        let parsed = match &m.forced_rejection {
+    /// Parses a message: the event, or why it is bad input.
+    fn parse(&self, m: &Incoming) -> Result<PortalEvent, String> {
+        match &m.forced_rejection {
             Some(reason) => Err(reason.clone()),
             None if m.size > MAX_BODY_BYTES => Err(format!(
                 "body is {} bytes, more than the 64 KiB the contract allows",
                 m.size
             )),
             None => parse_event(&m.body, &self.rules).map_err(|r| r.reason),
+        }
+    }
+
+    /// Processes a batch in order, in segments: each directory event alone,
+    /// and every run of other messages between them together. The directory
+    /// changes only at a directory event, so one read of it serves a whole
+    /// run of module events, and each sees the directory as if the messages
+    /// had been ingested one by one.
+    async fn process_batch(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Incoming],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, IngestOutcome)>, StoreError> {
+        let parsed: Vec<_> = batch.iter().map(|m| self.parse(m)).collect();
+        let changes_directory = |p: &Result<PortalEvent, String>| match p {
+            Ok(e) => !matches!(e.body, EventBody::Module(_)),
+            Err(_) => false,
         };
-        let event = match parsed {
-            Ok(e) => e,
-            Err(reason) => {
-                let hint = envelope_hint(&m.body);
-                let t = known_type_label(hint.event_type.as_deref());
-                if !m.quarantine_on_reject {
-                    info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
-                    return Ok((t.to_owned(), IngestOutcome::Rejected { reason }));
-                }
-                let id = keep_in_quarantine(conn, m, &hint, &reason, now).await?;
-                warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
-                return Ok((
-                    t.to_owned(),
-                    IngestOutcome::Quarantined {
-                        quarantine_id: id,
-                        reason,
-                    },
-                ));
+        let mut out = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        while start < batch.len() {
+            let end = if changes_directory(&parsed[start]) {
+                start + 1
+            } else {
+                (start..batch.len())
+                    .find(|&i| changes_directory(&parsed[i]))
+                    .unwrap_or(batch.len())
+            };
+            self.process_segment(conn, &batch[start..end], &parsed[start..end], now, &mut out)
+                .await?;
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// One segment of [`Self::process_batch`]: bad input to quarantine, the
+    /// event rows in one multi-row insert, then each new event applied in
+    /// order; outcomes are pushed to `out` in the order of `batch`.
+    async fn process_segment(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Incoming],
+        parsed: &[Result<PortalEvent, String>],
+        now: DateTime<Utc>,
+        out: &mut Vec<(String, IngestOutcome)>,
+    ) -> Result<(), StoreError> {
+        let mut done: Vec<Option<(String, IngestOutcome)>> = vec![None; batch.len()];
+        for (i, (m, p)) in batch.iter().zip(parsed).enumerate() {
+            let Err(reason) = p else { continue };
+            let reason = reason.clone();
+            let hint = envelope_hint(&m.body);
+            let t = known_type_label(hint.event_type.as_deref()).to_owned();
+            if !m.quarantine_on_reject {
+                info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
+                done[i] = Some((t, IngestOutcome::Rejected { reason }));
+                continue;
             }
-        };
-        let span =
-            info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
-        let _g = span.enter();
-        let payload = String::from_utf8_lossy(&m.body);
-        let inserted = ev::insert_event(
-            conn,
-            &NewEvent {
+            let id = keep_in_quarantine(conn, m, &hint, &reason, now).await?;
+            warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
+            done[i] = Some((
+                t,
+                IngestOutcome::Quarantined {
+                    quarantine_id: id,
+                    reason,
+                },
+            ));
+        }
+        let events: Vec<(usize, &PortalEvent)> = parsed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|e| (i, e)))
+            .collect();
+        let payloads: Vec<_> = events
+            .iter()
+            .map(|(i, _)| String::from_utf8_lossy(&batch[*i].body))
+            .collect();
+        let rows: Vec<NewEvent<'_>> = events
+            .iter()
+            .zip(&payloads)
+            .map(|((_, event), payload)| NewEvent {
                 id: event.id.as_str(),
                 event_type: event.event_type.as_str(),
                 agb_code: event.agb_code().map(|a| a.as_str()),
                 occurred_at_ms: ms(event.time),
                 received_at_ms: ms(now),
-                payload: &payload,
+                payload,
                 state: "accepted",
-            },
-        )
-        .await?;
-        let t = event.event_type.as_str().to_owned();
-        if !inserted {
-            info!("duplicate event id: nothing new");
-            return Ok((
-                t,
-                IngestOutcome::Duplicate {
-                    event_id: event.id.to_string(),
-                },
-            ));
+            })
+            .collect();
+        let inserted = ev::insert_events(conn, &rows).await?;
+        let mut fresh = Vec::with_capacity(events.len());
+        for ((i, event), new) in events.into_iter().zip(inserted) {
+            if new {
+                fresh.push((i, event));
+            } else {
+                info!(event_id = %event.id, event_type = event.event_type.as_str(),
+                    "duplicate event id: nothing new");
+                done[i] = Some((
+                    event.event_type.as_str().to_owned(),
+                    IngestOutcome::Duplicate {
+                        event_id: event.id.to_string(),
+                    },
+                ));
+            }
         }
-        let outcome = self.apply(conn, &event, now).await?;
-        Ok((t, outcome))
+        // One directory read for every module event of the segment.
+        let modules: Vec<&ModuleEvent> = fresh
+            .iter()
+            .filter_map(|(_, e)| match &e.body {
+                EventBody::Module(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let (snapshots, actors) = if modules.is_empty() {
+            Default::default()
+        } else {
+            let codes: Vec<AgbCode> = modules.iter().map(|m| m.agb_code.clone()).collect();
+            let numbers: Vec<_> = modules.iter().filter_map(|m| m.actor.clone()).collect();
+            (
+                dir::agb_snapshots(conn, &codes).await?,
+                dir::get_users(conn, &numbers).await?,
+            )
+        };
+        for (i, event) in fresh {
+            let span =
+                info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
+            let outcome = match &event.body {
+                EventBody::Module(m) => {
+                    let snapshot = snapshots.get(&m.agb_code).ok_or_else(|| {
+                        StoreError::Corrupt("directory snapshot missing for an AGB code".into())
+                    })?;
+                    let actor = m.actor.as_ref().and_then(|a| actors.get(a));
+                    self.accept(conn, event, m, snapshot, actor, now)
+                        .instrument(span)
+                        .await?
+                }
+                _ => self.apply(conn, event, now).instrument(span).await?,
+            };
+            done[i] = Some((event.event_type.as_str().to_owned(), outcome));
+        }
+        for d in done {
+            out.push(d.ok_or_else(|| {
+                StoreError::Corrupt("a message of the batch got no outcome".into())
+            })?);
+        }
+        Ok(())
+    }
+
+    /// A new module event: resolved against `snapshot` (its AGB code as the
+    /// directory has it now) and `actor`, its deliveries planned.
+    async fn accept(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        m: &ModuleEvent,
+        snapshot: &AgbSnapshot,
+        actor: Option<&DirectoryUser>,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let id = event.id.to_string();
+        let (n, res) = self
+            .resolve_and_plan(
+                conn,
+                &id,
+                m,
+                snapshot,
+                actor,
+                plan::Served::fresh(),
+                event.time,
+                now,
+            )
+            .await?;
+        let routing = routing_label(res.routing);
+        info!(deliveries = n, routing, "event accepted");
+        Ok(IngestOutcome::Accepted {
+            event_id: id,
+            deliveries: n,
+            routing,
+            unroutable_notice: res.unroutable_notice,
+        })
     }
 
     async fn plan(
@@ -391,15 +513,9 @@ impl Ingestor {
     ) -> Result<usize, StoreError> {
         let t = self.timing(event_time, now);
         let mut served = plan::Served::of(conn, event_id).await?;
-        let mut n = 0;
-        for p in planned {
-            if plan::plan_delivery(conn, event_id, p, t, true, &mut served).await?
-                == plan::Planned::Added
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
+        let planned: Vec<&PlannedDelivery> = planned.iter().collect();
+        let done = plan::plan_deliveries(conn, event_id, &planned, t, true, &mut served).await?;
+        Ok(done.iter().filter(|p| **p == plan::Planned::Added).count())
     }
 
     /// New deliveries are due now and have until the event time plus
@@ -422,15 +538,15 @@ impl Ingestor {
         let now_ms = ms(now);
         match &event.body {
             EventBody::Module(m) => {
-                let (n, res) = self.resolve_and_plan(conn, &id, m, event.time, now).await?;
-                let routing = routing_label(res.routing);
-                info!(deliveries = n, routing, "event accepted");
-                Ok(IngestOutcome::Accepted {
-                    event_id: id,
-                    deliveries: n,
-                    routing,
-                    unroutable_notice: res.unroutable_notice,
-                })
+                // `process_segment` reads the directory once for all module
+                // events of a segment; these are the same steps for one.
+                let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
+                let actor = match &m.actor {
+                    Some(a) => dir::get_user(conn, a).await?,
+                    None => None,
+                };
+                self.accept(conn, event, m, &snapshot, actor.as_ref(), now)
+                    .await
             }
             EventBody::GebruikerBijgewerkt(rec) => {
                 let check = dir::apply_user(conn, rec, now_ms).await?;
@@ -655,22 +771,22 @@ impl Ingestor {
 impl Ingestor {
     /// Resolves a module event against the directory as it is now, plans the
     /// deliveries that do not exist yet, and records the event's state.
+    #[allow(clippy::too_many_arguments)]
     async fn resolve_and_plan(
         &self,
         conn: &mut AnyConnection,
         id: &str,
         m: &ModuleEvent,
+        snapshot: &AgbSnapshot,
+        actor: Option<&DirectoryUser>,
+        served: plan::Served,
         event_time: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(usize, recipients::Resolution), StoreError> {
-        let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
-        let actor = match &m.actor {
-            Some(a) => dir::get_user(conn, a).await?,
-            None => None,
-        };
-        let res = recipients::resolve_module(m, id, &snapshot, actor.as_ref());
+        let res = recipients::resolve_module(m, id, snapshot, actor);
         let report =
-            plan::plan_resolution(conn, id, &res, self.timing(event_time, now), true).await?;
+            plan::plan_resolution_from(conn, id, &res, self.timing(event_time, now), true, served)
+                .await?;
         let n = report.added.len();
         if report.had_module_mail {
             // Its mail is on its way or out: what the directory says now
@@ -741,8 +857,23 @@ impl Ingestor {
         let EventBody::Module(m) = &event.body else {
             return Ok(0);
         };
+        let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
+        let actor = match &m.actor {
+            Some(a) => dir::get_user(conn, a).await?,
+            None => None,
+        };
+        let served = plan::Served::of(conn, &row.id).await?;
         let (n, _) = self
-            .resolve_and_plan(conn, &row.id, m, event.time, now)
+            .resolve_and_plan(
+                conn,
+                &row.id,
+                m,
+                &snapshot,
+                actor.as_ref(),
+                served,
+                event.time,
+                now,
+            )
             .await?;
         Ok(n)
     }

@@ -13,7 +13,7 @@
 
 use crate::domain::delivery::MailKind;
 use crate::domain::recipients::{PlannedDelivery, Resolution};
-use crate::store::{StoreError, deliveries as dl};
+use crate::store::{StoreError, deliveries as dl, planning as pl};
 use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 
@@ -58,6 +58,15 @@ impl Served {
         })
     }
 
+    /// An event whose row this transaction has just inserted: it cannot
+    /// have deliveries yet, so no query is needed to know.
+    pub fn fresh() -> Self {
+        Self {
+            has_any: false,
+            by_group: HashMap::new(),
+        }
+    }
+
     async fn group(
         &mut self,
         conn: &mut AnyConnection,
@@ -88,21 +97,71 @@ pub async fn plan_delivery(
     served: &mut Served,
 ) -> Result<Planned, StoreError> {
     if !served.has_any {
-        // The event's first planning: nothing exists to conflict with.
-        if !insert {
-            return Ok(Planned::Added);
-        }
-        let added = dl::insert_planned(conn, event_id, p, t.now_ms, t.due_ms, t.deadline_ms)
-            .await?
-            .is_some();
+        let mut one = plan_first(conn, event_id, &[p], t, insert, served).await?;
+        return Ok(one.pop().expect("one answer per delivery"));
+    }
+    plan_again(conn, event_id, p, t, insert, served).await
+}
+
+/// Plans several deliveries in order, each as [`plan_delivery`] would; an
+/// event's first planning is written in a few multi-row statements.
+pub async fn plan_deliveries(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    planned: &[&PlannedDelivery],
+    t: Timing,
+    insert: bool,
+    served: &mut Served,
+) -> Result<Vec<Planned>, StoreError> {
+    if !served.has_any {
+        return plan_first(conn, event_id, planned, t, insert, served).await;
+    }
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        out.push(plan_again(conn, event_id, p, t, insert, served).await?);
+    }
+    Ok(out)
+}
+
+/// The event's first planning: nothing exists to conflict with but the
+/// rows of this very planning, which the unique indexes sort out (the
+/// first wins, as one by one).
+async fn plan_first(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    planned: &[&PlannedDelivery],
+    t: Timing,
+    insert: bool,
+    served: &mut Served,
+) -> Result<Vec<Planned>, StoreError> {
+    if !insert {
+        return Ok(vec![Planned::Added; planned.len()]);
+    }
+    let ids =
+        pl::insert_planned_many(conn, event_id, planned, t.now_ms, t.due_ms, t.deadline_ms).await?;
+    let mut out = Vec::with_capacity(planned.len());
+    for (p, id) in planned.iter().zip(ids) {
         let group = served.group(conn, event_id, p).await?;
         group.extend(p.users.iter().map(|u| u.gebruikersnummer.to_string()));
-        return Ok(if added {
+        out.push(if id.is_some() {
             Planned::Added
         } else {
             Planned::AlreadyServed
         });
     }
+    Ok(out)
+}
+
+/// Plans one delivery of an event that had deliveries when this planning
+/// began: checked row by row against what exists (re-resolution, replay).
+async fn plan_again(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    p: &PlannedDelivery,
+    t: Timing,
+    insert: bool,
+    served: &mut Served,
+) -> Result<Planned, StoreError> {
     let kind = p.kind.as_str();
     if let Some(conflict) =
         dl::replay_conflict(conn, event_id, kind, p.address.as_str(), &p.about).await?
@@ -202,29 +261,54 @@ pub async fn plan_resolution<'a>(
     t: Timing,
     insert: bool,
 ) -> Result<PlanReport<'a>, StoreError> {
-    let mut served = Served::of(conn, event_id).await?;
-    let had_module_mail =
-        served.has_any && dl::has_live_or_sent_module_mail(conn, event_id).await?;
+    let served = Served::of(conn, event_id).await?;
+    plan_resolution_from(conn, event_id, res, t, insert, served).await
+}
+
+/// [`plan_resolution`] starting from what the event is known to have
+/// (`Served::fresh()` for an event inserted by this transaction).
+pub async fn plan_resolution_from<'a>(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    res: &'a Resolution,
+    t: Timing,
+    insert: bool,
+    mut served: Served,
+) -> Result<PlanReport<'a>, StoreError> {
+    let had_any = served.has_any;
+    let had_module_mail = had_any && dl::has_live_or_sent_module_mail(conn, event_id).await?;
     let mut report = PlanReport {
         had_module_mail,
         ..Default::default()
     };
-    for p in &res.deliveries {
-        let says_nobody = matches!(
-            p.kind,
-            MailKind::GeenOntvanger | MailKind::GeenTekenbevoegde
-        );
-        if had_module_mail && says_nobody {
-            continue;
-        }
-        match plan_delivery(conn, event_id, p, t, insert, &mut served).await? {
+    let todo: Vec<&PlannedDelivery> = res
+        .deliveries
+        .iter()
+        .filter(|p| {
+            let says_nobody = matches!(
+                p.kind,
+                MailKind::GeenOntvanger | MailKind::GeenTekenbevoegde
+            );
+            !(had_module_mail && says_nobody)
+        })
+        .collect();
+    let outcomes = plan_deliveries(conn, event_id, &todo, t, insert, &mut served).await?;
+    for (p, planned) in todo.into_iter().zip(outcomes) {
+        match planned {
             Planned::Added => report.added.push(p),
             Planned::Joined => report.joined += 1,
             Planned::AlreadyServed => report.already_served += 1,
             Planned::Exists(_) => report.existing += 1,
         }
     }
-    if insert && report.added.iter().any(|p| p.kind.is_module()) {
+    // Without earlier deliveries the only pending `beheer.geen_ontvanger`
+    // could be one of this planning's own: skip the statement when there is none.
+    let may_have_notice = had_any
+        || res
+            .deliveries
+            .iter()
+            .any(|p| p.kind == MailKind::GeenOntvanger);
+    if insert && may_have_notice && report.added.iter().any(|p| p.kind.is_module()) {
         dl::cancel_pending_kind(
             conn,
             event_id,

@@ -1,7 +1,7 @@
 //! The delivery queue: one row per mail (event × kind × address), claimed
 //! under a lease, and an `attempts` row for every SMTP attempt.
 
-use super::{Backend, MAX_PARAMS, StoreError, placeholders, storable};
+use super::{Backend, Binds, MAX_PARAMS, StoreError, storable};
 use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
 use crate::domain::recipients::PlannedDelivery;
 use sqlx::{AnyConnection, Row};
@@ -24,32 +24,11 @@ pub async fn insert_planned(
     due_ms: i64,
     deadline_ms: i64,
 ) -> Result<Option<String>, StoreError> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let notice = p.notice.as_ref().map(|v| v.to_string());
-    let n = sqlx::query(
-        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 'pending', $8, $9, $10, $11) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&id)
-    .bind(event_id)
-    .bind(p.kind.as_str())
-    .bind(&p.about)
-    .bind(p.address.as_str())
-    .bind(p.rule_label())
-    .bind(notice)
-    .bind(due_ms)
-    .bind(deadline_ms)
-    .bind(message_id_for(&id))
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Ok(None);
-    }
-    add_served(conn, &id, p.users.iter()).await?;
-    Ok(Some(id))
+    // One code path builds every new delivery row (see `store::planning`).
+    let mut ids =
+        super::planning::insert_planned_many(conn, event_id, &[p], now_ms, due_ms, deadline_ms)
+            .await?;
+    Ok(ids.pop().flatten())
 }
 
 /// Records `users` as served by delivery `id` (a user already on it stays).
@@ -58,19 +37,8 @@ async fn add_served(
     id: &str,
     users: impl Iterator<Item = &crate::domain::recipients::Served>,
 ) -> Result<(), StoreError> {
-    for u in users {
-        sqlx::query(
-            "INSERT INTO delivery_users (delivery_id, gebruikersnummer, versie, rule) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (delivery_id, gebruikersnummer) DO NOTHING",
-        )
-        .bind(id)
-        .bind(u.gebruikersnummer.as_str())
-        .bind(u.versie)
-        .bind(u.rule.label())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    let pairs: Vec<_> = users.map(|u| (id, u)).collect();
+    super::planning::add_served_many(conn, &pairs).await
 }
 
 /// A delivery claimed for sending.
@@ -204,7 +172,7 @@ pub async fn served_users_of(
             "SELECT du.delivery_id, du.gebruikersnummer, du.rule, du.versie, u.naam, u.email, u.status FROM delivery_users du \
              LEFT JOIN users u ON u.gebruikersnummer = du.gebruikersnummer \
              WHERE du.delivery_id IN ({}) ORDER BY du.delivery_id, du.gebruikersnummer",
-            placeholders(1, chunk.len())
+            Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
@@ -399,10 +367,12 @@ pub async fn finish_many(
         .map(|f| f.delivery_id.as_str())
         .collect();
     for chunk in released.chunks(500) {
+        let mut b = Binds::for_conn(conn);
+        let owner_p = b.next();
         let sql = format!(
             "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
-             WHERE status = 'sending' AND lease_owner = $1 AND id IN ({}) RETURNING id, attempts",
-            placeholders(2, chunk.len())
+             WHERE status = 'sending' AND lease_owner = {owner_p} AND id IN ({}) RETURNING id, attempts",
+            b.list(chunk.len())
         );
         let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
         for id in chunk {
@@ -418,28 +388,28 @@ pub async fn finish_many(
         .iter()
         .filter(|f| !matches!(f.next, Transition::Released))
         .collect();
-    const COLS: usize = 9;
+    // Nine values per row, and the id once more for the list below.
+    const COLS: usize = 10;
     for chunk in moving.chunks(MAX_PARAMS / COLS) {
+        let mut b = Binds::for_conn(conn);
         // One row of values per delivery; the casts give PostgreSQL the
         // column types (NULLs included) that SQLite does not need.
         let values = (0..chunk.len())
-            .map(|r| {
-                let p = |c: usize| r * COLS + c + 2;
+            .map(|_| {
+                let mut p = || b.next();
                 format!(
-                    "(${}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8)
+                    "({}, {}, CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                    p(), p(), p(), p(), p(), p(), p(), p(), p()
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
-        // The ids once more as a list (the same parameters): the primary key
-        // then finds the rows whatever the planner believes about the
-        // table. Without it, PostgreSQL with stale statistics joined every
-        // `sending` row against the values (25 ms for 50 finishes).
-        let ids = (0..chunk.len())
-            .map(|r| format!("${}", r * COLS + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // The ids once more as a list: the primary key then finds the rows
+        // whatever the planner believes about the table. Without it,
+        // PostgreSQL with stale statistics joined every `sending` row
+        // against the values (25 ms for 50 finishes).
+        let ids = b.list(chunk.len());
+        let owner_p = b.next();
         let sql = format!(
             "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS MATERIALIZED (VALUES {values}) \
              UPDATE deliveries SET status = v.status, due_at = COALESCE(v.due, deliveries.due_at), \
@@ -449,10 +419,10 @@ pub async fn finish_many(
              lease_until = NULL, lease_owner = NULL, \
              claimed_address = CASE WHEN v.status = 'cancelled' THEN NULL ELSE deliveries.claimed_address END \
              FROM v WHERE deliveries.id = v.id AND deliveries.id IN ({ids}) \
-             AND deliveries.status = 'sending' AND deliveries.lease_owner = $1 \
+             AND deliveries.status = 'sending' AND deliveries.lease_owner = {owner_p} \
              RETURNING deliveries.id, deliveries.attempts"
         );
-        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
+        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
         for f in chunk {
             let c = Columns::of(&f.next);
             q = q
@@ -468,6 +438,10 @@ pub async fn finish_many(
                     f.attempt.as_ref().is_some_and(|a| a.policy_rejection),
                 ));
         }
+        for f in chunk {
+            q = q.bind(f.delivery_id.as_str());
+        }
+        q = q.bind(owner);
         for (id, n) in q.fetch_all(&mut *conn).await? {
             if let Some(f) = chunk.iter().find(|f| f.delivery_id == id) {
                 kept.insert(f.delivery_id.as_str(), n);
@@ -483,8 +457,9 @@ pub async fn finish_many(
         .collect();
     const ACOLS: usize = 8;
     for chunk in attempts.chunks(MAX_PARAMS / ACOLS) {
+        let mut b = Binds::for_conn(conn);
         let values = (0..chunk.len())
-            .map(|r| format!("({})", placeholders(r * ACOLS + 1, ACOLS)))
+            .map(|_| b.row(ACOLS))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(

@@ -8,6 +8,7 @@ use crate::domain::directory::{
 };
 use crate::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
 use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unparseable {what} in the directory tables"))
@@ -91,39 +92,106 @@ pub async fn agb_snapshot(
     conn: &mut AnyConnection,
     agb: &AgbCode,
 ) -> Result<AgbSnapshot, StoreError> {
-    let naam: Option<String> =
-        sqlx::query_scalar("SELECT naam FROM organisations WHERE agb_code = $1")
-            .bind(agb.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-    let rows = sqlx::query(
-        "SELECT u.gebruikersnummer, u.naam, u.email, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
-         FROM user_links l JOIN users u ON u.gebruikersnummer = l.gebruikersnummer \
-         WHERE l.agb_code = $1 ORDER BY u.gebruikersnummer",
-    )
-    .bind(agb.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut members = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let u = user_from_row(r)?;
-        let rechten: String = r.try_get("rechten")?;
-        members.push(Member {
-            gebruikersnummer: u.gebruikersnummer,
-            naam: u.naam,
-            email: u.email,
-            status: u.status,
-            versie: u.versie,
-            rechten: rechten.split(',').filter_map(Recht::parse).collect(),
-            tekenbevoegd: r.try_get::<i64, _>("tekenbevoegd")? != 0,
-            contactpersoon: r.try_get::<i64, _>("contactpersoon")? != 0,
-        });
-    }
-    Ok(AgbSnapshot {
+    let mut all = agb_snapshots(conn, std::slice::from_ref(agb)).await?;
+    Ok(all.remove(agb).unwrap_or_else(|| AgbSnapshot {
         agb_code: agb.clone(),
-        naam,
-        members,
-    })
+        naam: None,
+        members: Vec::new(),
+    }))
+}
+
+/// Codes per `IN (...)` list: far below SQLite's 32766 parameters.
+const CODES_PER_STATEMENT: usize = 500;
+
+/// The snapshots of several AGB codes in two statements (per 500 codes),
+/// one for every code asked (a code nobody is linked to has no members).
+pub async fn agb_snapshots(
+    conn: &mut AnyConnection,
+    agbs: &[AgbCode],
+) -> Result<HashMap<AgbCode, AgbSnapshot>, StoreError> {
+    // Keyed by the code's text: rows are matched the way `IN` matched them.
+    let mut out: HashMap<String, AgbSnapshot> = agbs
+        .iter()
+        .map(|a| {
+            (
+                a.as_str().to_owned(),
+                AgbSnapshot {
+                    agb_code: a.clone(),
+                    naam: None,
+                    members: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let mut codes: Vec<String> = out.keys().cloned().collect();
+    codes.sort();
+    for chunk in codes.chunks(CODES_PER_STATEMENT) {
+        let list = super::Binds::for_conn(conn).list(chunk.len());
+        let sql = format!("SELECT agb_code, naam FROM organisations WHERE agb_code IN ({list})");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            q = q.bind(a.clone());
+        }
+        for r in &q.fetch_all(&mut *conn).await? {
+            if let Some(s) = out.get_mut(&r.try_get::<String, _>("agb_code")?) {
+                s.naam = Some(r.try_get("naam")?);
+            }
+        }
+        let sql = format!(
+            "SELECT l.agb_code, u.gebruikersnummer, u.naam, u.email, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
+             FROM user_links l JOIN users u ON u.gebruikersnummer = l.gebruikersnummer \
+             WHERE l.agb_code IN ({list}) ORDER BY l.agb_code, u.gebruikersnummer"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            q = q.bind(a.clone());
+        }
+        for r in &q.fetch_all(&mut *conn).await? {
+            let u = user_from_row(r)?;
+            let rechten: String = r.try_get("rechten")?;
+            let member = Member {
+                gebruikersnummer: u.gebruikersnummer,
+                naam: u.naam,
+                email: u.email,
+                status: u.status,
+                versie: u.versie,
+                rechten: rechten.split(',').filter_map(Recht::parse).collect(),
+                tekenbevoegd: r.try_get::<i64, _>("tekenbevoegd")? != 0,
+                contactpersoon: r.try_get::<i64, _>("contactpersoon")? != 0,
+            };
+            if let Some(s) = out.get_mut(&r.try_get::<String, _>("agb_code")?) {
+                s.members.push(member);
+            }
+        }
+    }
+    Ok(out.into_values().map(|s| (s.agb_code.clone(), s)).collect())
+}
+
+/// Several users by number, any AGB code, in one statement (per 500); the
+/// ones the directory does not know are absent.
+pub async fn get_users(
+    conn: &mut AnyConnection,
+    nrs: &[Gebruikersnummer],
+) -> Result<HashMap<Gebruikersnummer, DirectoryUser>, StoreError> {
+    let mut nrs: Vec<&Gebruikersnummer> = nrs.iter().collect();
+    nrs.sort();
+    nrs.dedup();
+    let mut out = HashMap::with_capacity(nrs.len());
+    for chunk in nrs.chunks(CODES_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer IN ({})",
+            super::Binds::for_conn(conn).list(chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for n in chunk {
+            q = q.bind(n.as_str().to_owned());
+        }
+        for r in &q.fetch_all(&mut *conn).await? {
+            let u = user_from_row(r)?;
+            out.insert(u.gebruikersnummer.clone(), u);
+        }
+    }
+    Ok(out)
 }
 
 async fn stored_user_versie(
@@ -315,7 +383,7 @@ pub async fn organisation_names(
     for chunk in agbs.chunks(500) {
         let sql = format!(
             "SELECT agb_code, naam FROM organisations WHERE agb_code IN ({})",
-            super::placeholders(1, chunk.len())
+            super::Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
         for a in chunk {

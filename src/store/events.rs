@@ -20,21 +20,49 @@ pub struct NewEvent<'a> {
 
 /// Inserts an event; `false` when its id is already known (a duplicate).
 pub async fn insert_event(conn: &mut AnyConnection, e: &NewEvent<'_>) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(storable(e.id))
-    .bind(storable(e.event_type))
-    .bind(e.agb_code.map(storable))
-    .bind(e.occurred_at_ms)
-    .bind(e.received_at_ms)
-    .bind(storable(e.payload))
-    .bind(e.state)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+    Ok(insert_events(conn, std::slice::from_ref(e)).await?[0])
+}
+
+/// Events per multi-row insert: 7 parameters each, far below SQLite's
+/// 32766 (PostgreSQL allows 65535).
+const EVENTS_PER_STATEMENT: usize = 500;
+
+/// Inserts the events of a batch in a few multi-row statements; per event,
+/// `false` when its id was known already (a duplicate), also when it came
+/// earlier in `events` (the first one counts, as if inserted one by one).
+pub async fn insert_events(
+    conn: &mut AnyConnection,
+    events: &[NewEvent<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    let mut inserted = std::collections::HashSet::with_capacity(events.len());
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut binds = super::Binds::for_conn(conn);
+        let values = (0..chunk.len())
+            .map(|_| binds.row(7))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
+             VALUES {values} ON CONFLICT (id) DO NOTHING RETURNING id"
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(storable(e.id))
+                .bind(storable(e.event_type))
+                .bind(e.agb_code.map(storable))
+                .bind(e.occurred_at_ms)
+                .bind(e.received_at_ms)
+                .bind(storable(e.payload))
+                .bind(e.state.to_owned());
+        }
+        inserted.extend(q.fetch_all(&mut *conn).await?);
+    }
+    // An id is new once: a second copy in the same batch is a duplicate.
+    Ok(events
+        .iter()
+        .map(|e| inserted.remove(&storable(e.id)))
+        .collect())
 }
 
 /// Sets an event's state and detail.
@@ -102,7 +130,7 @@ pub async fn get_events(
     for chunk in ids.chunks(500) {
         let sql = format!(
             "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE id IN ({})",
-            super::placeholders(1, chunk.len())
+            super::Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {

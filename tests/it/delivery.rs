@@ -377,6 +377,13 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
         r.len() == 1 && r[0].status == "sending"
     })
     .await;
+    // `sending` is set at the claim, before the re-check and rendering: a
+    // stop in between hands the delivery back unsent. Stop only once the
+    // relay has the data, so the send really is in flight.
+    app.smtp
+        .wait_for_data(1, crate::support::WAIT)
+        .await
+        .unwrap();
     let store = app.store.clone();
     let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
     wait_status(&store, &id, "sent", |r| {

@@ -6,9 +6,10 @@
 
 use notifier::domain::delivery::{AttemptOutcome, DeliveryStatus, MailKind};
 use notifier::domain::directory::{UserRecord, VersionCheck};
-use notifier::domain::event::{EventType, parse_user_record};
+use notifier::domain::event::{EventType, ValidationRules, parse_user_record};
 use notifier::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
 use notifier::domain::recipients::{PlannedDelivery, Rule, Served};
+use notifier::pipeline::ingest::{Incoming, IngestOutcome, Ingestor, Source};
 use notifier::store::deliveries::{self as dl, AttemptRecord, Claimed, DeliveryFilter, Transition};
 use notifier::store::directory::{self as dir, UserChange};
 use notifier::store::events::{self as ev, NewEvent, NewQuarantine};
@@ -1469,6 +1470,439 @@ async fn a_recent_undeliverable_notice_is_found_by_user_and_time(store: Store) {
     assert_eq!(d.notice.as_deref(), Some(r#"{"agb_code":"04111111"}"#));
 }
 
+/// An ingestor on `store` with the sample events' link host.
+fn ingestor(store: &Store, late_window: std::time::Duration) -> Ingestor {
+    Ingestor::new(
+        store.clone(),
+        ValidationRules {
+            allowed_link_hosts: vec!["zip.example.nl".into()],
+        },
+        std::time::Duration::from_secs(3 * 24 * 3600),
+        late_window,
+        notifier::ops::metrics::Metrics::default(),
+    )
+}
+
+fn incoming(event: &serde_json::Value) -> Incoming {
+    Incoming::new(event.to_string().into_bytes(), None, Source::File)
+}
+
+/// What a delivery holds besides its id and times, with the users it serves.
+type DeliveryView = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<(String, i64, String)>,
+);
+
+/// Every delivery, in an order that does not depend on ids or times.
+async fn deliveries_view(store: &Store) -> Vec<DeliveryView> {
+    use sqlx::Row;
+    let mut c = store.pool().acquire().await.unwrap();
+    let users = sqlx::query(
+        "SELECT delivery_id, gebruikersnummer, versie, rule FROM delivery_users ORDER BY gebruikersnummer",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    let mut by_delivery: std::collections::HashMap<String, Vec<(String, i64, String)>> =
+        Default::default();
+    for r in &users {
+        by_delivery.entry(r.get("delivery_id")).or_default().push((
+            r.get("gebruikersnummer"),
+            r.get("versie"),
+            r.get("rule"),
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT id, event_id, kind, about, address, status, rule, COALESCE(notice, '') AS notice, \
+         COALESCE(last_error, '') AS last_error FROM deliveries",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    let mut v: Vec<DeliveryView> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("event_id"),
+                r.get("kind"),
+                r.get("address"),
+                r.get("about"),
+                r.get("status"),
+                r.get("rule"),
+                r.get("notice"),
+                r.get("last_error"),
+                by_delivery
+                    .remove(&r.get::<String, _>("id"))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every event's id, state and detail.
+async fn events_view(store: &Store) -> Vec<(String, String, Option<String>)> {
+    let mut c = store.pool().acquire().await.unwrap();
+    sqlx::query_as("SELECT id, state, detail FROM events ORDER BY id")
+        .fetch_all(&mut *c)
+        .await
+        .unwrap()
+}
+
+async fn in_one_multi_row_insert_the_first_of_two_rows_for_one_address_wins(store: Store) {
+    add_users(&store, 3).await;
+    add_event(&store, "e-1").await;
+    let first = planned("u0@praktijk.example", &[0]);
+    let same = planned("u0@praktijk.example", &[1]);
+    let other = planned("u2@praktijk.example", &[2]);
+    let mut tx = store.begin().await.unwrap();
+    let ids = notifier::store::planning::insert_planned_many(
+        &mut tx,
+        "e-1",
+        &[&first, &same, &other],
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        ids[0].is_some() && ids[1].is_none() && ids[2].is_some(),
+        "{ids:?}"
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    let served = dl::served_users(&mut c, ids[0].as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        served
+            .iter()
+            .map(|u| u.gebruikersnummer.clone())
+            .collect::<Vec<_>>(),
+        vec![nr(0).to_string()],
+        "the users of the row that lost are not recorded on the winner"
+    );
+    assert_eq!(list(&store, DeliveryFilter::default()).await.len(), 2);
+}
+
+async fn fan_out_to_5000_gives_5000_deliveries_each_with_its_user(store: Store) {
+    use sqlx::Row;
+    const N: u32 = 5_000;
+    add_users(&store, N).await;
+    let event = crate::support::fresh_for(MODULE, AGB);
+    let id = event["id"].as_str().unwrap().to_owned();
+    let out = ingestor(&store, std::time::Duration::ZERO)
+        .ingest_batch(&[incoming(&event)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![IngestOutcome::Accepted {
+            event_id: id.clone(),
+            deliveries: N as usize,
+            routing: "routed",
+            unroutable_notice: false,
+        }]
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    let rows = sqlx::query(
+        "SELECT d.id, d.address, d.claimed_address, d.status, d.rule, d.message_id, d.kind, d.about, \
+         du.gebruikersnummer, du.versie, du.rule AS user_rule \
+         FROM deliveries d LEFT JOIN delivery_users du ON du.delivery_id = d.id WHERE d.event_id = $1",
+    )
+    .bind(&id)
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), N as usize, "one row per delivery and user");
+    let mut seen = std::collections::HashSet::new();
+    for r in &rows {
+        let delivery: String = r.get("id");
+        let address: String = r.get("address");
+        let user: Option<String> = r.get("gebruikersnummer");
+        let user = user.unwrap_or_else(|| panic!("delivery to {address} serves nobody"));
+        let i: u32 = user[1..].parse().unwrap();
+        assert_eq!(
+            address,
+            format!("u{i}@praktijk.example"),
+            "each user at its own address"
+        );
+        assert_eq!(
+            r.get::<Option<String>, _>("claimed_address").as_deref(),
+            Some(address.as_str())
+        );
+        assert_eq!(r.get::<String, _>("status"), "pending");
+        assert_eq!(r.get::<String, _>("kind"), MODULE);
+        assert_eq!(r.get::<String, _>("about"), "");
+        assert_eq!(r.get::<String, _>("rule"), "U(uitvragen)");
+        assert_eq!(r.get::<String, _>("user_rule"), "U(uitvragen)");
+        assert_eq!(r.get::<i64, _>("versie"), 1);
+        assert_eq!(
+            r.get::<String, _>("message_id"),
+            dl::message_id_for(&delivery)
+        );
+        assert_eq!(
+            uuid::Uuid::parse_str(&delivery).unwrap().get_version_num(),
+            7
+        );
+        assert!(seen.insert(user), "a user served twice");
+    }
+    assert_eq!(seen.len(), N as usize);
+    let ev = ev::get_event(&mut c, &id).await.unwrap().unwrap();
+    assert_eq!(ev.state, "accepted");
+    // Ingesting it again adds nothing.
+    drop(c);
+    let again = ingestor(&store, std::time::Duration::ZERO)
+        .ingest_batch(&[incoming(&event)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![IngestOutcome::Duplicate { event_id: id }]);
+    assert_eq!(deliveries_view(&store).await.len(), N as usize);
+}
+
+async fn snapshots_of_several_codes_read_at_once_match_one_by_one(store: Store) {
+    let codes = ["04111111", "04222222", "04333333", "04999999"];
+    let mut tx = store.begin().await.unwrap();
+    for (i, agb) in codes.iter().take(3).enumerate() {
+        for j in 0..3u32 {
+            let n = i as u32 * 10 + j;
+            let links: &[(&str, &[&str], bool, bool)] = if j == 0 {
+                // Also linked to the next code: one user in two snapshots.
+                &[
+                    (agb, &["uitvragen"], true, true),
+                    (codes[i + 1], &["naleving"], false, false),
+                ]
+            } else {
+                &[(agb, &["contracteren"], false, false)]
+            };
+            let v = crate::support::user(
+                &format!("3{n:013}"),
+                &format!("u{n}@praktijk.example"),
+                j != 2,
+                links,
+                1,
+            );
+            let u = parse_user_record(v.as_object().unwrap(), "").unwrap();
+            dir::apply_user(&mut tx, &u, 1).await.unwrap();
+        }
+    }
+    dir::apply_organisation(
+        &mut tx,
+        &AgbCode::parse("04222222").unwrap(),
+        "Praktijk Twee",
+        1,
+        1,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut c = store.pool().acquire().await.unwrap();
+    let agbs: Vec<AgbCode> = codes
+        .iter()
+        .chain(&["04111111"])
+        .map(|a| AgbCode::parse(a).unwrap())
+        .collect();
+    let all = dir::agb_snapshots(&mut c, &agbs).await.unwrap();
+    assert_eq!(all.len(), codes.len(), "one snapshot per distinct code");
+    for agb in &agbs {
+        let one = dir::agb_snapshot(&mut c, agb).await.unwrap();
+        assert_eq!(all[agb], one);
+    }
+    assert_eq!(all[&agbs[1]].naam.as_deref(), Some("Praktijk Twee"));
+    assert_eq!(all[&agbs[1]].members.len(), 4);
+    assert!(all[&agbs[3]].members.len() == 1 && all[&agbs[3]].naam.is_none());
+    let nrs = [nr(0), nr(12), nr(12), nr(999)];
+    let users = dir::get_users(&mut c, &nrs).await.unwrap();
+    assert_eq!(users.len(), 2, "known users once, unknown ones absent");
+    assert_eq!(
+        users[&nr(12)],
+        dir::get_user(&mut c, &nr(12)).await.unwrap().unwrap()
+    );
+}
+
+async fn a_mixed_batch_resolves_as_if_ingested_one_by_one(store: Store) {
+    use crate::support::{fresh, fresh_for, user, user_event};
+    let (a, b, c) = ("04500001", "04500002", "04500003");
+    let (u1, u2, u3, u4, u5, u6) = (
+        "50000000000001",
+        "50000000000002",
+        "50000000000003",
+        "50000000000004",
+        "50000000000005",
+        "50000000000006",
+    );
+    let directory = [
+        user(
+            u1,
+            "u1@a.example",
+            true,
+            &[(a, &["uitvragen", "contracteren"], true, true)],
+            1,
+        ),
+        user(
+            u2,
+            "u2@b.example",
+            true,
+            &[
+                (a, &["uitvragen"], false, false),
+                (b, &["uitvragen", "contracteren"], true, false),
+            ],
+            1,
+        ),
+        user(
+            u3,
+            "u3@b.example",
+            true,
+            &[(b, &["onderhandelen"], false, true)],
+            1,
+        ),
+        user(
+            u4,
+            "u4@c.example",
+            true,
+            &[(c, &["contracteren"], true, true)],
+            1,
+        ),
+        user(
+            u5,
+            "u5@c.example",
+            true,
+            &[(c, &["uitvragen"], false, false)],
+            1,
+        ),
+    ];
+    let mut org = fresh("organisatie.bijgewerkt");
+    org["data"]["agb_code"] = a.into();
+    let mut revoke = fresh("certificaat.ingetrokken");
+    revoke["data"]["gebruikersnummer"] = u2.into();
+    revoke["data"]["ingetrokken_door"] = u1.into();
+    revoke["data"]["versie"] = 2.into();
+    let mut moved = fresh("gebruiker.emailadres_gewijzigd");
+    moved["data"]["gebruikersnummer"] = u1.into();
+    moved["data"]["oud_email"] = "u1@a.example".into();
+    moved["data"]["nieuw_email"] = "u1@elders.example".into();
+    moved["data"]["versie"] = 2.into();
+    let mut accepted = fresh_for("contract.geaccepteerd", c);
+    accepted["data"]["actor_gebruikersnummer"] = u5.into();
+    let first_a = fresh_for(MODULE, a);
+    let messages = [
+        first_a.clone(),
+        fresh_for("contract.voorstel_aangeboden", b),
+        accepted.clone(),
+        org,
+        revoke,
+        fresh_for(MODULE, a),
+        fresh_for("contract.voorstel_aangeboden", b),
+        user_event(user(
+            u6,
+            "u6@c.example",
+            true,
+            &[(c, &["contracteren"], false, false)],
+            1,
+        )),
+        moved,
+        fresh_for("uitvraag.beoordeeld", a),
+        first_a.clone(),
+        fresh_for("contract.geaccepteerd", c),
+    ];
+    let batch: Vec<Incoming> = messages.iter().map(incoming).collect();
+    let window = std::time::Duration::from_secs(3600);
+
+    let backend = match store.backend() {
+        Backend::Sqlite => crate::support::TestBackend::Sqlite,
+        Backend::Postgres => crate::support::TestBackend::Postgres,
+    };
+    let single_db = crate::support::TestDb::new(backend).await;
+    let single = single_db.store().await;
+    for s in [&store, &single] {
+        let mut tx = s.begin().await.unwrap();
+        for u in &directory {
+            let rec = parse_user_record(u.as_object().unwrap(), "").unwrap();
+            dir::apply_user(&mut tx, &rec, 1).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let together = ingestor(&store, window).ingest_batch(&batch).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for m in &batch {
+        let mut o = ingestor(&single, window)
+            .ingest_batch(std::slice::from_ref(m))
+            .await
+            .unwrap();
+        one_by_one.append(&mut o);
+    }
+    assert_eq!(together, one_by_one);
+    assert_eq!(events_view(&store).await, events_view(&single).await);
+    let view = deliveries_view(&store).await;
+    assert_eq!(view, deliveries_view(&single).await);
+    single.close().await;
+
+    // And it is what the rules say, each event seeing the changes before it.
+    let id = |e: &serde_json::Value| e["id"].as_str().unwrap().to_owned();
+    let of = |e: &serde_json::Value| -> Vec<(String, String, String)> {
+        let id = id(e);
+        view.iter()
+            .filter(|d| d.0 == id)
+            .map(|d| (d.1.clone(), d.2.clone(), d.4.clone()))
+            .collect()
+    };
+    let t = |k: &str, to: &str, st: &str| (k.to_owned(), to.to_owned(), st.to_owned());
+    let cancelled = "cancelled";
+    assert_eq!(
+        of(&messages[0]),
+        vec![
+            t(MODULE, "u1@a.example", "pending"),
+            t(MODULE, "u2@b.example", cancelled)
+        ]
+    );
+    assert_eq!(
+        of(&messages[1]),
+        vec![t("contract.voorstel_aangeboden", "u2@b.example", cancelled)]
+    );
+    assert_eq!(
+        of(&messages[5]),
+        vec![t(MODULE, "u1@a.example", "pending")],
+        "the revoked user is not chosen after the revocation"
+    );
+    assert!(
+        of(&messages[6])
+            .iter()
+            .all(|d| d.0 != "contract.voorstel_aangeboden"),
+        "no signer with the right in B any more: {:?}",
+        of(&messages[6])
+    );
+    assert!(
+        of(&messages[2]).contains(&t("contract.geaccepteerd", "u6@c.example", "pending")),
+        "the user added later in the batch got the recent event of its AGB code"
+    );
+    assert!(of(&messages[9]).contains(&t("uitvraag.beoordeeld", "u1@elders.example", "pending")));
+    assert_eq!(
+        together[10],
+        IngestOutcome::Duplicate {
+            event_id: id(&first_a)
+        }
+    );
+    let last = of(&messages[11]);
+    // U5 has no right to contract mail: it had a copy only as the first event's actor.
+    assert_eq!(
+        last,
+        vec![
+            t("contract.geaccepteerd", "u4@c.example", "pending"),
+            t("contract.geaccepteerd", "u6@c.example", "pending"),
+        ]
+    );
+    assert!(of(&messages[2]).contains(&t("contract.geaccepteerd", "u5@c.example", "pending")));
+}
+
 /// Runs each listed contract test on SQLite and on PostgreSQL, each on a
 /// fresh database that is removed afterwards.
 macro_rules! contract {
@@ -1525,4 +1959,8 @@ contract!(
     listing_filters_by_event_status_agb_type_and_time,
     pending_summary_counts_what_is_not_final,
     a_recent_undeliverable_notice_is_found_by_user_and_time,
+    in_one_multi_row_insert_the_first_of_two_rows_for_one_address_wins,
+    fan_out_to_5000_gives_5000_deliveries_each_with_its_user,
+    snapshots_of_several_codes_read_at_once_match_one_by_one,
+    a_mixed_batch_resolves_as_if_ingested_one_by_one,
 );
