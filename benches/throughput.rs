@@ -62,6 +62,8 @@ const RAW_TO: &str = "ontvanger@praktijk.bench.example";
 const CONNECTIONS: usize = 8;
 /// A wait fails when its count has not moved for this long.
 const NO_PROGRESS: Duration = Duration::from_secs(90);
+/// How long a worker may take to stop after SIGTERM before the scenario fails.
+const STOP_LIMIT: Duration = Duration::from_secs(300);
 
 /// The scenarios, in the order they run. `--only` takes these names or a
 /// prefix up to a dash (`e2e` selects the three e2e runs).
@@ -1131,14 +1133,16 @@ impl Worker {
         proc_kb(self.pid, "VmHWM:").unwrap_or(0)
     }
 
-    /// SIGTERM and wait for the graceful end.
-    async fn stop(mut self) -> Result<()> {
+    /// SIGTERM and wait for the graceful end; returns how long it took.
+    /// A shutdown slower than `shutdown.grace` (20 s) is a finding, so it
+    /// is reported, and only one past [`STOP_LIMIT`] fails the scenario.
+    async fn stop(mut self) -> Result<Duration> {
         self.alive()?;
         run_cmd(
             Command::new("kill").args(["-TERM", &self.pid.to_string()]),
             "kill -TERM",
         )?;
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let t = Instant::now();
         loop {
             if let Some(st) = self.proc.0.try_wait()? {
                 if !st.success() {
@@ -1148,13 +1152,22 @@ impl Worker {
                         self.log_tail()
                     );
                 }
-                return Ok(());
+                if t.elapsed() > Duration::from_secs(25) {
+                    println!(
+                        "   warning: notifier run ({}) took {:.0} s to stop after SIGTERM (shutdown.grace is 20 s)",
+                        self.name,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(t.elapsed());
             }
-            if Instant::now() > deadline {
+            if t.elapsed() > STOP_LIMIT {
                 // The guard kills it.
                 bail!(
-                    "notifier run ({}) still runs 40 s after SIGTERM (shutdown.grace is 20 s)",
-                    self.name
+                    "notifier run ({}) still runs {} s after SIGTERM (shutdown.grace is 20 s); its log:\n{}",
+                    self.name,
+                    STOP_LIMIT.as_secs(),
+                    self.log_tail()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1190,6 +1203,8 @@ struct LatencyRow {
     mails: usize,
     target_rate: usize,
     achieved_rate: f64,
+    /// Mails per second the published events ask for.
+    offered_mails: f64,
     p50: f64,
     p90: f64,
     p99: f64,
@@ -1340,16 +1355,30 @@ fn render_results(ctx: &Ctx, info: &[(String, String)], took: Duration) -> Strin
         );
         let _ = writeln!(
             md,
-            "| backend | mails | events/s asked | events/s published | p50 ms | p90 ms | p99 ms | max ms |"
+            "| backend | mails | events/s asked | events/s published | mails/s offered | p50 ms | p90 ms | p99 ms | max ms |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &ctx.latency {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                r.backend, r.mails, r.target_rate, r.achieved_rate, r.p50, r.p90, r.p99, r.max
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                r.backend,
+                r.mails,
+                r.target_rate,
+                r.achieved_rate,
+                r.offered_mails,
+                r.p50,
+                r.p90,
+                r.p99,
+                r.max
             );
         }
+    }
+    if !ctx.latency.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nWhere the mails/s offered exceed the backend's end-to-end rate (4), a queue builds up during the run and the latency mostly measures that queue; `--only latency --latency-rate N` measures a lower rate. Idle, the dispatcher looks for due mail every `dispatch.idle_poll` (1 s)."
+        );
     }
     if !ctx.failures.is_empty() {
         let _ = writeln!(md, "\n### Failed scenarios\n");
@@ -1820,11 +1849,12 @@ async fn latency(ctx: &mut Ctx, backend: Backend) -> Result<()> {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
         published.insert(id, now_ms_f64());
         confirms.push(p.start(id, body).await?);
-        if i % rate == 0 {
+        if i.is_multiple_of(rate) {
             workers[0].alive()?;
         }
     }
-    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    let publish_secs = start.elapsed().as_secs_f64();
+    let achieved = n as f64 / publish_secs;
     let t_pub0 = published.values().copied().fold(f64::INFINITY, f64::min);
     for c in confirms {
         confirmed(c.await?)?;
@@ -1865,6 +1895,7 @@ async fn latency(ctx: &mut Ctx, backend: Backend) -> Result<()> {
         mails: lat.len(),
         target_rate: rate,
         achieved_rate: achieved,
+        offered_mails: expected as f64 / publish_secs,
         p50: percentile(&lat, 50.0),
         p90: percentile(&lat, 90.0),
         p99: percentile(&lat, 99.0),
@@ -1899,7 +1930,7 @@ async fn backlog(ctx: &mut Ctx) -> Result<()> {
             Duration::from_millis(250),
         )
         .await?;
-    ingestor.pop().expect("one worker").stop().await?;
+    let ingest_stop = ingestor.pop().expect("one worker").stop().await?;
     let pending = world
         .count("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
         .await?;
@@ -1920,7 +1951,7 @@ async fn backlog(ctx: &mut Ctx) -> Result<()> {
             samples.push((now_ms() - t0, kb));
         }
         // The count costs a query: every 5th sample (500 ms).
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let sent = world
                 .count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
                 .await?;
@@ -1969,7 +2000,11 @@ async fn backlog(ctx: &mut Ctx) -> Result<()> {
             mails: true,
             cpu_per_1k: Some(cpu / (expected as f64 / 1000.0)),
             rss_kb: Some(hwm),
-            note: format!("VmRSS sampled every 100 ms: max {} MiB", mib(max_sampled)),
+            note: format!(
+                "VmRSS sampled every 100 ms: max {} MiB; the ingesting worker took {:.1} s to stop after SIGTERM",
+                mib(max_sampled),
+                ingest_stop.as_secs_f64()
+            ),
         },
     );
     Ok(())
