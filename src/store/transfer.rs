@@ -325,7 +325,7 @@ fn io(what: &str, e: std::io::Error) -> TransferError {
 /// snapshot even if something writes meanwhile (stop `notifier run` anyway:
 /// what it does after the snapshot is not in the file).
 pub async fn export(store: &Store, out: &mut dyn Write) -> Result<Counts, TransferError> {
-    let mut tx: Tx = store.pool().begin().await?;
+    let mut tx: Tx = store.begin_read().await?;
     if store.backend() == Backend::Postgres {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
