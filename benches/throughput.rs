@@ -1328,7 +1328,7 @@ fn render_results(ctx: &Ctx, info: &[(String, String)], took: Duration) -> Strin
     );
     let _ = writeln!(
         md,
-        "- worker settings: smtp.concurrency {CONNECTIONS}, smtp.max_rate 0, database.max_connections {}, other settings default (dispatch.batch_size 100, dispatch.idle_poll 1s, amqp.prefetch 200), JSON logs at warn\n",
+        "- worker settings: smtp.concurrency {CONNECTIONS}, smtp.max_rate 0, database.max_connections {}, other settings default (dispatch.batch_size 500, dispatch.idle_poll 1s (woken by ingest), amqp.prefetch 200), JSON logs at warn\n",
         CONNECTIONS + 4
     );
     let d = ctx.limit("1b");
@@ -1662,7 +1662,12 @@ async fn amqp_raw(ctx: &mut Ctx) -> Result<()> {
 /// The e2e workload's directory: one practice per event, 1-6 users each.
 fn e2e_directory(ctx: &Ctx) -> (Directory, String) {
     let mut rng = StdRng::seed_from_u64(ctx.opts.seed);
-    let d = Directory::generate(&mut rng, ctx.opts.sizes.events, |r| r.random_range(1..=6), 1.0 / 3.0);
+    let d = Directory::generate(
+        &mut rng,
+        ctx.opts.sizes.events,
+        |r| r.random_range(1..=6),
+        1.0 / 3.0,
+    );
     let jsonl = d.jsonl(&mut rng);
     (d, jsonl)
 }

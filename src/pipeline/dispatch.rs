@@ -171,15 +171,16 @@ impl Dispatcher {
     }
 
     /// The rounds of [`Self::run`]. The next batch is claimed and read while
-    /// the current one sends its last mails, so the relay connections do not
-    /// wait for the claim and the round's reads.
+    /// the current one sends its second half, so the relay connections do
+    /// not wait for the claim and the round's reads.
     async fn rounds(&self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let mut ahead: Option<Batch> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let step = self.step(ahead.take());
+            let mut no_summary = None;
+            let step = self.step(ahead.take(), &mut no_summary);
             tokio::pin!(step);
             let (result, next) = tokio::select! {
                 r = &mut step => r,
@@ -223,10 +224,14 @@ impl Dispatcher {
         // of this dispatcher's leases in `release`.
     }
 
-    /// Sends `ahead` (or a batch claimed now) and, once all of its
+    /// Sends `ahead` (or a batch claimed now) and, once half of its
     /// deliveries have started, claims the next one; returns how many it
     /// handled and the next batch.
-    async fn step(&self, ahead: Option<Batch>) -> (Result<usize, StoreError>, Option<Batch>) {
+    async fn step(
+        &self,
+        ahead: Option<Batch>,
+        summary: &mut Option<DispatchSummary>,
+    ) -> (Result<usize, StoreError>, Option<Batch>) {
         let batch = match ahead {
             Some(b) => b,
             None => match self.prepare().await {
@@ -238,10 +243,9 @@ impl Dispatcher {
         if n == 0 {
             return (Ok(0), None);
         }
-        let (started, all_started) = tokio::sync::oneshot::channel();
-        let mut no_summary = None;
-        let (sent, next) = tokio::join!(self.execute(batch, Some(started), &mut no_summary), async {
-            if all_started.await.is_err() || self.stopping.load(Ordering::SeqCst) {
+        let (started, half_started) = tokio::sync::oneshot::channel();
+        let (sent, next) = tokio::join!(self.execute(batch, Some(started), summary), async {
+            if half_started.await.is_err() || self.stopping.load(Ordering::SeqCst) {
                 return None;
             }
             match self.prepare().await {
@@ -322,23 +326,17 @@ impl Dispatcher {
     /// Sends everything that is due now, then returns (`notifier dispatch --until-idle`).
     pub async fn run_until_idle(&self) -> Result<DispatchSummary, StoreError> {
         let mut summary = Some(DispatchSummary::default());
+        let mut ahead = None;
         loop {
             if self.breaker.state() == CircuitState::Open {
                 warn!("relay circuit open: stopping; the rest stays pending");
                 break;
             }
-            let round = async {
-                let batch = self.prepare().await?;
-                let n = batch.claimed.len();
-                if n > 0 {
-                    self.execute(batch, None, &mut summary).await?;
-                }
-                Ok::<_, StoreError>(n)
-            };
-            let n = tokio::select! {
-                r = round => r,
+            let (n, next) = tokio::select! {
+                r = self.step(ahead.take(), &mut summary) => r,
                 never = self.renew_leases() => match never {},
             };
+            ahead = next;
             match n {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -438,7 +436,7 @@ impl Dispatcher {
 
     /// Sends a batch: up to [`max_in_flight`] deliveries at once, each
     /// checked, rendered, sent and recorded through one group-committing
-    /// recorder. `started` fires once every delivery has started.
+    /// recorder. `started` fires once half of them have started.
     async fn execute(
         &self,
         batch: Batch,
@@ -453,9 +451,16 @@ impl Dispatcher {
         let writer = tokio::spawn(writing);
         let in_flight = max_in_flight(self.cfg.concurrency, self.cfg.batch_size).min(n);
         let mut started = started;
-        // After the last delivery, one marker that fires `started` when
-        // buffer_unordered pulls it, i.e. when every delivery has begun.
-        let items = claimed.into_iter().map(Some).chain(std::iter::once(None));
+        // Half-way through the batch, a marker that fires `started` when
+        // buffer_unordered pulls it: the next batch is claimed and read while
+        // the second half sends, so that it is ready when this one ends.
+        let mut claimed = claimed;
+        let second_half = claimed.split_off(n / 2);
+        let items = claimed
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain(second_half.into_iter().map(Some));
         let results = futures_util::stream::iter(items)
             .map(|d| {
                 let (data, recorder) = (&data, &recorder);

@@ -9,8 +9,9 @@
 
 use crate::store::deliveries::{self as dl, Finish};
 use crate::store::{Store, StoreError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -19,6 +20,10 @@ pub const GROUP: usize = 128;
 
 /// How long the first finish of a group waits for others to join it.
 pub const LINGER: Duration = Duration::from_millis(2);
+
+/// Groups written at once: while one commits (an fsync), the next is
+/// already being written, so a send waits for about one commit at most.
+pub const WRITERS: usize = 2;
 
 struct Request {
     finish: Finish,
@@ -60,6 +65,8 @@ impl Recorder {
 }
 
 async fn write_groups(mut rx: mpsc::UnboundedReceiver<Request>, store: Store, owner: String) {
+    let slots = Arc::new(Semaphore::new(WRITERS));
+    let mut writing = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let until = Instant::now() + LINGER;
@@ -69,14 +76,25 @@ async fn write_groups(mut rx: mpsc::UnboundedReceiver<Request>, store: Store, ow
                 Ok(None) | Err(_) => break,
             }
         }
-        let (n, began) = (group.len(), std::time::Instant::now());
-        write(&store, &owner, group).await;
-        debug!(
-            finishes = n,
-            took_ms = began.elapsed().as_millis() as u64,
-            "group committed"
-        );
+        // While both writers are busy, the finishes that arrive meanwhile
+        // wait in the channel and join the next group.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (store, owner) = (store.clone(), owner.clone());
+        writing.spawn(async move {
+            let (n, began) = (group.len(), std::time::Instant::now());
+            write(&store, &owner, group).await;
+            debug!(
+                finishes = n,
+                took_ms = began.elapsed().as_millis() as u64,
+                "group committed"
+            );
+            drop(slot);
+        });
+        while writing.try_join_next().is_some() {}
     }
+    while writing.join_next().await.is_some() {}
 }
 
 /// Writes one group in one transaction. When that fails, each finish is
