@@ -414,8 +414,16 @@ impl PgDb {
         Ok(Self(name))
     }
 
+    /// Over TCP, or over the Unix socket in `BENCH_PG_SOCKET` (a directory
+    /// such as /var/run/postgresql): sqlx sets no `TCP_NODELAY` on
+    /// PostgreSQL connections, so the two differ (docs/benchmarks.md).
     fn url(&self) -> String {
-        format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{}", self.0)
+        match std::env::var("BENCH_PG_SOCKET") {
+            Ok(dir) if !dir.is_empty() => {
+                format!("postgres://{PG_USER}@localhost/{}?host={dir}", self.0)
+            }
+            _ => format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{}", self.0),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! attempts and next states with group commit ([`super::recorder`]).
 //! Retries are due times in the database, never held messages.
 
+use super::recheck::Rechecker;
 use super::recorder::Recorder;
 use crate::domain::delivery::{
     self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
@@ -15,7 +16,7 @@ use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
 use crate::ops::metrics::Metrics;
-use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Finish, ServedNow, Transition};
+use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Finish, Transition};
 use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
 use crate::templates::Templates;
 use chrono::Utc;
@@ -96,7 +97,6 @@ struct Batch {
 /// What a round reads once for all its deliveries.
 #[derive(Default)]
 struct RoundData {
-    served: HashMap<String, Vec<ServedNow>>,
     events: HashMap<String, ev::EventRow>,
     /// Each module event of the round, parsed once (or why it cannot be).
     parsed: HashMap<String, Result<ModuleEvent, String>>,
@@ -449,6 +449,9 @@ impl Dispatcher {
         // On a task of its own: the group commit runs on another core than
         // the rendering and the SMTP exchanges of the round.
         let writer = tokio::spawn(writing);
+        // The send-time re-check reads as late as each send, in groups.
+        let (rechecker, checking) = Rechecker::new(self.store.clone());
+        let checker = tokio::spawn(checking);
         let in_flight = max_in_flight(self.cfg.concurrency, self.cfg.batch_size).min(n);
         let mut started = started;
         // Half-way through the batch, a marker that fires `started` when
@@ -463,7 +466,7 @@ impl Dispatcher {
             .chain(second_half.into_iter().map(Some));
         let results = futures_util::stream::iter(items)
             .map(|d| {
-                let (data, recorder) = (&data, &recorder);
+                let (data, recorder, rechecker) = (&data, &recorder, &rechecker);
                 let started = if d.is_none() { started.take() } else { None };
                 async move {
                     let Some(d) = d else {
@@ -475,7 +478,7 @@ impl Dispatcher {
                     let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
                     let id = d.id.clone();
                     let r = self
-                        .handle_isolated(d, data, recorder)
+                        .handle_isolated(d, data, recorder, rechecker)
                         .instrument(span)
                         .await;
                     self.held.lock().expect("lease set").remove(&id);
@@ -486,8 +489,9 @@ impl Dispatcher {
             .filter_map(|r| async move { r })
             .collect::<Vec<Result<Transition, StoreError>>>()
             .await;
-        // The last handle: the recorder writes what is left and ends.
-        drop(recorder);
+        // The last handles: the recorder writes what is left and ends.
+        drop((recorder, rechecker));
+        let _ = checker.await;
         // Every finish was answered; the writer has ended or ends now.
         if let Err(e) = writer.await {
             error!(error = %e, "the outcome recorder of a round failed");
@@ -512,16 +516,6 @@ impl Dispatcher {
     /// (module events parsed once), and the names of the organisations.
     async fn prefetch(&self, claimed: &[Claimed]) -> Result<RoundData, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
-        let by_users: Vec<&str> = claimed
-            .iter()
-            .filter(|d| d.rule != "ADDRESS")
-            .map(|d| d.id.as_str())
-            .collect();
-        let served = if by_users.is_empty() {
-            HashMap::new()
-        } else {
-            dl::served_users_of(&mut conn, &by_users).await?
-        };
         let mut event_ids: Vec<&str> = claimed.iter().map(|d| d.event_id.as_str()).collect();
         event_ids.sort_unstable();
         event_ids.dedup();
@@ -552,7 +546,6 @@ impl Dispatcher {
             })
             .collect();
         Ok(RoundData {
-            served,
             events,
             parsed,
             praktijk,
@@ -624,10 +617,11 @@ impl Dispatcher {
         d: Claimed,
         data: &RoundData,
         rec: &Recorder,
+        recheck: &Rechecker,
     ) -> Result<Transition, StoreError> {
         let id = d.id.clone();
         let kind = d.kind.clone();
-        match std::panic::AssertUnwindSafe(self.handle(d, data, rec))
+        match std::panic::AssertUnwindSafe(self.handle(d, data, rec, recheck))
             .catch_unwind()
             .await
         {
@@ -662,6 +656,7 @@ impl Dispatcher {
         d: Claimed,
         data: &RoundData,
         rec: &Recorder,
+        recheck: &Rechecker,
     ) -> Result<Transition, StoreError> {
         if self.stopping.load(Ordering::SeqCst) {
             return self.finish_released(&d, rec).await;
@@ -688,8 +683,8 @@ impl Dispatcher {
         let address = if d.rule == "ADDRESS" {
             d.address.clone()
         } else {
-            let no_users = Vec::new();
-            let served = data.served.get(&d.id).unwrap_or(&no_users);
+            let served = recheck.served_now(&d.id).await?;
+            let served = &served;
             let mut active: Vec<_> = served
                 .iter()
                 .filter(|u| u.status.as_deref() == Some("actief"))

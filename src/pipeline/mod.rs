@@ -4,5 +4,6 @@
 pub mod dispatch;
 pub mod ingest;
 pub mod plan;
+pub mod recheck;
 pub mod recorder;
 pub mod wake;

@@ -1,0 +1,96 @@
+//! The send-time re-check, read in groups: right before a delivery is
+//! rendered and sent, the users it serves are read again (a revocation or an
+//! address change committed since the claim must count), and the reads of
+//! the deliveries that get there within a millisecond of each other are one
+//! statement. The answer is as fresh as a read of its own, within that
+//! millisecond, without a statement per mail.
+
+use crate::store::deliveries::{self as dl, ServedNow};
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How many deliveries one read covers at most.
+const GROUP: usize = 128;
+
+/// How long the first request of a group waits for others to join it.
+const LINGER: Duration = Duration::from_millis(1);
+
+type Answer = Result<Vec<ServedNow>, String>;
+
+struct Request {
+    delivery_id: String,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The handle the deliveries of a round re-check through.
+pub struct Rechecker {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Rechecker {
+    /// A re-checker reading from `store`, and the future that serves it:
+    /// run it beside the round; it ends when every handle is dropped.
+    pub fn new(store: Store) -> (Self, impl std::future::Future<Output = ()> + Send) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, serve(rx, store))
+    }
+
+    /// The users `delivery_id` serves, as the directory has them now.
+    pub async fn served_now(&self, delivery_id: &str) -> Result<Vec<ServedNow>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            delivery_id: delivery_id.to_owned(),
+            reply,
+        };
+        if self.tx.send(request).is_err() {
+            return Err(StoreError::Corrupt(
+                "the send-time re-check stopped before the round ended".into(),
+            ));
+        }
+        match answer.await {
+            Ok(Ok(served)) => Ok(served),
+            Ok(Err(e)) => Err(StoreError::Corrupt(format!(
+                "the send-time re-check of the directory failed: {e}"
+            ))),
+            Err(_) => Err(StoreError::Corrupt(
+                "the send-time re-check dropped a request without an answer".into(),
+            )),
+        }
+    }
+}
+
+async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, store: Store) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let until = Instant::now() + LINGER;
+        while group.len() < GROUP {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => group.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let ids: Vec<&str> = group.iter().map(|r| r.delivery_id.as_str()).collect();
+        let read: Result<HashMap<String, Vec<ServedNow>>, StoreError> = async {
+            let mut conn = store.pool().acquire().await?;
+            dl::served_users_of(&mut conn, &ids).await
+        }
+        .await;
+        match read {
+            Ok(mut by_delivery) => {
+                for r in group {
+                    let served = by_delivery.remove(&r.delivery_id).unwrap_or_default();
+                    let _ = r.reply.send(Ok(served));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for r in group {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
