@@ -679,6 +679,10 @@ impl Dispatcher {
             return Ok(failed);
         };
 
+        // The connection first, then the re-check: the directory is read
+        // as late as a send of its own would read it, not while this
+        // delivery waits its turn behind the others in flight.
+        let connection = self.wire.acquire().await.expect("semaphore never closed");
         // Checked at send time: revoked users dropped, the current address used.
         let address = if d.rule == "ADDRESS" {
             d.address.clone()
@@ -801,7 +805,6 @@ impl Dispatcher {
             }
         };
 
-        let connection = self.wire.acquire().await.expect("semaphore never closed");
         let permit = self.limiter.acquire().await;
         // Stopping, or the circuit opened while this one waited its turn:
         // hand it back unsent rather than send into a relay known to fail.

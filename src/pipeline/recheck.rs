@@ -1,9 +1,9 @@
 //! The send-time re-check, read in groups: right before a delivery is
 //! rendered and sent, the users it serves are read again (a revocation or an
 //! address change committed since the claim must count), and the reads of
-//! the deliveries that get there within a millisecond of each other are one
+//! the deliveries that get there within 0.2 ms of each other are one
 //! statement. The answer is as fresh as a read of its own, within that
-//! millisecond, without a statement per mail.
+//! moment, without a statement per mail.
 
 use crate::store::deliveries::{self as dl, ServedNow};
 use crate::store::{Store, StoreError};
@@ -15,8 +15,9 @@ use tokio::time::Instant;
 /// How many deliveries one read covers at most.
 const GROUP: usize = 128;
 
-/// How long the first request of a group waits for others to join it.
-const LINGER: Duration = Duration::from_millis(1);
+/// How long the first request of a group waits for others to join it
+/// (each waiter holds a relay connection meanwhile).
+const LINGER: Duration = Duration::from_micros(200);
 
 type Answer = Result<Vec<ServedNow>, String>;
 

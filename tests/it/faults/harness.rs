@@ -800,12 +800,16 @@ impl Scenario {
                     .push((mid.clone(), at, d.id.clone()));
             }
         }
-        // A revoked user must get nothing whose attempt began after the revocation's commit.
+        // A revoked user must get nothing whose attempt began after the
+        // revocation's commit, give or take the send-time re-check's window:
+        // the users are read right before the send, so a revocation that
+        // commits between that read and the send can still let that one
+        // mail out (docs/reliability.md). Debug build, shared cores: 250 ms.
         for &(ref addr, revoked_at) in &self.revoked {
             for d in by_mid.values().filter(|d| &d.key.2 == addr) {
                 let late = attempt_starts
                     .get(&d.id)
-                    .is_some_and(|s| s.iter().any(|&t| t > revoked_at));
+                    .is_some_and(|s| s.iter().any(|&t| t > revoked_at + RECHECK_WINDOW_MS));
                 let got = received
                     .iter()
                     .any(|k| k.0 == d.key.0 && k.1 == d.key.1 && &k.2 == addr);
@@ -897,6 +901,10 @@ struct Row {
 }
 
 /// The columns of the table `tests/faults/run` prints.
+/// How long before its send the send-time re-check may have read the
+/// directory (see the revocation rule in `finish`).
+const RECHECK_WINDOW_MS: i64 = 250;
+
 pub const HEADER: &str = "scenario\tbackend\tpublished\texpected\tdelivered\tlost\tduplicated\texplained\twrong\tunknown\trecover_s\tpeak_rss_mb\ttook_s\tresult\tnotes";
 
 impl Row {
