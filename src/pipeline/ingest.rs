@@ -382,47 +382,11 @@ impl Ingestor {
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().ok().map(|e| (i, e)))
             .collect();
-        let payloads: Vec<_> = events
-            .iter()
-            .map(|(i, _)| String::from_utf8_lossy(&batch[*i].body))
-            .collect();
-        let rows: Vec<NewEvent<'_>> = events
-            .iter()
-            .zip(&payloads)
-            .map(|((_, event), payload)| NewEvent {
-                id: event.id.as_str(),
-                event_type: event.event_type.as_str(),
-                agb_code: event.agb_code().map(|a| a.as_str()),
-                occurred_at_ms: ms(event.time),
-                received_at_ms: ms(now),
-                payload,
-                state: "accepted",
-            })
-            .collect();
-        let inserted = ev::insert_events(conn, &rows).await?;
-        let mut fresh = Vec::with_capacity(events.len());
-        for ((i, event), new) in events.into_iter().zip(inserted) {
-            if new {
-                fresh.push((i, event));
-            } else {
-                info!(event_id = %event.id, event_type = event.event_type.as_str(),
-                    "duplicate event id: nothing new");
-                done[i] = Some((
-                    event.event_type.as_str().to_owned(),
-                    IngestOutcome::Duplicate {
-                        event_id: event.id.to_string(),
-                    },
-                ));
-            }
-        }
-        // One directory read for every module event of the segment.
-        let modules: Vec<&ModuleEvent> = fresh
-            .iter()
-            .filter_map(|(_, e)| match &e.body {
-                EventBody::Module(m) => Some(m),
-                _ => None,
-            })
-            .collect();
+        // Module events are resolved before their rows are written, against
+        // one directory read for the whole segment, so that each row goes in
+        // with its final state and the deliveries of every new event take a
+        // few multi-row statements for the segment, not a few per event.
+        let modules: Vec<&ModuleEvent> = events.iter().filter_map(|(_, e)| module_of(e)).collect();
         let (snapshots, actors) = if modules.is_empty() {
             Default::default()
         } else {
@@ -433,22 +397,96 @@ impl Ingestor {
                 dir::get_users(conn, &numbers).await?,
             )
         };
-        for (i, event) in fresh {
+        let mut resolved: Vec<Option<(recipients::Resolution, Option<String>)>> =
+            Vec::with_capacity(events.len());
+        for (_, event) in &events {
+            let Some(m) = module_of(event) else {
+                resolved.push(None);
+                continue;
+            };
+            let snapshot = snapshots.get(&m.agb_code).ok_or_else(|| {
+                StoreError::Corrupt("directory snapshot missing for an AGB code".into())
+            })?;
+            let actor = m.actor.as_ref().and_then(|a| actors.get(a));
+            let res = recipients::resolve_module(m, event.id.as_str(), snapshot, actor);
+            let detail = event_detail(m, &res);
+            resolved.push(Some((res, detail)));
+        }
+        let payloads: Vec<_> = events
+            .iter()
+            .map(|(i, _)| String::from_utf8_lossy(&batch[*i].body))
+            .collect();
+        let rows: Vec<NewEvent<'_>> = events
+            .iter()
+            .zip(&payloads)
+            .zip(&resolved)
+            .map(|(((_, event), payload), r)| NewEvent {
+                id: event.id.as_str(),
+                event_type: event.event_type.as_str(),
+                agb_code: event.agb_code().map(|a| a.as_str()),
+                occurred_at_ms: ms(event.time),
+                received_at_ms: ms(now),
+                payload,
+                state: r
+                    .as_ref()
+                    .map_or("accepted", |(res, _)| res.routing.event_state()),
+                detail: r.as_ref().and_then(|(_, d)| d.as_deref()),
+            })
+            .collect();
+        let inserted = ev::insert_events(conn, &rows).await?;
+        let mut firsts: Vec<(usize, &PortalEvent, plan::First<'_>)> = Vec::new();
+        for (((i, event), new), r) in events.iter().zip(inserted).zip(&resolved) {
+            let i = *i;
+            if !new {
+                info!(event_id = %event.id, event_type = event.event_type.as_str(),
+                    "duplicate event id: nothing new");
+                done[i] = Some((
+                    event.event_type.as_str().to_owned(),
+                    IngestOutcome::Duplicate {
+                        event_id: event.id.to_string(),
+                    },
+                ));
+                continue;
+            }
+            match r {
+                Some((res, _)) => firsts.push((
+                    i,
+                    event,
+                    plan::First {
+                        event_id: event.id.as_str(),
+                        resolution: res,
+                        timing: self.timing(event.time, now),
+                    },
+                )),
+                None => {
+                    let span = info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
+                    let outcome = self.apply(conn, event, now).instrument(span).await?;
+                    done[i] = Some((event.event_type.as_str().to_owned(), outcome));
+                }
+            }
+        }
+        let plans: Vec<plan::First<'_>> = firsts.iter().map(|(_, _, f)| *f).collect();
+        let added = plan::plan_first_many(conn, &plans).await?;
+        for ((i, event, first), n) in firsts.into_iter().zip(added) {
+            let res = first.resolution;
+            let routing = routing_label(res.routing);
             let span =
                 info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
-            let outcome = match &event.body {
-                EventBody::Module(m) => {
-                    let snapshot = snapshots.get(&m.agb_code).ok_or_else(|| {
-                        StoreError::Corrupt("directory snapshot missing for an AGB code".into())
-                    })?;
-                    let actor = m.actor.as_ref().and_then(|a| actors.get(a));
-                    self.accept(conn, event, m, snapshot, actor, now)
-                        .instrument(span)
-                        .await?
+            span.in_scope(|| {
+                if res.routing == Routing::Unroutable || res.unroutable_notice {
+                    warn!(agb_code = ?event.agb_code().map(|a| a.as_str()), "unroutable: no recipient and no active contact person");
                 }
-                _ => self.apply(conn, event, now).instrument(span).await?,
-            };
-            done[i] = Some((event.event_type.as_str().to_owned(), outcome));
+                info!(deliveries = n, routing, "event accepted");
+            });
+            done[i] = Some((
+                event.event_type.as_str().to_owned(),
+                IngestOutcome::Accepted {
+                    event_id: event.id.to_string(),
+                    deliveries: n,
+                    routing,
+                    unroutable_notice: res.unroutable_notice,
+                },
+            ));
         }
         for d in done {
             out.push(d.ok_or_else(|| {
@@ -456,40 +494,6 @@ impl Ingestor {
             })?);
         }
         Ok(())
-    }
-
-    /// A new module event: resolved against `snapshot` (its AGB code as the
-    /// directory has it now) and `actor`, its deliveries planned.
-    async fn accept(
-        &self,
-        conn: &mut AnyConnection,
-        event: &PortalEvent,
-        m: &ModuleEvent,
-        snapshot: &AgbSnapshot,
-        actor: Option<&DirectoryUser>,
-        now: DateTime<Utc>,
-    ) -> Result<IngestOutcome, StoreError> {
-        let id = event.id.to_string();
-        let (n, res) = self
-            .resolve_and_plan(
-                conn,
-                &id,
-                m,
-                snapshot,
-                actor,
-                plan::Served::fresh(),
-                event.time,
-                now,
-            )
-            .await?;
-        let routing = routing_label(res.routing);
-        info!(deliveries = n, routing, "event accepted");
-        Ok(IngestOutcome::Accepted {
-            event_id: id,
-            deliveries: n,
-            routing,
-            unroutable_notice: res.unroutable_notice,
-        })
     }
 
     async fn plan(
@@ -545,8 +549,26 @@ impl Ingestor {
                     Some(a) => dir::get_user(conn, a).await?,
                     None => None,
                 };
-                self.accept(conn, event, m, &snapshot, actor.as_ref(), now)
-                    .await
+                let (n, res) = self
+                    .resolve_and_plan(
+                        conn,
+                        &id,
+                        m,
+                        &snapshot,
+                        actor.as_ref(),
+                        plan::Served::fresh(),
+                        event.time,
+                        now,
+                    )
+                    .await?;
+                let routing = routing_label(res.routing);
+                info!(deliveries = n, routing, "event accepted");
+                Ok(IngestOutcome::Accepted {
+                    event_id: id,
+                    deliveries: n,
+                    routing,
+                    unroutable_notice: res.unroutable_notice,
+                })
             }
             EventBody::GebruikerBijgewerkt(rec) => {
                 let check = dir::apply_user(conn, rec, now_ms).await?;
@@ -793,20 +815,7 @@ impl Ingestor {
             // (a user who lost the right since) changes nothing about that.
             return Ok((n, res));
         }
-        let notes = (!res.notes.is_empty()).then(|| format!("; {}", res.notes.join("; ")));
-        let notes = notes.unwrap_or_default();
-        let detail = match res.routing {
-            Routing::Unroutable => Some(format!(
-                "no active user with the right and no active contact person for AGB {}{notes}",
-                m.agb_code
-            )),
-            Routing::NoRecipientNotice => Some(format!(
-                "no active recipient: contact persons notified{notes}"
-            )),
-            Routing::Routed => {
-                (!notes.is_empty()).then(|| notes.trim_start_matches("; ").to_owned())
-            }
-        };
+        let detail = event_detail(m, &res);
         ev::set_event_state(conn, id, res.routing.event_state(), detail.as_deref()).await?;
         if res.routing == Routing::Unroutable || res.unroutable_notice {
             warn!(agb_code = %m.agb_code, "unroutable: no recipient and no active contact person");
@@ -918,6 +927,31 @@ pub struct Ingested {
 
 /// The metrics label of a message's type: a known type, or "unknown" (never
 /// free text from the message).
+/// The module event in `e`, if it is one.
+fn module_of(e: &PortalEvent) -> Option<&ModuleEvent> {
+    match &e.body {
+        EventBody::Module(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// What an event's row says about its resolution, when there is something
+/// to say: why nobody can be mailed, and the resolution's notes.
+fn event_detail(m: &ModuleEvent, res: &recipients::Resolution) -> Option<String> {
+    let notes = (!res.notes.is_empty()).then(|| format!("; {}", res.notes.join("; ")));
+    let notes = notes.unwrap_or_default();
+    match res.routing {
+        Routing::Unroutable => Some(format!(
+            "no active user with the right and no active contact person for AGB {}{notes}",
+            m.agb_code
+        )),
+        Routing::NoRecipientNotice => Some(format!(
+            "no active recipient: contact persons notified{notes}"
+        )),
+        Routing::Routed => (!notes.is_empty()).then(|| notes.trim_start_matches("; ").to_owned()),
+    }
+}
+
 fn known_type_label(t: Option<&str>) -> &'static str {
     t.and_then(crate::domain::event::EventType::parse)
         .map_or("unknown", |t| t.as_str())

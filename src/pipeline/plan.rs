@@ -152,6 +152,72 @@ async fn plan_first(
     Ok(out)
 }
 
+/// The first planning of an event whose row this transaction has just
+/// inserted (see [`plan_first_many`]).
+#[derive(Clone, Copy)]
+pub struct First<'a> {
+    pub event_id: &'a str,
+    pub resolution: &'a Resolution,
+    pub timing: Timing,
+}
+
+/// The first planning of several new events at once (an ingest batch): what
+/// [`plan_resolution_from`] with [`Served::fresh`] does for each, with the
+/// deliveries of all of them in the same few multi-row statements. Returns
+/// per event how many deliveries were added.
+pub async fn plan_first_many(
+    conn: &mut AnyConnection,
+    firsts: &[First<'_>],
+) -> Result<Vec<usize>, StoreError> {
+    let Some(t) = firsts.first().map(|f| f.timing) else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<pl::PlannedRow<'_>> = firsts
+        .iter()
+        .flat_map(|f| {
+            f.resolution.deliveries.iter().map(|p| pl::PlannedRow {
+                event_id: f.event_id,
+                planned: p,
+                deadline_ms: f.timing.deadline_ms,
+            })
+        })
+        .collect();
+    let ids = pl::insert_planned_rows(conn, &rows, t.now_ms, t.due_ms).await?;
+    let mut ids = ids.into_iter();
+    let mut added = Vec::with_capacity(firsts.len());
+    for f in firsts {
+        let mine: Vec<bool> = ids
+            .by_ref()
+            .take(f.resolution.deliveries.len())
+            .map(|id| id.is_some())
+            .collect();
+        let module_added = f
+            .resolution
+            .deliveries
+            .iter()
+            .zip(&mine)
+            .any(|(p, &a)| a && p.kind.is_module());
+        // As in `plan_resolution_from`: a `beheer.geen_ontvanger` of this
+        // very planning gives way to a module mail planned beside it.
+        if module_added
+            && f.resolution
+                .deliveries
+                .iter()
+                .any(|p| p.kind == MailKind::GeenOntvanger)
+        {
+            dl::cancel_pending_kind(
+                conn,
+                f.event_id,
+                MailKind::GeenOntvanger.as_str(),
+                "cancelled: a recipient with the right was found after all (late directory data)",
+            )
+            .await?;
+        }
+        added.push(mine.into_iter().filter(|&a| a).count());
+    }
+    Ok(added)
+}
+
 /// Plans one delivery of an event that had deliveries when this planning
 /// began: checked row by row against what exists (re-resolution, replay).
 async fn plan_again(

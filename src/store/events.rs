@@ -16,6 +16,8 @@ pub struct NewEvent<'a> {
     pub received_at_ms: i64,
     pub payload: &'a str,
     pub state: &'a str,
+    /// Why the event is in `state`, when that needs saying (unroutable, notes).
+    pub detail: Option<&'a str>,
 }
 
 /// Inserts an event; `false` when its id is already known (a duplicate).
@@ -23,7 +25,7 @@ pub async fn insert_event(conn: &mut AnyConnection, e: &NewEvent<'_>) -> Result<
     Ok(insert_events(conn, std::slice::from_ref(e)).await?[0])
 }
 
-/// Events per multi-row insert: 7 parameters each, far below SQLite's
+/// Events per multi-row insert: 8 parameters each, far below SQLite's
 /// 32766 (PostgreSQL allows 65535).
 const EVENTS_PER_STATEMENT: usize = 500;
 
@@ -38,11 +40,11 @@ pub async fn insert_events(
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         let mut binds = super::Binds::for_conn(conn);
         let values = (0..chunk.len())
-            .map(|_| binds.row(7))
+            .map(|_| binds.row(8))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
+            "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state, detail) \
              VALUES {values} ON CONFLICT (id) DO NOTHING RETURNING id"
         );
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -54,7 +56,8 @@ pub async fn insert_events(
                 .bind(e.occurred_at_ms)
                 .bind(e.received_at_ms)
                 .bind(storable(e.payload))
-                .bind(e.state.to_owned());
+                .bind(e.state.to_owned())
+                .bind(e.detail.map(storable));
         }
         inserted.extend(q.fetch_all(&mut *conn).await?);
     }

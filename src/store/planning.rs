@@ -25,6 +25,14 @@ const SERVED_PARAMS: usize = 4;
 const _: () = assert!(ROWS_PER_STATEMENT * DELIVERY_PARAMS <= MAX_PARAMS);
 const _: () = assert!(ROWS_PER_STATEMENT * SERVED_PARAMS <= MAX_PARAMS);
 
+/// One planned delivery row: the event it belongs to and its deadline.
+#[derive(Clone, Copy)]
+pub struct PlannedRow<'a> {
+    pub event_id: &'a str,
+    pub planned: &'a PlannedDelivery,
+    pub deadline_ms: i64,
+}
+
 /// Inserts planned deliveries of one event and the users each serves, in
 /// order, in a few multi-row statements. Returns, per planned delivery, the
 /// new id, or `None` when the same (event, kind, address, about) already
@@ -39,12 +47,32 @@ pub async fn insert_planned_many(
     due_ms: i64,
     deadline_ms: i64,
 ) -> Result<Vec<Option<String>>, StoreError> {
-    let ids: Vec<String> = planned
+    let rows: Vec<PlannedRow<'_>> = planned
+        .iter()
+        .map(|p| PlannedRow {
+            event_id,
+            planned: p,
+            deadline_ms,
+        })
+        .collect();
+    insert_planned_rows(conn, &rows, now_ms, due_ms).await
+}
+
+/// [`insert_planned_many`] for the rows of any number of events (the first
+/// planning of every new event of an ingest batch): the same answer per
+/// row, in the same few statements whatever the number of events.
+pub async fn insert_planned_rows(
+    conn: &mut AnyConnection,
+    rows: &[PlannedRow<'_>],
+    now_ms: i64,
+    due_ms: i64,
+) -> Result<Vec<Option<String>>, StoreError> {
+    let ids: Vec<String> = rows
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-    let mut inserted = HashSet::with_capacity(planned.len());
-    for (chunk, chunk_ids) in planned
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for (chunk, chunk_ids) in rows
         .chunks(ROWS_PER_STATEMENT)
         .zip(ids.chunks(ROWS_PER_STATEMENT))
     {
@@ -60,11 +88,12 @@ pub async fn insert_planned_many(
              VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
         );
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for (p, id) in chunk.iter().zip(chunk_ids) {
+        for (r, id) in chunk.iter().zip(chunk_ids) {
+            let p = r.planned;
             let address = p.address.as_str().to_owned();
             q = q
                 .bind(id.clone())
-                .bind(event_id.to_owned())
+                .bind(r.event_id.to_owned())
                 .bind(p.kind.as_str())
                 .bind(p.about.clone())
                 .bind(address.clone())
@@ -72,17 +101,17 @@ pub async fn insert_planned_many(
                 .bind(p.rule_label())
                 .bind(p.notice.as_ref().map(|v| v.to_string()))
                 .bind(due_ms)
-                .bind(deadline_ms)
+                .bind(r.deadline_ms)
                 .bind(message_id_for(id))
                 .bind(now_ms);
         }
         inserted.extend(q.fetch_all(&mut *conn).await?);
     }
-    let served: Vec<(&str, &Served)> = planned
+    let served: Vec<(&str, &Served)> = rows
         .iter()
         .zip(&ids)
         .filter(|(_, id)| inserted.contains(id.as_str()))
-        .flat_map(|(p, id)| p.users.iter().map(move |u| (id.as_str(), u)))
+        .flat_map(|(r, id)| r.planned.users.iter().map(move |u| (id.as_str(), u)))
         .collect();
     add_served_many(conn, &served).await?;
     Ok(ids

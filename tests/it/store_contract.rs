@@ -59,6 +59,7 @@ fn new_event(id: &str) -> NewEvent<'_> {
         received_at_ms: 2_000,
         payload: "{}",
         state: "accepted",
+        detail: None,
     }
 }
 
