@@ -973,13 +973,22 @@ impl World {
 
     fn spawn(&self, name: &str, dispatch: bool) -> Result<Worker> {
         let http = format!("127.0.0.1:{}", free_port()?);
-        let log = self.dir.0.join(format!("{name}.log"));
+        // BENCH_LOG_DIR keeps each worker's log there (with BENCH_LOG_LEVEL,
+        // e.g. `debug` for the per-round timings), for profiling a figure.
+        let log = match std::env::var_os("BENCH_LOG_DIR") {
+            Some(d) => PathBuf::from(d).join(format!("{}-{name}.log", self.dir.0.file_name().unwrap_or_default().to_string_lossy())),
+            None => self.dir.0.join(format!("{name}.log")),
+        };
         let logf = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&self.notifier);
         clean_env(&mut cmd);
         cmd.args(["--config", self.config.to_str().expect("utf-8"), "run"])
             .env("NOTIFIER_HTTP__LISTEN", &http)
             .env("NOTIFIER_DISPATCH__ENABLED", dispatch.to_string())
+            .env(
+                "NOTIFIER_LOG__LEVEL",
+                std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);

@@ -143,6 +143,8 @@ pub async fn import_users(
         }
         tx.commit().await.map_err(crate::store::StoreError::from)?;
     }
+    let mut conn = store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+    directory::refresh_statistics(&mut conn).await?;
     Ok(c)
 }
 

@@ -199,7 +199,8 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
             .iter()
             .map(|a| {
                 json!({"n": a.n, "started_at": rfc3339(a.started_at), "duration_ms": a.duration_ms,
-                       "outcome": a.outcome, "smtp_code": a.smtp_code, "enhanced_code": a.enhanced_code, "detail": a.detail})
+                       "outcome": a.outcome, "smtp_code": a.smtp_code, "enhanced_code": a.enhanced_code, "detail": a.detail,
+                       "directory_checked_at": a.checked_at.map(rfc3339)})
             })
             .collect();
         deliveries.push(v);

@@ -107,6 +107,7 @@ struct RoundData {
 struct OnWire {
     delivery: Claimed,
     kind: MailKind,
+    checked_at: Option<i64>,
     started: chrono::DateTime<Utc>,
     clock: Instant,
 }
@@ -278,6 +279,7 @@ impl Dispatcher {
         for w in abandoned {
             let attempt = AttemptRecord {
                 started_at_ms: ms(w.started),
+                checked_at_ms: w.checked_at,
                 duration_ms: w.clock.elapsed().as_millis() as i64,
                 outcome: AttemptOutcome::Unknown,
                 smtp_code: None,
@@ -679,16 +681,45 @@ impl Dispatcher {
             return Ok(failed);
         };
 
-        // The connection first, then the re-check: the directory is read
-        // as late as a send of its own would read it, not while this
-        // delivery waits its turn behind the others in flight.
+        let Some(event) = data.events.get(&d.event_id) else {
+            return Err(StoreError::Corrupt(format!(
+                "delivery {} has no event",
+                d.id
+            )));
+        };
+        let praktijk = event
+            .agb_code
+            .as_ref()
+            .and_then(|a| data.praktijk.get(a))
+            .map(String::as_str);
+        // Rendered first, and built for the planned address: the CPU work of
+        // a mail is done before the directory is read, so that the read is
+        // as close to the send as it can be.
+        let rendered = self.render(
+            kind,
+            &d,
+            data.parsed.get(&d.event_id),
+            event.agb_code.as_deref(),
+            praktijk,
+        );
+        let prebuilt = rendered
+            .as_ref()
+            .ok()
+            .and_then(|m| message::build(&self.cfg.from, &d.address, m, &d.message_id).ok());
+
+        // Then a relay connection and the rate limit's turn, and only then
+        // the re-check: the directory is read as late as a send of its own
+        // would read it, not while this delivery waits behind the others.
         let connection = self.wire.acquire().await.expect("semaphore never closed");
+        let permit = self.limiter.acquire().await;
         // Checked at send time: revoked users dropped, the current address used.
+        let mut checked_at = None;
         let address = if d.rule == "ADDRESS" {
             d.address.clone()
         } else {
-            let served = recheck.served_now(&d.id).await?;
-            let served = &served;
+            let checked = recheck.served_now(&d.id).await?;
+            checked_at = Some(checked.at_ms);
+            let served = &checked.served;
             let mut active: Vec<_> = served
                 .iter()
                 .filter(|u| u.status.as_deref() == Some("actief"))
@@ -739,18 +770,6 @@ impl Dispatcher {
             current
         };
 
-        let Some(event) = data.events.get(&d.event_id) else {
-            return Err(StoreError::Corrupt(format!(
-                "delivery {} has no event",
-                d.id
-            )));
-        };
-        let praktijk = event
-            .agb_code
-            .as_ref()
-            .and_then(|a| data.praktijk.get(a))
-            .map(String::as_str);
-
         if address.parse::<lettre::Address>().is_err() {
             // Kept from before the directory checked this (or written by
             // hand): the address is the problem, not the template. It is
@@ -777,16 +796,14 @@ impl Dispatcher {
             return Ok(t);
         }
 
-        let rendered = self.render(
-            kind,
-            &d,
-            data.parsed.get(&d.event_id),
-            event.agb_code.as_deref(),
-            praktijk,
-        );
-        let bytes = match rendered.and_then(|m| {
-            message::build(&self.cfg.from, &address, &m, &d.message_id).map_err(|e| e.to_string())
-        }) {
+        let built = match prebuilt {
+            Some(bytes) if address == d.address => Ok(bytes),
+            _ => rendered.and_then(|m| {
+                message::build(&self.cfg.from, &address, &m, &d.message_id)
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        let bytes = match built {
             Ok(b) => b,
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
@@ -805,7 +822,6 @@ impl Dispatcher {
             }
         };
 
-        let permit = self.limiter.acquire().await;
         // Stopping, or the circuit opened while this one waited its turn:
         // hand it back unsent rather than send into a relay known to fail.
         if self.stopping.load(Ordering::SeqCst) || self.breaker.state() == CircuitState::Open {
@@ -819,6 +835,7 @@ impl Dispatcher {
             OnWire {
                 delivery: d.clone(),
                 kind,
+                checked_at,
                 started,
                 clock,
             },
@@ -852,6 +869,7 @@ impl Dispatcher {
         let next = self.next_state(&d, &report, &address, now);
         let attempt = AttemptRecord {
             started_at_ms: ms(started),
+            checked_at_ms: checked_at,
             duration_ms: duration.as_millis() as i64,
             outcome: report.outcome,
             smtp_code: report.smtp_code.map(i64::from),

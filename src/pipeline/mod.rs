@@ -2,6 +2,7 @@
 //! committed) and [`dispatch`] (due deliveries out to the relay).
 
 pub mod dispatch;
+pub mod group;
 pub mod ingest;
 pub mod plan;
 pub mod recheck;

@@ -10,7 +10,7 @@ use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tracing::debug;
 
 /// How many deliveries one read covers at most.
 const GROUP: usize = 128;
@@ -19,7 +19,20 @@ const GROUP: usize = 128;
 /// (each waiter holds a relay connection meanwhile).
 const LINGER: Duration = Duration::from_micros(200);
 
-type Answer = Result<Vec<ServedNow>, String>;
+/// Reads run side by side: while one waits for the database, the requests
+/// of the connections that got free meanwhile are read by the next, so the
+/// relay connections do not queue behind one read at a time.
+const READERS: usize = 4;
+
+type Answer = Result<Checked, String>;
+
+/// The users a delivery serves as the directory had them at `at_ms`.
+pub struct Checked {
+    pub served: Vec<ServedNow>,
+    /// Taken before the read began: every change committed before this
+    /// moment is in `served` (it is recorded with the attempt).
+    pub at_ms: i64,
+}
 
 struct Request {
     delivery_id: String,
@@ -40,7 +53,7 @@ impl Rechecker {
     }
 
     /// The users `delivery_id` serves, as the directory has them now.
-    pub async fn served_now(&self, delivery_id: &str) -> Result<Vec<ServedNow>, StoreError> {
+    pub async fn served_now(&self, delivery_id: &str) -> Result<Checked, StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             delivery_id: delivery_id.to_owned(),
@@ -63,34 +76,43 @@ impl Rechecker {
     }
 }
 
-async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, store: Store) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        let until = Instant::now() + LINGER;
-        while group.len() < GROUP {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => group.push(r),
-                Ok(None) | Err(_) => break,
+async fn serve(rx: mpsc::UnboundedReceiver<Request>, store: Store) {
+    super::group::serve_groups(rx, GROUP, LINGER, READERS, move |group| {
+        let store = store.clone();
+        async move {
+            let began = std::time::Instant::now();
+            let n = group.len();
+            read(&store, group).await;
+            debug!(
+                deliveries = n,
+                took_us = began.elapsed().as_micros() as u64,
+                "directory re-checked"
+            );
+        }
+    })
+    .await;
+}
+
+async fn read(store: &Store, group: Vec<Request>) {
+    let ids: Vec<&str> = group.iter().map(|r| r.delivery_id.as_str()).collect();
+    let mut at_ms = 0;
+    let read: Result<HashMap<String, Vec<ServedNow>>, StoreError> = async {
+        let mut conn = store.pool().acquire().await?;
+        at_ms = crate::store::ms(chrono::Utc::now());
+        dl::served_users_of(&mut conn, &ids).await
+    }
+    .await;
+    match read {
+        Ok(mut by_delivery) => {
+            for r in group {
+                let served = by_delivery.remove(&r.delivery_id).unwrap_or_default();
+                let _ = r.reply.send(Ok(Checked { served, at_ms }));
             }
         }
-        let ids: Vec<&str> = group.iter().map(|r| r.delivery_id.as_str()).collect();
-        let read: Result<HashMap<String, Vec<ServedNow>>, StoreError> = async {
-            let mut conn = store.pool().acquire().await?;
-            dl::served_users_of(&mut conn, &ids).await
-        }
-        .await;
-        match read {
-            Ok(mut by_delivery) => {
-                for r in group {
-                    let served = by_delivery.remove(&r.delivery_id).unwrap_or_default();
-                    let _ = r.reply.send(Ok(served));
-                }
-            }
-            Err(e) => {
-                let e = e.to_string();
-                for r in group {
-                    let _ = r.reply.send(Err(e.clone()));
-                }
+        Err(e) => {
+            let e = e.to_string();
+            for r in group {
+                let _ = r.reply.send(Err(e.clone()));
             }
         }
     }

@@ -9,10 +9,8 @@
 
 use crate::store::deliveries::{self as dl, Finish};
 use crate::store::{Store, StoreError};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 /// How many finishes one transaction holds at most.
@@ -64,25 +62,10 @@ impl Recorder {
     }
 }
 
-async fn write_groups(mut rx: mpsc::UnboundedReceiver<Request>, store: Store, owner: String) {
-    let slots = Arc::new(Semaphore::new(WRITERS));
-    let mut writing = tokio::task::JoinSet::new();
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        let until = Instant::now() + LINGER;
-        while group.len() < GROUP {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => group.push(r),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        // While both writers are busy, the finishes that arrive meanwhile
-        // wait in the channel and join the next group.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
+async fn write_groups(rx: mpsc::UnboundedReceiver<Request>, store: Store, owner: String) {
+    super::group::serve_groups(rx, GROUP, LINGER, WRITERS, move |group| {
         let (store, owner) = (store.clone(), owner.clone());
-        writing.spawn(async move {
+        async move {
             let (n, began) = (group.len(), std::time::Instant::now());
             write(&store, &owner, group).await;
             debug!(
@@ -90,11 +73,9 @@ async fn write_groups(mut rx: mpsc::UnboundedReceiver<Request>, store: Store, ow
                 took_ms = began.elapsed().as_millis() as u64,
                 "group committed"
             );
-            drop(slot);
-        });
-        while writing.try_join_next().is_some() {}
-    }
-    while writing.join_next().await.is_some() {}
+        }
+    })
+    .await;
 }
 
 /// Writes one group in one transaction. When that fails, each finish is

@@ -103,6 +103,19 @@ pub async fn agb_snapshot(
 /// Codes per `IN (...)` list: far below SQLite's 32766 parameters.
 const CODES_PER_STATEMENT: usize = 500;
 
+/// Brings the planner's statistics of the directory up to date after a bulk
+/// change (`notifier directory import`): on PostgreSQL, a query planned on
+/// the statistics of an empty directory hashes whole tables where an index
+/// lookup would do. SQLite plans from its indexes and needs nothing.
+pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    if conn.backend_name() != <sqlx::Sqlite as sqlx::Database>::NAME {
+        sqlx::query("ANALYZE users, user_links, organisations")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The snapshots of several AGB codes in two statements (per 500 codes),
 /// one for every code asked (a code nobody is linked to has no members).
 pub async fn agb_snapshots(

@@ -197,6 +197,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "fault_paths",
         include_str!("../../migrations/sqlite/0002_fault_paths.sql"),
     ),
+    (
+        3,
+        "attempt_checked_at_and_claim_order",
+        include_str!("../../migrations/sqlite/0003_attempt_checked_at_and_claim_order.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -208,6 +213,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "fault_paths",
         include_str!("../../migrations/postgres/0002_fault_paths.sql"),
+    ),
+    (
+        3,
+        "attempt_checked_at_and_claim_order",
+        include_str!("../../migrations/postgres/0003_attempt_checked_at_and_claim_order.sql"),
     ),
 ];
 

@@ -333,6 +333,11 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
             .collect::<Vec<_>>(),
         vec![(1, "permanent"), (2, "sent")]
     );
+    // Each send read the directory first, and says when.
+    for a in &attempts {
+        let checked = a.checked_at.expect("a user's mail re-checks the directory");
+        assert!(checked <= a.started_at, "{a:?}");
+    }
     drop(c);
     st.close().await;
 

@@ -150,6 +150,7 @@ async fn status_of(store: &Store, id: &str) -> String {
 fn attempt(outcome: AttemptOutcome, code: Option<i64>) -> AttemptRecord {
     AttemptRecord {
         started_at_ms: 5_000,
+        checked_at_ms: Some(4_990),
         duration_ms: 12,
         outcome,
         smtp_code: code,
@@ -915,6 +916,7 @@ async fn attempts_are_numbered_and_retries_keep_their_step(store: Store) {
         (1, "transient", Some(450))
     );
     assert_eq!(a[0].enhanced_code.as_deref(), Some("4.0.0"));
+    assert_eq!(a[0].checked_at, Some(4_990), "when the directory was read");
 
     // Three attempts on another delivery are numbered 1, 2, 3.
     let ids = event_with_deliveries(&store, "e-2", 1, 1).await;

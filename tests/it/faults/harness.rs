@@ -706,7 +706,7 @@ impl Scenario {
         let mut about: HashMap<String, String> = HashMap::new();
         let mut unknown_of: HashMap<String, usize> = HashMap::new();
         let mut unknown = 0;
-        let mut attempt_starts: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut attempt_reads: HashMap<String, Vec<i64>> = HashMap::new();
         for line in std::fs::read_to_string(&export).unwrap().lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             match v["table"].as_str() {
@@ -722,10 +722,14 @@ impl Scenario {
                         unknown += 1;
                         *unknown_of.entry(d.clone()).or_default() += 1;
                     }
-                    attempt_starts
-                        .entry(d)
-                        .or_default()
-                        .push(v["started_at"].as_i64().unwrap_or(0));
+                    // When the directory was read for the attempt (the
+                    // send-time re-check); attempts that read nothing count
+                    // from their start.
+                    let read_at = v["checked_at"]
+                        .as_i64()
+                        .or_else(|| v["started_at"].as_i64())
+                        .unwrap_or(0);
+                    attempt_reads.entry(d).or_default().push(read_at);
                 }
                 _ => {}
             }
@@ -800,16 +804,15 @@ impl Scenario {
                     .push((mid.clone(), at, d.id.clone()));
             }
         }
-        // A revoked user must get nothing whose attempt began after the
-        // revocation's commit, give or take the send-time re-check's window:
-        // the users are read right before the send, so a revocation that
-        // commits between that read and the send can still let that one
-        // mail out (docs/reliability.md). Debug build, shared cores: 250 ms.
+        // A revoked user must get nothing from an attempt whose send-time
+        // re-check read the directory after the revocation had committed:
+        // that read saw the revocation. (A revocation that commits between
+        // the read and the send cannot stop that one send: docs/reliability.md.)
         for &(ref addr, revoked_at) in &self.revoked {
             for d in by_mid.values().filter(|d| &d.key.2 == addr) {
-                let late = attempt_starts
+                let late = attempt_reads
                     .get(&d.id)
-                    .is_some_and(|s| s.iter().any(|&t| t > revoked_at + RECHECK_WINDOW_MS));
+                    .is_some_and(|s| s.iter().any(|&t| t > revoked_at));
                 let got = received
                     .iter()
                     .any(|k| k.0 == d.key.0 && k.1 == d.key.1 && &k.2 == addr);
@@ -901,10 +904,6 @@ struct Row {
 }
 
 /// The columns of the table `tests/faults/run` prints.
-/// How long before its send the send-time re-check may have read the
-/// directory (see the revocation rule in `finish`).
-const RECHECK_WINDOW_MS: i64 = 250;
-
 pub const HEADER: &str = "scenario\tbackend\tpublished\texpected\tdelivered\tlost\tduplicated\texplained\twrong\tunknown\trecover_s\tpeak_rss_mb\ttook_s\tresult\tnotes";
 
 impl Row {
