@@ -73,9 +73,13 @@ pub async fn claim(
 ) -> Result<Vec<Claimed>, StoreError> {
     // PostgreSQL: SKIP LOCKED lets instances claim disjoint batches without
     // waiting on each other. SQLite has one writer at a time anyway.
-    let lock = match backend {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
+    // The update finds the picked rows by primary key. As `id IN (SELECT id
+    // FROM picked)` PostgreSQL, believing few rows pending (statistics lag
+    // behind a bulk ingest), scanned every pending row against the picked
+    // ones (120 ms for a batch out of 18,000).
+    let (lock, picked) = match backend {
+        Backend::Postgres => ("FOR UPDATE SKIP LOCKED", "id = ANY(ARRAY(SELECT id FROM picked))"),
+        Backend::Sqlite => ("", "id IN (SELECT id FROM picked)"),
     };
     // The batch is picked once, in a MATERIALIZED CTE. As a plain
     // `IN (SELECT ... LIMIT n)` PostgreSQL may re-run the subquery for each
@@ -84,11 +88,10 @@ pub async fn claim(
     // outer condition is checked again because a row picked here may have been
     // claimed and committed by another instance in the meantime.
     //
-    // Two picks, each one condition read in index order and stopping at the
-    // limit: first the deliveries whose lease ran out (their dispatcher died
-    // mid-send; few), then the pending ones that are due. One pick with both
-    // conditions OR-ed had to fetch and sort every pending row (100 ms for a
-    // batch out of 18,000).
+    // Two picks, one condition each, so that each reads one range of the
+    // (status, due_at) index: first the deliveries whose lease ran out
+    // (their dispatcher died mid-send; few), then the pending ones that are
+    // due. With both conditions OR-ed PostgreSQL read both through a bitmap.
     let picks = [
         "status = 'sending' AND lease_until < $3",
         "status = 'pending' AND due_at <= $3",
@@ -103,7 +106,7 @@ pub async fn claim(
             "WITH picked AS MATERIALIZED (SELECT id FROM deliveries \
                 WHERE {cond} ORDER BY due_at, id LIMIT $4 {lock}) \
              UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
-             WHERE id IN (SELECT id FROM picked) AND {cond} \
+             WHERE {picked} AND {cond} \
              RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address"
         );
         rows.extend(

@@ -199,8 +199,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        "attempt_checked_at_and_claim_order",
-        include_str!("../../migrations/sqlite/0003_attempt_checked_at_and_claim_order.sql"),
+        "attempt_checked_at",
+        include_str!("../../migrations/sqlite/0003_attempt_checked_at.sql"),
     ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -216,8 +216,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        "attempt_checked_at_and_claim_order",
-        include_str!("../../migrations/postgres/0003_attempt_checked_at_and_claim_order.sql"),
+        "attempt_checked_at",
+        include_str!("../../migrations/postgres/0003_attempt_checked_at.sql"),
     ),
 ];
 
