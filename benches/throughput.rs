@@ -976,7 +976,10 @@ impl World {
         // BENCH_LOG_DIR keeps each worker's log there (with BENCH_LOG_LEVEL,
         // e.g. `debug` for the per-round timings), for profiling a figure.
         let log = match std::env::var_os("BENCH_LOG_DIR") {
-            Some(d) => PathBuf::from(d).join(format!("{}-{name}.log", self.dir.0.file_name().unwrap_or_default().to_string_lossy())),
+            Some(d) => PathBuf::from(d).join(format!(
+                "{}-{name}.log",
+                self.dir.0.file_name().unwrap_or_default().to_string_lossy()
+            )),
             None => self.dir.0.join(format!("{name}.log")),
         };
         let logf = std::fs::File::create(&log)?;

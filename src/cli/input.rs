@@ -143,7 +143,11 @@ pub async fn import_users(
         }
         tx.commit().await.map_err(crate::store::StoreError::from)?;
     }
-    let mut conn = store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+    let mut conn = store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     directory::refresh_statistics(&mut conn).await?;
     Ok(c)
 }

@@ -78,7 +78,10 @@ pub async fn claim(
     // behind a bulk ingest), scanned every pending row against the picked
     // ones (120 ms for a batch out of 18,000).
     let (lock, picked) = match backend {
-        Backend::Postgres => ("FOR UPDATE SKIP LOCKED", "id = ANY(ARRAY(SELECT id FROM picked))"),
+        Backend::Postgres => (
+            "FOR UPDATE SKIP LOCKED",
+            "id = ANY(ARRAY(SELECT id FROM picked))",
+        ),
         Backend::Sqlite => ("", "id IN (SELECT id FROM picked)"),
     };
     // The batch is picked once, in a MATERIALIZED CTE. As a plain
