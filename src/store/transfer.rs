@@ -198,10 +198,6 @@ const TABLES: &[Table] = &[
     },
 ];
 
-/// Columns added after the export format's first version: an export
-/// without them imports them as NULL.
-const ADDED_LATER: &[(&str, &str)] = &[("attempts", "checked_at")];
-
 /// Why an export or import stopped. Nothing was written to the target of an
 /// import that failed: it runs in one transaction.
 #[derive(Debug, thiserror::Error)]
@@ -402,12 +398,9 @@ fn cells(t: &Table, mut obj: Map<String, Value>, line: usize) -> Result<Vec<Cell
     obj.remove("table");
     let mut out = Vec::with_capacity(t.columns.len());
     for (c, kind) in t.columns {
-        let v = match obj.remove(*c) {
-            Some(v) => v,
-            // An export of a version before the column was added.
-            None if ADDED_LATER.contains(&(t.name, *c)) => Value::Null,
-            None => return Err(bad(line, format!("{} row without column {c}", t.name))),
-        };
+        let v = obj
+            .remove(*c)
+            .ok_or_else(|| bad(line, format!("{} row without column {c}", t.name)))?;
         let wrong = || bad(line, format!("{}.{c}: unexpected value {v}", t.name));
         out.push(match (kind, &v) {
             (Int, Value::Null) => Cell::Int(None),
