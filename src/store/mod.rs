@@ -264,20 +264,6 @@ impl Store {
                         sqlx::query("PRAGMA foreign_keys = ON")
                             .execute(&mut *conn)
                             .await?;
-                    } else {
-                        // Every statement planned with its values and the
-                        // tables as they are now. By default PostgreSQL keeps
-                        // a generic plan after five runs of a prepared
-                        // statement, and a plan made while `deliveries` was
-                        // nearly empty (the start of a bulk ingest) then
-                        // stays: a claim that scanned every pending row, a
-                        // re-check that read whole tables, and end-to-end
-                        // runs that varied between 530 and 1,300 mails/s
-                        // (docs/benchmarks.md). Planning costs a fraction of
-                        // a millisecond per statement.
-                        sqlx::query("SET plan_cache_mode = force_custom_plan")
-                            .execute(&mut *conn)
-                            .await?;
                     }
                     Ok(())
                 })
