@@ -1,6 +1,7 @@
 //! Dispatch: claim due deliveries under a lease, read what the round needs
-//! in one query per table (served users, events, organisations), check each
-//! recipient again, render, send concurrently, classify, and record the
+//! in one query per table (events, organisations), render, check each
+//! recipient again right before its send ([`super::recheck`]), send
+//! concurrently, classify, and record the
 //! attempts and next states with group commit ([`super::recorder`]).
 //! Retries are due times in the database, never held messages.
 

@@ -469,24 +469,15 @@ impl Ingestor {
         let added = plan::plan_first_many(conn, &plans).await?;
         for ((i, event, first), n) in firsts.into_iter().zip(added) {
             let res = first.resolution;
-            let routing = routing_label(res.routing);
             let span =
                 info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
-            span.in_scope(|| {
+            let outcome = span.in_scope(|| {
                 if res.routing == Routing::Unroutable || res.unroutable_notice {
                     warn!(agb_code = ?event.agb_code().map(|a| a.as_str()), "unroutable: no recipient and no active contact person");
                 }
-                info!(deliveries = n, routing, "event accepted");
+                accepted(event.id.to_string(), n, res)
             });
-            done[i] = Some((
-                event.event_type.as_str().to_owned(),
-                IngestOutcome::Accepted {
-                    event_id: event.id.to_string(),
-                    deliveries: n,
-                    routing,
-                    unroutable_notice: res.unroutable_notice,
-                },
-            ));
+            done[i] = Some((event.event_type.as_str().to_owned(), outcome));
         }
         for d in done {
             out.push(d.ok_or_else(|| {
@@ -561,14 +552,7 @@ impl Ingestor {
                         now,
                     )
                     .await?;
-                let routing = routing_label(res.routing);
-                info!(deliveries = n, routing, "event accepted");
-                Ok(IngestOutcome::Accepted {
-                    event_id: id,
-                    deliveries: n,
-                    routing,
-                    unroutable_notice: res.unroutable_notice,
-                })
+                Ok(accepted(id, n, &res))
             }
             EventBody::GebruikerBijgewerkt(rec) => {
                 let check = dir::apply_user(conn, rec, now_ms).await?;
@@ -925,8 +909,19 @@ pub struct Ingested {
     pub error: Option<StoreError>,
 }
 
-/// The metrics label of a message's type: a known type, or "unknown" (never
-/// free text from the message).
+/// A module event's outcome once its deliveries are planned (logged in the
+/// caller's event span).
+fn accepted(event_id: String, deliveries: usize, res: &recipients::Resolution) -> IngestOutcome {
+    let routing = routing_label(res.routing);
+    info!(deliveries, routing, "event accepted");
+    IngestOutcome::Accepted {
+        event_id,
+        deliveries,
+        routing,
+        unroutable_notice: res.unroutable_notice,
+    }
+}
+
 /// The module event in `e`, if it is one.
 fn module_of(e: &PortalEvent) -> Option<&ModuleEvent> {
     match &e.body {
@@ -952,6 +947,8 @@ fn event_detail(m: &ModuleEvent, res: &recipients::Resolution) -> Option<String>
     }
 }
 
+/// The metrics label of a message's type: a known type, or "unknown" (never
+/// free text from the message).
 fn known_type_label(t: Option<&str>) -> &'static str {
     t.and_then(crate::domain::event::EventType::parse)
         .map_or("unknown", |t| t.as_str())

@@ -1,8 +1,8 @@
-//! The send-time re-check, read in groups: right before a delivery is
-//! rendered and sent, the users it serves are read again (a revocation or an
-//! address change committed since the claim must count), and the reads of
-//! the deliveries that get there within 0.2 ms of each other are one
-//! statement. The answer is as fresh as a read of its own, within that
+//! The send-time re-check, read in groups: once a delivery is rendered and
+//! holds a relay connection, right before it is sent, the users it serves
+//! are read again (a revocation or an address change committed since the
+//! claim must count), and the reads of the deliveries that get there within
+//! 0.2 ms of each other are one statement, up to four at once. The answer is as fresh as a read of its own, within that
 //! moment, without a statement per mail.
 
 use crate::store::deliveries::{self as dl, ServedNow};
