@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// A failure at start, sorted by the exit code it maps to.
@@ -144,11 +144,11 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
 }
 
-/// Runs consume, dispatch and HTTP until `shutdown` turns true.
+/// Runs consume, dispatch and HTTP until `shutdown` is cancelled.
 /// `ready` receives the bound HTTP address once everything started.
 pub async fn run(
     settings: Settings,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
     let _lock =
@@ -178,14 +178,11 @@ pub async fn run(
         breaker: dispatcher.breaker(),
         metrics: metrics.clone(),
     };
-    let mut http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, router(ops))
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|v| *v).await;
-            })
-            .await;
-    });
+    let http = tokio::spawn(
+        axum::serve(listener, router(ops))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
     let sampler = tokio::spawn(sample_gauges(
         store.clone(),
         metrics.clone(),
@@ -224,7 +221,7 @@ async fn sample_gauges(
     metrics: Metrics,
     breaker: Arc<Breaker>,
     stuck_after: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     loop {
         metrics.circuit_open.set(i64::from(
@@ -261,7 +258,7 @@ async fn sample_gauges(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => break,
+            () = shutdown.cancelled() => break,
         }
     }
 }

@@ -34,7 +34,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Consumes portal events until shutdown.
@@ -72,13 +72,13 @@ impl Consumer {
     }
 
     /// Supervises sessions until `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let min = self.settings.reconnect_min.0;
         let max = self.settings.reconnect_max.0;
         let mut backoff = min;
-        while !*shutdown.borrow() {
+        while !shutdown.is_cancelled() {
             let started = std::time::Instant::now();
-            let result = self.session(&mut shutdown).await;
+            let result = self.session(&shutdown).await;
             self.set_connected(false);
             match result {
                 Ok(()) => break,
@@ -90,7 +90,7 @@ impl Consumer {
                         "RabbitMQ session ended; reconnecting (check that the broker at amqp.url is up)");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
+                        () = shutdown.cancelled() => {}
                     }
                     backoff = (backoff * 2).min(max);
                 }
@@ -104,7 +104,7 @@ impl Consumer {
         self.metrics.amqp_connected.set(i64::from(up));
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), BrokerError> {
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let s = &self.settings;
         let conn = Connection::connect(
             &s.url,
@@ -151,7 +151,7 @@ impl Consumer {
                 continue;
             }
             tokio::select! {
-                _ = shutdown.changed() => break Ok(()),
+                () = shutdown.cancelled() => break Ok(()),
                 next = events.next() => match next {
                     None => break Err(BrokerError::Cancelled),
                     Some(Err(e)) => break Err(e.into()),
@@ -186,7 +186,7 @@ impl Consumer {
     async fn handle_batch(
         &self,
         batch: Vec<Delivery>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
         suspects: &mut Suspects,
     ) -> Result<bool, BrokerError> {
         if !batch.first().is_some_and(|d| d.redelivered) {
@@ -207,14 +207,12 @@ impl Consumer {
         for d in batch {
             let permit = tokio::select! {
                 p = suspects.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                _ = shutdown.changed() => return Ok(false),
+                () = shutdown.cancelled() => return Ok(false),
             };
             let me = self.clone();
-            let mut stop = shutdown.clone();
+            let stop = shutdown.clone();
             suspects.tasks.spawn(async move {
-                let r = me
-                    .handle(vec![d], Source::Amqp, Ack::EachOne, &mut stop)
-                    .await;
+                let r = me.handle(vec![d], Source::Amqp, Ack::EachOne, &stop).await;
                 drop(permit);
                 r
             });
@@ -235,7 +233,7 @@ impl Consumer {
         batch: Vec<Delivery>,
         source: Source,
         ack: Ack,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<bool, BrokerError> {
         let (ackers, incoming): (Vec<Acker>, Vec<Incoming>) = batch
             .into_iter()
@@ -285,7 +283,7 @@ impl Consumer {
                 "cannot commit the batch: holding it unacked and taking no new messages until the database answers");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return Ok(false),
+                () = shutdown.cancelled() => return Ok(false),
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }

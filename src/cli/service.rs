@@ -4,17 +4,18 @@ use super::CliError;
 use crate::app;
 use crate::config::Settings;
 use crate::ops::metrics::Metrics;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// `notifier run`: until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let (tx, rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: finishing in-flight work");
-        let _ = tx.send(true);
+        stop.cancel();
     });
-    app::run(settings, rx, None)
+    app::run(settings, shutdown, None)
         .await
         .map_err(|e| match e.downcast::<app::StartError>() {
             Ok(s) => s.into(),

@@ -27,7 +27,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub use crate::domain::delivery::MAX_POLICY_RETRIES;
@@ -164,9 +165,9 @@ impl Dispatcher {
 
     /// Runs until `shutdown` turns true; in-flight sends get `grace` to finish,
     /// then their leases are released.
-    pub async fn run(&self, shutdown: watch::Receiver<bool>, grace: Duration) {
+    pub async fn run(&self, shutdown: CancellationToken, grace: Duration) {
         tokio::select! {
-            () = self.rounds(shutdown, grace) => {}
+            () = self.rounds(&shutdown, grace) => {}
             never = self.renew_leases() => match never {},
         }
         self.release().await;
@@ -175,10 +176,10 @@ impl Dispatcher {
     /// The rounds of [`Self::run`]. The next batch is claimed and read while
     /// the current one sends its second half, so the relay connections do
     /// not wait for the claim and the round's reads.
-    async fn rounds(&self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    async fn rounds(&self, shutdown: &CancellationToken, grace: Duration) {
         let mut ahead: Option<Batch> = None;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 break;
             }
             let mut no_summary = None;
@@ -186,7 +187,7 @@ impl Dispatcher {
             tokio::pin!(step);
             let (result, next) = tokio::select! {
                 r = &mut step => r,
-                _ = shutdown.changed() => {
+                () = shutdown.cancelled() => {
                     // No new send starts from here; those on the wire finish
                     // and are recorded, within the grace.
                     self.stopping.store(true, Ordering::SeqCst);
@@ -209,7 +210,7 @@ impl Dispatcher {
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = self.wake.notified(), if self.breaker.state() != CircuitState::Open => {}
-                        _ = shutdown.changed() => {}
+                        () = shutdown.cancelled() => {}
                     }
                 }
                 Ok(_) => {}
@@ -217,7 +218,7 @@ impl Dispatcher {
                     error!(error = %e, "dispatch round failed; retrying after a pause");
                     tokio::select! {
                         _ = tokio::time::sleep(self.cfg.idle_poll.max(Duration::from_secs(1))) => {}
-                        _ = shutdown.changed() => {}
+                        () = shutdown.cancelled() => {}
                     }
                 }
             }

@@ -11,7 +11,8 @@
 use crate::store::{Backend, Store};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// The PostgreSQL notification channel for "deliveries are due".
@@ -50,13 +51,13 @@ impl DueSignal {
 /// On PostgreSQL: wakes `local` for every notification on [`CHANNEL`] until
 /// `shutdown`; reconnects after a lost connection. On SQLite it returns at
 /// once (one instance per database file; the local signal suffices).
-pub async fn listen(store: Store, local: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub async fn listen(store: Store, local: Arc<Notify>, shutdown: CancellationToken) {
     if store.backend() != Backend::Postgres {
         return;
     }
     // Said once per outage, not once per try.
     let mut failing = false;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         match subscribe(&store).await {
             Ok(mut listener) => {
                 failing = false;
@@ -69,7 +70,7 @@ pub async fn listen(store: Store, local: Arc<Notify>, mut shutdown: watch::Recei
                                 break;
                             }
                         },
-                        _ = shutdown.changed() => return,
+                        () = shutdown.cancelled() => return,
                     }
                 }
             }
@@ -81,7 +82,7 @@ pub async fn listen(store: Store, local: Arc<Notify>, mut shutdown: watch::Recei
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }

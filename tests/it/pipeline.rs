@@ -85,6 +85,59 @@ async fn ingest_wakes_the_dispatcher_instead_of_waiting_for_the_poll() {
     assert_eq!(app.smtp.count(), 6);
 }
 
+/// A stop that arrives while the dispatcher is in the middle of a round that
+/// then finds nothing stops the service at once; it does not wait out
+/// `dispatch.idle_poll` (a hang seen in CI). The round is held in its claim
+/// by a table lock, so that the stop lands inside it every time.
+#[tokio::test]
+async fn a_stop_during_an_empty_round_stops_the_service() {
+    use std::time::Duration;
+    let app = crate::support::spawn_app_with(
+        "[dispatch]\nidle_poll = \"1h\"",
+        crate::support::TestBackend::Postgres,
+        |_| {},
+    )
+    .await;
+    let pool = app.store.pool().clone();
+    let waiting = async |what: &str, sql: &str| {
+        let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+        while sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    waiting(
+        "the service listens for due deliveries",
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    sqlx::query("NOTIFY notifier_due")
+        .execute(&pool)
+        .await
+        .unwrap();
+    waiting(
+        "the woken dispatcher's claim waits for the lock",
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query LIKE '%picked%'",
+    )
+    .await;
+    app.request_stop();
+    lock.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the service stops within 30 s of the stop, not after dispatch.idle_poll");
+}
+
 #[tokio::test]
 async fn bad_input_is_quarantined_and_the_next_good_message_still_delivered() {
     let app = spawn_app("").await;

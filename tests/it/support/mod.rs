@@ -15,7 +15,7 @@ use notifier::store::Store;
 use notifier::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use smtp_server::{ReceivedMail, TestSmtpServer};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Generous upper bound for waiting on a state.
@@ -226,7 +226,7 @@ pub struct TestApp {
     amqp: notifier::config::AmqpSettings,
     _db: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -273,9 +273,13 @@ pub async fn spawn_app_prepared(
     let direct_amqp = settings.amqp.url.clone();
     let mut service = settings.clone();
     rewrite(&mut service);
-    let (tx, rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(notifier::app::run(service, rx, Some(ready_tx)));
+    let handle = tokio::spawn(notifier::app::run(
+        service,
+        shutdown.clone(),
+        Some(ready_tx),
+    ));
     let running = ready_rx.await.expect("app started");
     let publisher = Publisher::connect(&direct_amqp, &settings.amqp.exchange)
         .await
@@ -289,7 +293,7 @@ pub async fn spawn_app_prepared(
         settings: settings.clone(),
         _db: db,
         _dir: Some(dir),
-        shutdown: tx,
+        shutdown,
         handle: Some(handle),
     };
     app.wait_until_consuming().await;
@@ -429,11 +433,17 @@ impl TestApp {
         }
     }
 
+    /// Tells the service to stop, without waiting for it ([`Self::stop`]
+    /// waits).
+    pub fn request_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Shuts the service down (it must exit cleanly) and removes the test's
     /// queues and exchanges. Returns the PostgreSQL test database (if any):
     /// it is dropped, with the data, when the caller drops it.
     pub async fn stop(mut self) -> Stopped {
-        let _ = self.shutdown.send(true);
+        self.request_stop();
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
@@ -447,7 +457,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
     }
 }
 
