@@ -757,13 +757,8 @@ fn sample_mail() -> Result<Vec<u8>> {
         &settings.portal.url,
     );
     let mail = templates.render(kind, &ctx)?;
-    let from: lettre::message::Mailbox = settings
-        .smtp
-        .from
-        .parse()
-        .map_err(|e| anyhow!("smtp.from: {e}"))?;
     let bytes = notifier::mail::message::build(
-        &from,
+        &settings.smtp.from,
         "gebruiker1@p04000001.bench.example",
         &mail,
         &format!("{}@zip.example.nl", uuid::Uuid::new_v4()),

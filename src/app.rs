@@ -108,13 +108,13 @@ pub fn dispatcher(
     metrics: &Metrics,
 ) -> Result<Dispatcher, StartError> {
     let templates = Arc::new(load_templates(settings)?);
-    let mailer = Mailer::from_settings(&settings.smtp)
-        .map_err(|e| StartError::Config(format!("smtp.url: {e}")))?;
-    let from = settings.smtp.from.parse().map_err(|_| {
-        StartError::Config("smtp.from: expected a mailbox like \"Naam <adres@domein.nl>\"".into())
-    })?;
+    let mailer = Mailer::new(
+        settings.smtp.target(),
+        &settings.smtp.outbox_dir,
+        settings.smtp.pool_options(),
+    );
     let cfg = DispatchConfig {
-        from,
+        from: settings.smtp.from.clone(),
         portal_url: settings.portal.url.clone(),
         rules: validation_rules(settings),
         retry: settings.retry_policy(),

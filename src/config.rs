@@ -2,8 +2,11 @@
 //! (`--config`), then `NOTIFIER_<SECTION>__<KEY>` environment variables.
 //! A bad value is reported as one line naming the key.
 
+use crate::mail::smtp::PoolOptions;
+use crate::mail::target::{Relay, SmtpTarget};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use lettre::message::Mailbox;
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
 use std::time::Duration;
@@ -100,11 +103,13 @@ pub struct DatabaseSettings {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
-    pub url: String,
+    /// Parsed once, here; an empty `smtp.url` is [`Relay::Outbox`].
+    pub url: Relay,
     pub outbox_dir: String,
     pub username: String,
     pub password: String,
-    pub from: String,
+    #[serde(deserialize_with = "mailbox")]
+    pub from: Mailbox,
     pub hello_name: String,
     pub concurrency: usize,
     pub max_rate: u32,
@@ -117,7 +122,7 @@ impl std::fmt::Debug for SmtpSettings {
     // Secrets never printed: the URL may carry a password too.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpSettings")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url)
             .field("concurrency", &self.concurrency)
             .field("max_rate", &self.max_rate)
             .finish_non_exhaustive()
@@ -264,19 +269,6 @@ impl Settings {
                 ),
             );
         }
-        if !self.smtp.url.is_empty() {
-            crate::mail::SmtpTarget::parse(&self.smtp)
-                .map_err(|e| ConfigError::Invalid(format!("smtp.url: {e}")))?;
-        }
-        if lettre::message::Mailbox::from_str_checked(&self.smtp.from).is_none() {
-            return bad(
-                "smtp.from",
-                format!(
-                    "expected a mailbox like \"Naam <adres@domein.nl>\", got {:?}",
-                    self.smtp.from
-                ),
-            );
-        }
         if self.smtp.concurrency == 0 {
             return bad("smtp.concurrency", "must be at least 1".into());
         }
@@ -331,13 +323,38 @@ impl Settings {
     }
 }
 
-trait MailboxExt {
-    fn from_str_checked(s: &str) -> Option<lettre::message::Mailbox>;
+fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected a mailbox like \"Naam <adres@domein.nl>\", got {s:?}"
+        ))
+    })
 }
 
-impl MailboxExt for lettre::message::Mailbox {
-    fn from_str_checked(s: &str) -> Option<lettre::message::Mailbox> {
-        s.parse().ok()
+impl SmtpSettings {
+    /// The relay to send to, with `smtp.username`/`smtp.password` (when
+    /// set) in place of the URL's credentials; `None`: the outbox.
+    pub fn target(&self) -> Option<SmtpTarget> {
+        let Relay::Smtp(t) = &self.url else {
+            return None;
+        };
+        let mut t = t.clone();
+        if !self.username.is_empty() {
+            t.credentials = Some((self.username.clone(), self.password.clone()));
+        }
+        Some(t)
+    }
+
+    /// The relay connection pool's options.
+    pub fn pool_options(&self) -> PoolOptions {
+        PoolOptions {
+            hello_name: self.hello_name.clone(),
+            concurrency: self.concurrency,
+            timeout: self.timeout.0,
+            connect_timeout: self.connect_timeout.0,
+            accept_invalid_certs: self.danger_accept_invalid_certs,
+        }
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
         }
     }
     settings.database.url = format!("sqlite://{}", database.display());
-    settings.smtp.url = String::new();
+    settings.smtp.url = crate::mail::Relay::Outbox;
     settings.smtp.outbox_dir = outbox.display().to_string();
     settings.smtp.max_rate = 0;
 

@@ -9,94 +9,18 @@ pub mod message;
 pub mod outbox;
 pub mod relay;
 pub mod smtp;
+pub mod target;
 
-use crate::config::SmtpSettings;
+pub use target::{Relay, SmtpTarget, TlsMode};
+
 use crate::domain::delivery::AttemptOutcome;
 use std::time::Duration;
 
 /// A mail-side problem that is not the outcome of an attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("invalid SMTP URL: {0}")]
-    Url(String),
     #[error("cannot build the message: {0}")]
     Build(String),
-}
-
-/// How to reach the relay, from `smtp.url`.
-#[derive(Clone)]
-pub struct SmtpTarget {
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    pub credentials: Option<(String, String)>,
-}
-
-/// Transport security towards the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain SMTP (a relay on localhost or a trusted network).
-    None,
-    /// STARTTLS, and refuse to send without it.
-    StartTlsRequired,
-    /// STARTTLS when offered.
-    StartTlsOpportunistic,
-    /// TLS from the first byte (smtps, port 465).
-    Implicit,
-}
-
-impl SmtpTarget {
-    /// Parses `smtp://host:port[?tls=required|opportunistic]` or `smtps://[user:pass@]host:port`.
-    pub fn parse(s: &SmtpSettings) -> Result<Self, MailError> {
-        let u = url::Url::parse(&s.url).map_err(|_| {
-            MailError::Url("expected smtp://host:port, smtp://host:port?tls=required or smtps://user:pass@host:465".into())
-        })?;
-        let host = u
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| MailError::Url("missing host".into()))?
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_owned();
-        let tls_param = u
-            .query_pairs()
-            .find(|(k, _)| k == "tls")
-            .map(|(_, v)| v.into_owned());
-        let (tls, default_port) = match (u.scheme(), tls_param.as_deref()) {
-            ("smtps", _) => (TlsMode::Implicit, 465),
-            ("smtp", None | Some("none")) => (TlsMode::None, 25),
-            ("smtp", Some("required")) => (TlsMode::StartTlsRequired, 587),
-            ("smtp", Some("opportunistic")) => (TlsMode::StartTlsOpportunistic, 25),
-            ("smtp", Some(other)) => {
-                return Err(MailError::Url(format!(
-                    "tls={other}: expected required, opportunistic or none"
-                )));
-            }
-            (other, _) => {
-                return Err(MailError::Url(format!(
-                    "scheme {other}: expected smtp or smtps"
-                )));
-            }
-        };
-        let from_url = (!u.username().is_empty()).then(|| {
-            let dec = |x: &str| percent_decode(x);
-            (dec(u.username()), dec(u.password().unwrap_or_default()))
-        });
-        let from_settings =
-            (!s.username.is_empty()).then(|| (s.username.clone(), s.password.clone()));
-        Ok(Self {
-            host,
-            port: u.port().unwrap_or(default_port),
-            tls,
-            credentials: from_settings.or(from_url),
-        })
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 /// The result of one send attempt, classified.
@@ -161,15 +85,11 @@ pub enum Mailer {
 }
 
 impl Mailer {
-    /// Builds the mailer `smtp.*` asks for.
-    pub fn from_settings(s: &SmtpSettings) -> Result<Self, MailError> {
-        if s.url.is_empty() {
-            Ok(Self::Outbox(outbox::Outbox::new(&s.outbox_dir)))
-        } else {
-            Ok(Self::Smtp(Box::new(smtp::SmtpPool::new(
-                SmtpTarget::parse(s)?,
-                s,
-            ))))
+    /// Sends to the relay at `target`, or into `outbox_dir` when there is none.
+    pub fn new(target: Option<SmtpTarget>, outbox_dir: &str, options: smtp::PoolOptions) -> Self {
+        match target {
+            None => Self::Outbox(outbox::Outbox::new(outbox_dir)),
+            Some(t) => Self::Smtp(Box::new(smtp::SmtpPool::new(t, options))),
         }
     }
 

@@ -6,7 +6,6 @@
 
 use super::classify::{Step, classify_reply, enhanced_code, is_recipient_policy};
 use super::{SendReport, SmtpTarget, TlsMode};
-use crate::config::SmtpSettings;
 use crate::domain::delivery::{AttemptOutcome, retry_hint};
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -28,17 +27,31 @@ pub struct SmtpPool {
     accept_invalid_certs: bool,
 }
 
+/// How the pool talks to its relay (from `smtp.*`).
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// The name in EHLO.
+    pub hello_name: String,
+    /// Connections at most.
+    pub concurrency: usize,
+    /// The longest wait for any one reply.
+    pub timeout: Duration,
+    /// The longest wait for a connection and its greeting.
+    pub connect_timeout: Duration,
+    pub accept_invalid_certs: bool,
+}
+
 impl SmtpPool {
     /// A pool for `target`; connects lazily.
-    pub fn new(target: SmtpTarget, s: &SmtpSettings) -> Self {
+    pub fn new(target: SmtpTarget, o: PoolOptions) -> Self {
         Self {
             target,
-            hello: ClientId::Domain(s.hello_name.clone()),
+            hello: ClientId::Domain(o.hello_name),
             idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(s.concurrency.max(1)),
-            timeout: s.timeout.0,
-            connect_timeout: s.connect_timeout.0,
-            accept_invalid_certs: s.danger_accept_invalid_certs,
+            slots: Semaphore::new(o.concurrency.max(1)),
+            timeout: o.timeout,
+            connect_timeout: o.connect_timeout,
+            accept_invalid_certs: o.accept_invalid_certs,
         }
     }
 
@@ -52,27 +65,22 @@ impl SmtpPool {
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendReport> {
         let t = &self.target;
         let fut = async {
+            let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+                .await
+                .map_err(|e| connection_failed(format!("cannot connect to the relay: {e}")))?;
+            // The point of owning the pool: without it every mail waits ~40 ms
+            // for the relay's delayed ACK, with or without TLS.
+            let _ = tcp.set_nodelay(true);
             let mut conn = match t.tls {
                 TlsMode::Implicit => {
-                    let params = self.tls_parameters()?;
-                    AsyncSmtpConnection::connect_tokio1(
-                        (t.host.as_str(), t.port),
-                        Some(self.connect_timeout),
-                        &self.hello,
-                        Some(params),
-                        None,
-                    )
-                    .await
-                    .map_err(|e| connect_error(&e))?
+                    let tls = implicit_tls(tcp, self.tls_parameters()?)
+                        .await
+                        .map_err(|e| connect_error(&e))?;
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tls), &self.hello)
+                        .await
+                        .map_err(|e| connect_error(&e))?
                 }
                 _ => {
-                    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
-                        .await
-                        .map_err(|e| {
-                            connection_failed(format!("cannot connect to the relay: {e}"))
-                        })?;
-                    // The point of owning the pool: without it every mail waits ~40 ms.
-                    let _ = tcp.set_nodelay(true);
                     let mut conn =
                         AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                             .await
@@ -323,6 +331,69 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
 fn is_tls_failure(e: &lettre::transport::smtp::Error) -> bool {
     let text = e.to_string().to_ascii_lowercase();
     e.is_tls() || text.contains("certificate") || text.contains("handshake")
+}
+
+/// TLS from the first byte over a socket the pool opened itself (so that
+/// it has `TCP_NODELAY`), with lettre's own TLS set-up and certificate
+/// checks. lettre 0.11 opens an smtps socket only inside
+/// `connect_tokio1`, which sets no `TCP_NODELAY`; its `AsyncNetworkStream`
+/// is public but deprecated ("not meant to be public") and is the one way
+/// to run that TLS set-up on a socket of our own.
+#[allow(deprecated)]
+async fn implicit_tls(
+    tcp: tokio::net::TcpStream,
+    params: TlsParameters,
+) -> Result<TlsSocket, lettre::transport::smtp::Error> {
+    use lettre::transport::smtp::client::AsyncNetworkStream;
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+    stream.upgrade_tls(params).await?;
+    Ok(TlsSocket(stream.compat()))
+}
+
+/// An encrypted relay socket, as lettre takes a transport of its own.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct TlsSocket(tokio_util::compat::Compat<lettre::transport::smtp::client::AsyncNetworkStream>);
+
+impl tokio::io::AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for TlsSocket {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().peer_addr()
+    }
 }
 
 fn connection_failed(detail: String) -> SendReport {

@@ -50,7 +50,7 @@ fn cli_env(s: &Settings, args: &[&str], env: &[(&str, &str)]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
         .args(args)
         .env("NOTIFIER_DATABASE__URL", &s.database.url)
-        .env("NOTIFIER_SMTP__URL", &s.smtp.url)
+        .env("NOTIFIER_SMTP__URL", s.smtp.url.url())
         .env("NOTIFIER_SMTP__OUTBOX_DIR", &s.smtp.outbox_dir)
         .env("NOTIFIER_SMTP__MAX_RATE", "0")
         .envs(env.iter().copied())

@@ -143,7 +143,7 @@ async fn a_bad_template_fails_deliveries_that_replay_sends_after_the_fix() {
     let s = &settings;
     let env = |c: &mut std::process::Command| {
         c.env("NOTIFIER_DATABASE__URL", &s.database.url)
-            .env("NOTIFIER_SMTP__URL", &s.smtp.url)
+            .env("NOTIFIER_SMTP__URL", s.smtp.url.url())
             .env("NOTIFIER_SMTP__MAX_RATE", "0");
     };
     let run = |args: &[&str]| {

@@ -509,7 +509,7 @@ pub fn cli(settings: &Settings, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
         .args(args)
         .env("NOTIFIER_DATABASE__URL", &settings.database.url)
-        .env("NOTIFIER_SMTP__URL", &settings.smtp.url)
+        .env("NOTIFIER_SMTP__URL", settings.smtp.url.url())
         .env("NOTIFIER_SMTP__OUTBOX_DIR", &settings.smtp.outbox_dir)
         .env("NOTIFIER_SMTP__MAX_RATE", "0")
         .output()
