@@ -6,26 +6,129 @@ use crate::config::Settings;
 use crate::domain::delivery::DeliveryStatus;
 use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use crate::store::events as ev;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-fn delivery_json(d: &DeliveryRow) -> Value {
-    json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "event_type": d.event_type,
-        "kind": d.kind,
-        "agb_code": d.agb_code,
-        "recipient": d.recipient,
-        "rule": d.rule,
-        "status": d.status,
-        "attempts": d.attempts,
-        "message_id": d.message_id,
-        "created_at": rfc3339(d.created_at),
-        "due_at": rfc3339(d.due_at),
-        "deadline": rfc3339(d.deadline),
-        "sent_at": d.sent_at.map(rfc3339),
-        "last_error": d.last_error,
-    })
+/// One delivery as `deliveries list` and `events show` give it (fields in
+/// alphabetical order, as the JSON output has always had them); the users
+/// and the attempt log only in `events show`.
+#[derive(Debug, Serialize)]
+pub struct DeliveryLine {
+    pub agb_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<AttemptLine>>,
+    pub attempts: i64,
+    pub created_at: String,
+    pub deadline: String,
+    pub due_at: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub id: String,
+    pub kind: String,
+    pub last_error: Option<String>,
+    pub message_id: String,
+    pub recipient: String,
+    pub rule: String,
+    pub sent_at: Option<String>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserLine>>,
+}
+
+impl From<&DeliveryRow> for DeliveryLine {
+    fn from(d: &DeliveryRow) -> Self {
+        Self {
+            agb_code: d.agb_code.clone(),
+            attempt_log: None,
+            attempts: d.attempts,
+            created_at: rfc3339(d.created_at),
+            deadline: rfc3339(d.deadline),
+            due_at: rfc3339(d.due_at),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            id: d.id.clone(),
+            kind: d.kind.clone(),
+            last_error: d.last_error.clone(),
+            message_id: d.message_id.clone(),
+            recipient: d.recipient.clone(),
+            rule: d.rule.clone(),
+            sent_at: d.sent_at.map(rfc3339),
+            status: d.status.clone(),
+            users: None,
+        }
+    }
+}
+
+/// A user a delivery serves: the rule that chose them, the directory
+/// version then, and their status now.
+#[derive(Debug, Serialize)]
+pub struct UserLine {
+    pub gebruikersnummer: String,
+    pub rule: String,
+    pub status_now: Option<String>,
+    pub versie: i64,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Serialize)]
+pub struct AttemptLine {
+    pub detail: Option<String>,
+    pub directory_checked_at: Option<String>,
+    pub duration_ms: i64,
+    pub enhanced_code: Option<String>,
+    pub n: i64,
+    pub outcome: String,
+    pub smtp_code: Option<i64>,
+    pub started_at: String,
+}
+
+/// An event as `events list` gives it.
+#[derive(Debug, Serialize)]
+pub struct EventLine {
+    pub agb_code: Option<String>,
+    pub detail: Option<String>,
+    pub id: String,
+    pub occurred_at: String,
+    pub received_at: String,
+    pub state: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
+impl From<&ev::EventRow> for EventLine {
+    fn from(e: &ev::EventRow) -> Self {
+        Self {
+            agb_code: e.agb_code.clone(),
+            detail: e.detail.clone(),
+            id: e.id.clone(),
+            occurred_at: rfc3339(e.occurred_at),
+            received_at: rfc3339(e.received_at),
+            state: e.state.clone(),
+            event_type: e.event_type.clone(),
+        }
+    }
+}
+
+/// What `events show` gives: the event, its final state as operators read
+/// it, and every delivery with its users and attempts.
+#[derive(Debug, Serialize)]
+pub struct EventReport {
+    pub agb_code: Option<String>,
+    pub deliveries: Vec<DeliveryLine>,
+    pub detail: Option<String>,
+    pub final_state: &'static str,
+    pub id: String,
+    pub occurred_at: String,
+    pub received_at: String,
+    pub state: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
+fn print_json(report: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).expect("a report serializes")
+    );
 }
 
 /// `notifier deliveries list`.
@@ -62,10 +165,7 @@ pub async fn deliveries_list(
     )
     .await?;
     match format {
-        Format::Json => {
-            let v: Vec<Value> = rows.iter().map(delivery_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
-        }
+        Format::Json => print_json(&rows.iter().map(DeliveryLine::from).collect::<Vec<_>>()),
         Format::Table => {
             println!(
                 "{:<36}  {:<36}  {:<34}  {:<36}  {:<9}  {:>3}  LAST ERROR",
@@ -114,16 +214,7 @@ pub async fn events_list(
     };
     let rows = ev::list_events(&mut conn, &filter).await?;
     match format {
-        Format::Json => {
-            let v: Vec<Value> = rows
-                .iter()
-                .map(|e| {
-                    json!({"id": e.id, "type": e.event_type, "agb_code": e.agb_code, "state": e.state,
-                           "detail": e.detail, "occurred_at": rfc3339(e.occurred_at), "received_at": rfc3339(e.received_at)})
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
-        }
+        Format::Json => print_json(&rows.iter().map(EventLine::from).collect::<Vec<_>>()),
         Format::Table => {
             println!(
                 "{:<36}  {:<36}  {:<8}  {:<10}  {:<20}  DETAIL",
@@ -188,79 +279,96 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
     .await?;
     let mut deliveries = Vec::new();
     for d in &rows {
-        let users = dl::served_users(&mut conn, &d.id).await?;
-        let attempts = dl::attempts(&mut conn, &d.id).await?;
-        let mut v = delivery_json(d);
-        v["users"] = users
-            .iter()
-            .map(|u| json!({"gebruikersnummer": u.gebruikersnummer, "rule": u.rule, "versie": u.versie, "status_now": u.status}))
-            .collect();
-        v["attempt_log"] = attempts
-            .iter()
-            .map(|a| {
-                json!({"n": a.n, "started_at": rfc3339(a.started_at), "duration_ms": a.duration_ms,
-                       "outcome": a.outcome, "smtp_code": a.smtp_code, "enhanced_code": a.enhanced_code, "detail": a.detail,
-                       "directory_checked_at": a.checked_at.map(rfc3339)})
-            })
-            .collect();
-        deliveries.push(v);
+        let mut line = DeliveryLine::from(d);
+        line.users = Some(
+            dl::served_users(&mut conn, &d.id)
+                .await?
+                .into_iter()
+                .map(|u| UserLine {
+                    gebruikersnummer: u.gebruikersnummer,
+                    rule: u.rule,
+                    status_now: u.status,
+                    versie: u.versie,
+                })
+                .collect(),
+        );
+        line.attempt_log = Some(
+            dl::attempts(&mut conn, &d.id)
+                .await?
+                .into_iter()
+                .map(|a| AttemptLine {
+                    detail: a.detail,
+                    directory_checked_at: a.checked_at.map(rfc3339),
+                    duration_ms: a.duration_ms,
+                    enhanced_code: a.enhanced_code,
+                    n: a.n,
+                    outcome: a.outcome,
+                    smtp_code: a.smtp_code,
+                    started_at: rfc3339(a.started_at),
+                })
+                .collect(),
+        );
+        deliveries.push(line);
     }
     let statuses: Vec<&str> = rows.iter().map(|d| d.status.as_str()).collect();
-    let state = final_state(&e.state, &statuses);
+    let event = EventLine::from(&e);
+    let report = EventReport {
+        agb_code: event.agb_code,
+        deliveries,
+        detail: event.detail,
+        final_state: final_state(&e.state, &statuses),
+        id: event.id,
+        occurred_at: event.occurred_at,
+        received_at: event.received_at,
+        state: event.state,
+        event_type: event.event_type,
+    };
     match format {
-        Format::Json => {
-            let out = json!({
-                "id": e.id, "type": e.event_type, "agb_code": e.agb_code,
-                "occurred_at": rfc3339(e.occurred_at), "received_at": rfc3339(e.received_at),
-                "state": e.state, "detail": e.detail, "final_state": state,
-                "deliveries": deliveries,
-            });
-            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        Format::Json => print_json(&report),
+        Format::Table => report.print_table(),
+    }
+    Ok(())
+}
+
+impl EventReport {
+    fn print_table(&self) {
+        let e = self;
+        println!("event      {}", e.id);
+        println!("type       {}", e.event_type);
+        println!("agb_code   {}", e.agb_code.as_deref().unwrap_or("-"));
+        println!("occurred   {}", e.occurred_at);
+        println!("received   {}", e.received_at);
+        println!("state      {} ({})", e.state, self.final_state);
+        if let Some(d) = &e.detail {
+            println!("detail     {d}");
         }
-        Format::Table => {
-            println!("event      {}", e.id);
-            println!("type       {}", e.event_type);
-            println!("agb_code   {}", e.agb_code.as_deref().unwrap_or("-"));
-            println!("occurred   {}", rfc3339(e.occurred_at));
-            println!("received   {}", rfc3339(e.received_at));
-            println!("state      {} ({state})", e.state);
-            if let Some(d) = &e.detail {
-                println!("detail     {d}");
-            }
-            println!();
-            for d in &deliveries {
+        println!();
+        for d in &self.deliveries {
+            println!(
+                "delivery {}  {}  to {}  [{}]  status {}  attempts {}",
+                d.id, d.kind, d.recipient, d.rule, d.status, d.attempts
+            );
+            for u in d.users.iter().flatten() {
                 println!(
-                    "delivery {}  {}  to {}  [{}]  status {}  attempts {}",
-                    d["id"].as_str().unwrap_or(""),
-                    d["kind"].as_str().unwrap_or(""),
-                    d["recipient"].as_str().unwrap_or(""),
-                    d["rule"].as_str().unwrap_or(""),
-                    d["status"].as_str().unwrap_or(""),
-                    d["attempts"]
+                    "    serves {} by {} at versie {} (now {})",
+                    u.gebruikersnummer,
+                    u.rule,
+                    u.versie,
+                    u.status_now.as_deref().unwrap_or("unknown")
                 );
-                for u in d["users"].as_array().into_iter().flatten() {
-                    println!(
-                        "    serves {} by {} at versie {} (now {})",
-                        u["gebruikersnummer"].as_str().unwrap_or(""),
-                        u["rule"].as_str().unwrap_or(""),
-                        u["versie"],
-                        u["status_now"].as_str().unwrap_or("unknown")
-                    );
-                }
-                for a in d["attempt_log"].as_array().into_iter().flatten() {
-                    println!(
-                        "    attempt {} at {}: {} {}",
-                        a["n"],
-                        a["started_at"].as_str().unwrap_or(""),
-                        a["outcome"].as_str().unwrap_or(""),
-                        a["detail"].as_str().unwrap_or("")
-                    );
-                }
-                if let Some(err) = d["last_error"].as_str() {
-                    println!("    last error: {err}");
-                }
+            }
+            for a in d.attempt_log.iter().flatten() {
+                println!(
+                    "    attempt {} at {}: {} {}",
+                    a.n,
+                    a.started_at,
+                    a.outcome,
+                    a.detail.as_deref().unwrap_or("")
+                );
+            }
+            if let Some(err) = &d.last_error {
+                println!("    last error: {err}");
             }
         }
     }
-    Ok(())
 }

@@ -443,78 +443,14 @@ fn parse_module(
 ) -> Result<ModuleEvent, Rejection> {
     let p = "data.";
     let agb_code = req_agb(data, p)?;
-    let zv = match data.get("zorgverzekeraar") {
-        Some(Value::Object(z)) => z,
-        _ => {
-            return Err(Rejection::new(
-                "data.zorgverzekeraar: missing, or not an object",
-            ));
-        }
-    };
-    let uzovi = req_str(zv, "data.zorgverzekeraar.", "uzovi")?;
-    if !(uzovi.len() == 4 && uzovi.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(field_err(
-            "data.zorgverzekeraar.",
-            "uzovi",
-            format!("expected 4 digits, got {uzovi:?}"),
-        ));
-    }
-    let zorgverzekeraar = Zorgverzekeraar {
-        uzovi: uzovi.to_owned(),
-        naam: req_text(zv, "data.zorgverzekeraar.", "naam")?.to_owned(),
-    };
+    let zorgverzekeraar = parse_zorgverzekeraar(data)?;
     let url = check_link(req_str(data, p, "url")?, rules).map_err(|e| field_err(p, "url", e))?;
     let mut actor = None;
     for (name, field) in event_type.data_spec() {
-        match field {
-            Field::Id => {
-                let v = req_str(data, p, name)?;
-                if v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control) {
-                    return Err(field_err(
-                        p,
-                        name,
-                        "expected an identifier of 1 to 128 printable characters".into(),
-                    ));
-                }
-            }
-            Field::Text => {
-                req_text(data, p, name)?;
-            }
-            Field::Date => {
-                let v = req_str(data, p, name)?;
-                if NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err() || v.len() != 10 {
-                    return Err(field_err(
-                        p,
-                        name,
-                        format!("expected a date YYYY-MM-DD, got {v:?}"),
-                    ));
-                }
-            }
-            Field::Count => match data.get(*name).and_then(Value::as_i64) {
-                Some(n) if n >= 0 => {}
-                _ => return Err(field_err(p, name, "expected an integer >= 0".into())),
-            },
-            Field::Year => match data.get(*name).and_then(Value::as_i64) {
-                Some(n) if (2000..=2100).contains(&n) => {}
-                _ => {
-                    return Err(field_err(
-                        p,
-                        name,
-                        "expected a year (integer 2000..2100)".into(),
-                    ));
-                }
-            },
-            Field::OneOf(options) => {
-                let v = req_str(data, p, name)?;
-                if !options.contains(&v) {
-                    return Err(field_err(
-                        p,
-                        name,
-                        format!("expected one of {options:?}, got {v:?}"),
-                    ));
-                }
-            }
-            Field::OptionalUser => actor = opt_user(data, p, name)?,
+        if let Field::OptionalUser = field {
+            actor = opt_user(data, p, name)?;
+        } else {
+            check_field(data, name, field)?;
         }
     }
     // Templates see exactly the validated fields: unknown extras never reach a mail.
@@ -534,6 +470,85 @@ fn parse_module(
         actor,
         data: Value::Object(clean),
     })
+}
+
+/// `data.zorgverzekeraar`: a UZOVI code of four digits and a name.
+fn parse_zorgverzekeraar(data: &Map<String, Value>) -> Result<Zorgverzekeraar, Rejection> {
+    let p = "data.zorgverzekeraar.";
+    let Some(Value::Object(zv)) = data.get("zorgverzekeraar") else {
+        return Err(Rejection::new(
+            "data.zorgverzekeraar: missing, or not an object",
+        ));
+    };
+    let uzovi = req_str(zv, p, "uzovi")?;
+    if !(uzovi.len() == 4 && uzovi.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(field_err(
+            p,
+            "uzovi",
+            format!("expected 4 digits, got {uzovi:?}"),
+        ));
+    }
+    Ok(Zorgverzekeraar {
+        uzovi: uzovi.to_owned(),
+        naam: req_text(zv, p, "naam")?.to_owned(),
+    })
+}
+
+/// Checks one field of an event type's data against its kind (the
+/// optional actor is read by the caller).
+fn check_field(data: &Map<String, Value>, name: &str, field: &Field) -> Result<(), Rejection> {
+    let p = "data.";
+    match field {
+        Field::Id => {
+            let v = req_str(data, p, name)?;
+            if v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control) {
+                return Err(field_err(
+                    p,
+                    name,
+                    "expected an identifier of 1 to 128 printable characters".into(),
+                ));
+            }
+        }
+        Field::Text => {
+            req_text(data, p, name)?;
+        }
+        Field::Date => {
+            let v = req_str(data, p, name)?;
+            if NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err() || v.len() != 10 {
+                return Err(field_err(
+                    p,
+                    name,
+                    format!("expected a date YYYY-MM-DD, got {v:?}"),
+                ));
+            }
+        }
+        Field::Count => match data.get(name).and_then(Value::as_i64) {
+            Some(n) if n >= 0 => {}
+            _ => return Err(field_err(p, name, "expected an integer >= 0".into())),
+        },
+        Field::Year => match data.get(name).and_then(Value::as_i64) {
+            Some(n) if (2000..=2100).contains(&n) => {}
+            _ => {
+                return Err(field_err(
+                    p,
+                    name,
+                    "expected a year (integer 2000..2100)".into(),
+                ));
+            }
+        },
+        Field::OneOf(options) => {
+            let v = req_str(data, p, name)?;
+            if !options.contains(&v) {
+                return Err(field_err(
+                    p,
+                    name,
+                    format!("expected one of {options:?}, got {v:?}"),
+                ));
+            }
+        }
+        Field::OptionalUser => {}
+    }
+    Ok(())
 }
 
 /// Checks that a link is absolute `https` on an allowed host.

@@ -194,121 +194,29 @@ pub fn resolve_module(
     actor: Option<&DirectoryUser>,
 ) -> Resolution {
     use EventType::*;
-    let kind = MailKind::Module(event.event_type);
     let mut g = Grouper::default();
     let mut notes = Vec::new();
-    let right = event.event_type.right().expect("module event has a right");
-
-    match event.event_type {
-        HerinneringAcceptatie => {
-            for m in signers(dir) {
-                g.add(kind, Who::Member(m), Rule::T, None);
-            }
-        }
-        OnderhandelingAfgerond => {
-            for r in [Recht::Onderhandelen, Recht::Contracteren] {
-                for m in active_with(dir, r) {
-                    g.add(kind, Who::Member(m), Rule::U(r), None);
-                }
-            }
-        }
-        _ => {
-            for m in active_with(dir, right) {
-                g.add(kind, Who::Member(m), Rule::U(right), None);
-            }
-        }
-    }
-
-    let takes_actor = matches!(
+    add_rights_holders(&mut g, event.event_type, dir);
+    if matches!(
         event.event_type,
         ContractGeaccepteerd | OnderhandelingVoorstelGedaan | OnderhandelingGeaccordeerd
-    );
-    if takes_actor && let Some(number) = &event.actor {
-        match actor {
-            Some(u) if u.status == super::directory::UserStatus::Actief => {
-                g.add(kind, Who::User(u), Rule::Actor, None);
-            }
-            Some(_) => notes.push(format!("actor {number} is revoked: no copy")),
-            None => notes.push(format!(
-                "actor {number} is unknown to the directory: no copy"
-            )),
-        }
+    ) && let Some(number) = &event.actor
+    {
+        add_actor_copy(&mut g, event.event_type, number, actor, &mut notes);
     }
 
     let module_mails = g.out.len();
     let needs_signer = matches!(event.event_type, VoorstelAangeboden | HerinneringAcceptatie);
     let no_signer = needs_signer && signers(dir).next().is_none();
-    let routing;
-
     let reminder_has_contracteren_users = event.event_type == HerinneringAcceptatie
         && active_with(dir, Recht::Contracteren).next().is_some();
-    if module_mails == 0 && !reminder_has_contracteren_users {
-        // Nobody with the right: the practice must still hear about it.
-        let notice = json!({
-            "event_id": event_id,
-            "event_type": event.event_type.as_str(),
-            "event_label": event.event_type.label(),
-            "module": right.module(),
-            "recht": right.as_str(),
-        });
-        for m in contact_persons(dir) {
-            g.add(
-                MailKind::GeenOntvanger,
-                Who::Member(m),
-                Rule::Cp,
-                Some(&notice),
-            );
-        }
-        routing = if g.out.is_empty() {
-            Routing::Unroutable
-        } else {
-            Routing::NoRecipientNotice
-        };
+    let routing = if module_mails == 0 && !reminder_has_contracteren_users {
+        add_no_recipient_notice(&mut g, event, event_id, dir)
     } else if no_signer {
-        let notice = json!({
-            "event_id": event_id,
-            "event_type": event.event_type.as_str(),
-            "event_label": event.event_type.label(),
-            "contract_naam": event.data["contract_naam"],
-            "zorgverzekeraar_naam": event.zorgverzekeraar.naam,
-            "uiterste_acceptatiedatum": event.data["uiterste_acceptatiedatum"],
-        });
-        let before = g.out.len();
-        if event.event_type == HerinneringAcceptatie {
-            // T is empty: the reminder turns into the notice for U(contracteren) and CP.
-            for m in active_with(dir, Recht::Contracteren) {
-                g.add(
-                    MailKind::GeenTekenbevoegde,
-                    Who::Member(m),
-                    Rule::U(Recht::Contracteren),
-                    Some(&notice),
-                );
-            }
-        }
-        for m in contact_persons(dir) {
-            g.add(
-                MailKind::GeenTekenbevoegde,
-                Who::Member(m),
-                Rule::Cp,
-                Some(&notice),
-            );
-        }
-        if contact_persons(dir).next().is_none() {
-            notes.push(format!(
-                "{} not sent: no active contact person",
-                MailKind::GeenTekenbevoegde.as_str()
-            ));
-        }
-        routing = if module_mails > 0 {
-            Routing::Routed
-        } else if g.out.len() > before {
-            Routing::NoRecipientNotice
-        } else {
-            Routing::Unroutable
-        };
+        add_no_signer_notice(&mut g, event, event_id, dir, module_mails, &mut notes)
     } else {
-        routing = Routing::Routed;
-    }
+        Routing::Routed
+    };
 
     let unroutable_notice =
         routing != Routing::Unroutable && no_signer && contact_persons(dir).next().is_none();
@@ -317,6 +225,143 @@ pub fn resolve_module(
         routing,
         notes,
         unroutable_notice,
+    }
+}
+
+/// The module mail for everyone the event type's rule names: the signers
+/// for an acceptance reminder, both rights for a finished negotiation, the
+/// module's right otherwise.
+fn add_rights_holders(g: &mut Grouper, event_type: EventType, dir: &AgbSnapshot) {
+    let kind = MailKind::Module(event_type);
+    match event_type {
+        EventType::HerinneringAcceptatie => {
+            for m in signers(dir) {
+                g.add(kind, Who::Member(m), Rule::T, None);
+            }
+        }
+        EventType::OnderhandelingAfgerond => {
+            for r in [Recht::Onderhandelen, Recht::Contracteren] {
+                for m in active_with(dir, r) {
+                    g.add(kind, Who::Member(m), Rule::U(r), None);
+                }
+            }
+        }
+        _ => {
+            let right = event_type.right().expect("module event has a right");
+            for m in active_with(dir, right) {
+                g.add(kind, Who::Member(m), Rule::U(right), None);
+            }
+        }
+    }
+}
+
+/// The copy for the user who performed the action, when the directory has
+/// them active; a note says why there is none otherwise.
+fn add_actor_copy(
+    g: &mut Grouper,
+    event_type: EventType,
+    number: &Gebruikersnummer,
+    actor: Option<&DirectoryUser>,
+    notes: &mut Vec<String>,
+) {
+    match actor {
+        Some(u) if u.status == super::directory::UserStatus::Actief => {
+            g.add(
+                MailKind::Module(event_type),
+                Who::User(u),
+                Rule::Actor,
+                None,
+            );
+        }
+        Some(_) => notes.push(format!("actor {number} is revoked: no copy")),
+        None => notes.push(format!(
+            "actor {number} is unknown to the directory: no copy"
+        )),
+    }
+}
+
+/// Nobody has the right: the contact persons hear of it
+/// (`beheer.geen_ontvanger`); without them the event is unroutable.
+fn add_no_recipient_notice(
+    g: &mut Grouper,
+    event: &ModuleEvent,
+    event_id: &str,
+    dir: &AgbSnapshot,
+) -> Routing {
+    let right = event.event_type.right().expect("module event has a right");
+    let notice = json!({
+        "event_id": event_id,
+        "event_type": event.event_type.as_str(),
+        "event_label": event.event_type.label(),
+        "module": right.module(),
+        "recht": right.as_str(),
+    });
+    for m in contact_persons(dir) {
+        g.add(
+            MailKind::GeenOntvanger,
+            Who::Member(m),
+            Rule::Cp,
+            Some(&notice),
+        );
+    }
+    if g.out.is_empty() {
+        Routing::Unroutable
+    } else {
+        Routing::NoRecipientNotice
+    }
+}
+
+/// An offer or reminder for a practice without an active signer: the
+/// contact persons (and, for a reminder, the users with `contracteren`)
+/// get `beheer.geen_tekenbevoegde`.
+fn add_no_signer_notice(
+    g: &mut Grouper,
+    event: &ModuleEvent,
+    event_id: &str,
+    dir: &AgbSnapshot,
+    module_mails: usize,
+    notes: &mut Vec<String>,
+) -> Routing {
+    let notice = json!({
+        "event_id": event_id,
+        "event_type": event.event_type.as_str(),
+        "event_label": event.event_type.label(),
+        "contract_naam": event.data["contract_naam"],
+        "zorgverzekeraar_naam": event.zorgverzekeraar.naam,
+        "uiterste_acceptatiedatum": event.data["uiterste_acceptatiedatum"],
+    });
+    let before = g.out.len();
+    if event.event_type == EventType::HerinneringAcceptatie {
+        // T is empty: the reminder turns into the notice for U(contracteren) and CP.
+        for m in active_with(dir, Recht::Contracteren) {
+            g.add(
+                MailKind::GeenTekenbevoegde,
+                Who::Member(m),
+                Rule::U(Recht::Contracteren),
+                Some(&notice),
+            );
+        }
+    }
+    for m in contact_persons(dir) {
+        g.add(
+            MailKind::GeenTekenbevoegde,
+            Who::Member(m),
+            Rule::Cp,
+            Some(&notice),
+        );
+    }
+    if contact_persons(dir).next().is_none() {
+        notes.push(format!(
+            "{} not sent: no active contact person",
+            MailKind::GeenTekenbevoegde.as_str()
+        ));
+    }
+    if module_mails > 0 {
+        Routing::Routed
+    } else if g.out.len() > before {
+        Routing::NoRecipientNotice
+    } else {
+        Routing::Unroutable
     }
 }
 

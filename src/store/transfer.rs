@@ -500,34 +500,13 @@ async fn non_empty(tx: &mut Tx) -> Result<Vec<String>, StoreError> {
 /// version and empty. All or nothing: one transaction.
 pub async fn import(store: &Store, input: &mut dyn BufRead) -> Result<ImportReport, TransferError> {
     let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
-    let header = match lines.next() {
-        Some((_, Ok(l))) => serde_json::from_str::<Value>(&l).ok(),
-        Some((_, Err(e))) => return Err(io("reading the export", e)),
-        None => None,
-    };
-    let Some(header) = header.filter(|h| h["format"] == FORMAT) else {
-        return Err(TransferError::BadFile(format!(
-            "line 1: not a notifier export (expected a header with \"format\": \"{FORMAT}\"; make the file with `notifier export`)"
-        )));
-    };
+    let header = read_header(lines.next())?;
     let file_version = header["schema_version"]
         .as_i64()
         .ok_or_else(|| bad(1, "header without schema_version"))?;
 
     let mut tx = store.begin().await?;
-    check_known_schema(&mut tx, store.backend()).await?;
-    let target_version = schema_version(&mut tx).await?;
-    if file_version != target_version {
-        return Err(TransferError::BadFile(format!(
-            "the export has schema version {file_version}, the target database {target_version}; \
-             migrate both with this notifier version (`notifier migrate` on the source, then export again)"
-        )));
-    }
-    let full = non_empty(&mut tx).await?;
-    if !full.is_empty() {
-        return Err(TransferError::NotEmpty(full.join(", ")));
-    }
-
+    let target_version = check_target(&mut tx, store.backend(), file_version).await?;
     let mut report = ImportReport {
         schema_version: target_version,
         ..Default::default()
@@ -540,20 +519,9 @@ pub async fn import(store: &Store, input: &mut dyn BufRead) -> Result<ImportRepo
         if line.trim().is_empty() {
             continue;
         }
-        let obj = match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(o)) => o,
-            _ => return Err(bad(n, "not a JSON object")),
-        };
-        let name = obj
-            .get("table")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(n, "row without \"table\""))?;
-        let t = TABLES
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| bad(n, format!("unknown table {name:?}")))?;
-        if current.is_some_and(|c| c.name != t.name) {
-            insert_rows(&mut tx, current.unwrap(), &mut pending).await?;
+        let (t, obj) = table_row(&line, n)?;
+        if let Some(c) = current.filter(|c| c.name != t.name) {
+            insert_rows(&mut tx, c, &mut pending).await?;
         }
         current = Some(t);
         let mut row = cells(t, obj, n)?;
@@ -569,8 +537,73 @@ pub async fn import(store: &Store, input: &mut dyn BufRead) -> Result<ImportRepo
     if let Some(t) = current {
         insert_rows(&mut tx, t, &mut pending).await?;
     }
+    report.rows = Counts(promised_rows(&header, &counts)?);
+    if store.backend() == Backend::Postgres {
+        advance_sequences(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(report)
+}
 
-    // A truncated or edited file is refused: every table must have the rows the header promised.
+/// Line 1: the export's header, or why this is not an export.
+fn read_header(first: Option<(usize, std::io::Result<String>)>) -> Result<Value, TransferError> {
+    let header = match first {
+        Some((_, Ok(l))) => serde_json::from_str::<Value>(&l).ok(),
+        Some((_, Err(e))) => return Err(io("reading the export", e)),
+        None => None,
+    };
+    header.filter(|h| h["format"] == FORMAT).ok_or_else(|| {
+        TransferError::BadFile(format!(
+            "line 1: not a notifier export (expected a header with \"format\": \"{FORMAT}\"; make the file with `notifier export`)"
+        ))
+    })
+}
+
+/// The target is a notifier database of the file's schema version, and
+/// empty; returns its schema version.
+async fn check_target(
+    tx: &mut super::Tx,
+    backend: Backend,
+    file_version: i64,
+) -> Result<i64, TransferError> {
+    check_known_schema(tx, backend).await?;
+    let target_version = schema_version(tx).await?;
+    if file_version != target_version {
+        return Err(TransferError::BadFile(format!(
+            "the export has schema version {file_version}, the target database {target_version}; \
+             migrate both with this notifier version (`notifier migrate` on the source, then export again)"
+        )));
+    }
+    let full = non_empty(tx).await?;
+    if !full.is_empty() {
+        return Err(TransferError::NotEmpty(full.join(", ")));
+    }
+    Ok(target_version)
+}
+
+/// One line of rows: its table and its columns.
+fn table_row(line: &str, n: usize) -> Result<(&'static Table, Map<String, Value>), TransferError> {
+    let obj = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(o)) => o,
+        _ => return Err(bad(n, "not a JSON object")),
+    };
+    let name = obj
+        .get("table")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(n, "row without \"table\""))?;
+    let t = TABLES
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| bad(n, format!("unknown table {name:?}")))?;
+    Ok((t, obj))
+}
+
+/// A truncated or edited file is refused: every table must have the rows
+/// the header promised.
+fn promised_rows(
+    header: &Value,
+    counts: &BTreeMap<&str, u64>,
+) -> Result<Vec<(String, u64)>, TransferError> {
     let mut rows = Vec::new();
     for t in TABLES {
         let want = header["tables"][t.name].as_u64().unwrap_or(0);
@@ -583,18 +616,18 @@ pub async fn import(store: &Store, input: &mut dyn BufRead) -> Result<ImportRepo
         }
         rows.push((t.name.to_owned(), got));
     }
-    if store.backend() == Backend::Postgres {
-        // Ids were inserted as they were: move each sequence past the highest.
-        for t in TABLES.iter().filter(|t| t.serial_id) {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT setval(pg_get_serial_sequence('{0}', 'id'), COALESCE((SELECT MAX(id) FROM {0}), 0) + 1, false)",
-                t.name
-            )))
-            .execute(&mut *tx)
-            .await?;
-        }
+    Ok(rows)
+}
+
+/// Ids were inserted as they were: each PostgreSQL sequence moves past the highest.
+async fn advance_sequences(tx: &mut super::Tx) -> Result<(), TransferError> {
+    for t in TABLES.iter().filter(|t| t.serial_id) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT setval(pg_get_serial_sequence('{0}', 'id'), COALESCE((SELECT MAX(id) FROM {0}), 0) + 1, false)",
+            t.name
+        )))
+        .execute(&mut **tx)
+        .await?;
     }
-    tx.commit().await?;
-    report.rows = Counts(rows);
-    Ok(report)
+    Ok(())
 }
