@@ -4,6 +4,7 @@ use super::{CliError, Format, rfc3339};
 use crate::app;
 use crate::config::Settings;
 use crate::domain::delivery::DeliveryStatus;
+use crate::domain::event::EventState;
 use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use crate::store::events as ev;
 use serde::Serialize;
@@ -237,27 +238,6 @@ pub async fn events_list(
     Ok(())
 }
 
-/// The final state of an event as operators read it.
-pub fn final_state(event_state: &str, statuses: &[&str]) -> &'static str {
-    if event_state == "unroutable" {
-        return "unroutable";
-    }
-    if statuses.is_empty() {
-        return match event_state {
-            "stale" => "stale (ignored)",
-            "ignored" => "ignored",
-            _ => "done (no mail)",
-        };
-    }
-    if statuses.iter().any(|s| *s == "pending" || *s == "sending") {
-        "in progress"
-    } else if statuses.contains(&"failed") {
-        "done with failures"
-    } else {
-        "done"
-    }
-}
-
 /// `notifier events show ID`.
 pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<(), CliError> {
     let store = app::open_store(&settings, false).await?;
@@ -310,13 +290,17 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
         );
         deliveries.push(line);
     }
-    let statuses: Vec<&str> = rows.iter().map(|d| d.status.as_str()).collect();
+    let statuses: Vec<DeliveryStatus> = rows
+        .iter()
+        .filter_map(|d| DeliveryStatus::parse(&d.status))
+        .collect();
     let event = EventLine::from(&e);
     let report = EventReport {
         agb_code: event.agb_code,
         deliveries,
         detail: event.detail,
-        final_state: final_state(&e.state, &statuses),
+        final_state: EventState::parse(&e.state)
+            .map_or("unknown", |state| state.final_state(&statuses)),
         id: event.id,
         occurred_at: event.occurred_at,
         received_at: event.received_at,

@@ -4,6 +4,7 @@
 //! Everything here is pure: bytes in, a [`PortalEvent`] or a [`Rejection`] with
 //! a reason an operator can read out.
 
+use super::delivery::DeliveryStatus;
 use super::directory::{Koppeling, Recht, UserRecord, UserStatus};
 use super::ids::{AgbCode, EmailAddress, EventId, Gebruikersnummer};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -26,6 +27,71 @@ impl Rejection {
     fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+        }
+    }
+}
+
+/// What became of a stored event (the `events.state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventState {
+    /// A module event with deliveries (or notices) planned.
+    Accepted,
+    /// A module event nobody could be told about, not even a contact person.
+    Unroutable,
+    /// A directory event whose change was applied.
+    Applied,
+    /// A directory event older than what the directory holds: skipped.
+    Stale,
+    /// A directory event about a user the directory does not know.
+    Ignored,
+}
+
+impl EventState {
+    /// Every state.
+    pub const ALL: [EventState; 5] = [
+        Self::Accepted,
+        Self::Unroutable,
+        Self::Applied,
+        Self::Stale,
+        Self::Ignored,
+    ];
+
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Unroutable => "unroutable",
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The event's final state as operators read it (`events show`), from
+    /// its own state and its deliveries' statuses.
+    pub fn final_state(self, statuses: &[DeliveryStatus]) -> &'static str {
+        use DeliveryStatus::*;
+        if self == Self::Unroutable {
+            return "unroutable";
+        }
+        if statuses.is_empty() {
+            return match self {
+                Self::Stale => "stale (ignored)",
+                Self::Ignored => "ignored",
+                _ => "done (no mail)",
+            };
+        }
+        if statuses.iter().any(|s| matches!(s, Pending | Sending)) {
+            "in progress"
+        } else if statuses.contains(&Failed) {
+            "done with failures"
+        } else {
+            "done"
         }
     }
 }
@@ -772,6 +838,30 @@ fn req_email(m: &Map<String, Value>, p: &str, name: &str) -> Result<EmailAddress
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_events_final_state_reads_from_its_state_and_its_deliveries() {
+        use super::super::delivery::DeliveryStatus::*;
+        use EventState::*;
+        let table: [(EventState, &[DeliveryStatus], &str); 9] = [
+            (Unroutable, &[], "unroutable"),
+            (Unroutable, &[Sent], "unroutable"),
+            (Stale, &[], "stale (ignored)"),
+            (Ignored, &[], "ignored"),
+            (Applied, &[], "done (no mail)"),
+            (Accepted, &[Sent, Sending], "in progress"),
+            (Accepted, &[Failed, Pending], "in progress"),
+            (Accepted, &[Sent, Failed, Cancelled], "done with failures"),
+            (Accepted, &[Sent, Cancelled], "done"),
+        ];
+        for (state, statuses, want) in table {
+            assert_eq!(state.final_state(statuses), want, "{state:?} {statuses:?}");
+        }
+        for state in EventState::ALL {
+            assert_eq!(EventState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(EventState::parse("Accepted"), None);
+    }
+
     use super::*;
 
     fn rules() -> ValidationRules {

@@ -4,7 +4,7 @@
 
 use super::delivery::MailKind;
 use super::directory::{AgbSnapshot, DirectoryUser, Member, Recht};
-use super::event::{EventType, ModuleEvent};
+use super::event::{EventState, EventType, ModuleEvent};
 use super::ids::{EmailAddress, Gebruikersnummer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -27,6 +27,18 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Parses [`Self::label`] (the stored form).
+    pub fn parse(label: &str) -> Option<Self> {
+        Some(match label {
+            "T" => Self::T,
+            "CP" => Self::Cp,
+            "ACTOR" => Self::Actor,
+            "USER" => Self::User,
+            "ADDRESS" => Self::Address,
+            _ => Self::U(Recht::parse(label.strip_prefix("U(")?.strip_suffix(')')?)?),
+        })
+    }
+
     /// The rule as shown to operators: `U(contracteren)`, `T`, `CP`, `ACTOR`, ...
     pub fn label(self) -> String {
         match self {
@@ -88,10 +100,10 @@ pub enum Routing {
 
 impl Routing {
     /// The event state stored for this outcome.
-    pub fn event_state(self) -> &'static str {
+    pub fn event_state(self) -> EventState {
         match self {
-            Self::Routed | Self::NoRecipientNotice => "accepted",
-            Self::Unroutable => "unroutable",
+            Self::Routed | Self::NoRecipientNotice => EventState::Accepted,
+            Self::Unroutable => EventState::Unroutable,
         }
     }
 }
@@ -472,6 +484,26 @@ pub fn undeliverable_notices(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rule_parses_from_its_label() {
+        let mut rules = vec![Rule::T, Rule::Cp, Rule::Actor, Rule::User, Rule::Address];
+        rules.extend(
+            [
+                Recht::Uitvragen,
+                Recht::Contracteren,
+                Recht::Onderhandelen,
+                Recht::Naleving,
+            ]
+            .map(Rule::U),
+        );
+        for r in rules {
+            assert_eq!(Rule::parse(&r.label()), Some(r));
+        }
+        for bad in ["U(iets)", "U(contracteren", "address", ""] {
+            assert_eq!(Rule::parse(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use crate::domain::directory::UserStatus;
     use crate::domain::event::{EventType, ModuleEvent, Zorgverzekeraar};

@@ -429,7 +429,7 @@ impl Ingestor {
                 payload,
                 state: r
                     .as_ref()
-                    .map_or("accepted", |(res, _)| res.routing.event_state()),
+                    .map_or("accepted", |(res, _)| res.routing.event_state().as_str()),
                 detail: r.as_ref().and_then(|(_, d)| d.as_deref()),
             })
             .collect();
@@ -800,7 +800,13 @@ impl Ingestor {
             return Ok((n, res));
         }
         let detail = event_detail(m, &res);
-        ev::set_event_state(conn, id, res.routing.event_state(), detail.as_deref()).await?;
+        ev::set_event_state(
+            conn,
+            id,
+            res.routing.event_state().as_str(),
+            detail.as_deref(),
+        )
+        .await?;
         if res.routing == Routing::Unroutable || res.unroutable_notice {
             warn!(agb_code = %m.agb_code, "unroutable: no recipient and no active contact person");
         }
