@@ -723,45 +723,33 @@ pub async fn list(
     conn: &mut AnyConnection,
     f: &DeliveryFilter,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut sql = String::from(
-        "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
-         d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about \
-         FROM deliveries d JOIN events e ON e.id = d.event_id WHERE 1 = 1",
-    );
-    let mut binds: Vec<Bind> = Vec::new();
-    let mut push = |sql: &mut String, cond: &str, b: Bind| {
-        binds.push(b);
-        sql.push_str(&format!(" AND {cond} ${}", binds.len()));
-    };
+    let mut w = super::filter::Where::for_conn(conn);
     if let Some(v) = &f.event_id {
-        push(&mut sql, "d.event_id =", Bind::S(v.clone()));
+        w.text("d.event_id", "=", v);
     }
     if let Some(v) = f.status {
-        push(&mut sql, "d.status =", Bind::S(v.as_str().into()));
+        w.text("d.status", "=", v.as_str());
     }
     if let Some(v) = &f.agb_code {
-        push(&mut sql, "e.agb_code =", Bind::S(v.clone()));
+        w.text("e.agb_code", "=", v);
     }
     if let Some(v) = &f.event_type {
-        push(&mut sql, "e.type =", Bind::S(v.clone()));
+        w.text("e.type", "=", v);
     }
     if let Some(v) = f.since_ms {
-        push(&mut sql, "d.created_at >=", Bind::I(v));
+        w.int("d.created_at", ">=", v);
     }
     if let Some(v) = f.until_ms {
-        push(&mut sql, "d.created_at <", Bind::I(v));
+        w.int("d.created_at", "<", v);
     }
-    sql.push_str(" ORDER BY d.created_at, d.id");
-    if let Some(l) = f.limit {
-        sql.push_str(&format!(" LIMIT {l}"));
-    }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::S(s) => q.bind(s),
-            Bind::I(i) => q.bind(i),
-        };
-    }
+    let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+    let sql = format!(
+        "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
+         d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about \
+         FROM deliveries d JOIN events e ON e.id = d.event_id{} ORDER BY d.created_at, d.id{limit}",
+        w.clause()
+    );
+    let q = w.bind(sqlx::query(sqlx::AssertSqlSafe(sql)));
     let rows = q.fetch_all(&mut *conn).await?;
     rows.iter()
         .map(|r| {
@@ -785,11 +773,6 @@ pub async fn list(
             })
         })
         .collect()
-}
-
-enum Bind {
-    S(String),
-    I(i64),
 }
 
 /// One attempt as shown to operators.

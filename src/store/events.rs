@@ -349,63 +349,40 @@ pub async fn list_events(
     conn: &mut AnyConnection,
     f: &EventFilter,
 ) -> Result<Vec<EventRow>, StoreError> {
-    let mut sql = String::from(
-        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE 1 = 1",
-    );
-    // Placeholders are numbered in the order the values are pushed.
-    let mut binds: Vec<Val> = Vec::new();
-    let placeholder = |binds: &mut Vec<Val>, v: Val| {
-        binds.push(v);
-        format!("${}", binds.len())
-    };
+    let mut w = super::filter::Where::for_conn(conn);
     for (col, v) in [
         ("id", &f.event_id),
         ("type", &f.event_type),
         ("agb_code", &f.agb_code),
     ] {
         if let Some(v) = v {
-            let p = placeholder(&mut binds, Val::S(v.clone()));
-            sql.push_str(&format!(" AND {col} = {p}"));
+            w.text(col, "=", v);
         }
     }
     if let Some(v) = f.since_ms {
-        let p = placeholder(&mut binds, Val::I(v));
-        sql.push_str(&format!(" AND received_at >= {p}"));
+        w.int("received_at", ">=", v);
     }
     if let Some(v) = f.until_ms {
-        let p = placeholder(&mut binds, Val::I(v));
-        sql.push_str(&format!(" AND received_at < {p}"));
+        w.int("received_at", "<", v);
     }
-    if !f.states.is_empty() {
-        let list: Vec<String> = f
-            .states
-            .iter()
-            .map(|s| placeholder(&mut binds, Val::S(s.clone())))
-            .collect();
-        sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
-    }
-    sql.push_str(if f.newest_first {
+    let states: Vec<&str> = f.states.iter().map(String::as_str).collect();
+    w.any_of("state", &states);
+    let order = if f.newest_first {
         " ORDER BY received_at DESC, id DESC"
     } else {
         " ORDER BY received_at, id"
-    });
-    if let Some(l) = f.limit {
-        sql.push_str(&format!(" LIMIT {}", l.max(0)));
-    }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Val::S(s) => q.bind(s),
-            Val::I(v) => q.bind(v),
-        };
-    }
+    };
+    let limit = f
+        .limit
+        .map(|l| format!(" LIMIT {}", l.max(0)))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events{}{order}{limit}",
+        w.clause()
+    );
+    let q = w.bind(sqlx::query(sqlx::AssertSqlSafe(sql)));
     let rows = q.fetch_all(&mut *conn).await?;
     rows.iter().map(event_row).collect()
-}
-
-enum Val {
-    S(String),
-    I(i64),
 }
 
 /// Module events received since `since_ms` that nobody could be mailed about.

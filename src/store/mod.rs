@@ -11,6 +11,7 @@
 pub mod deliveries;
 pub mod directory;
 pub mod events;
+mod filter;
 pub mod planning;
 pub mod replays;
 pub mod transfer;
