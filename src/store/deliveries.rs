@@ -95,10 +95,7 @@ pub async fn claim(
     // (status, due_at) index: first the deliveries whose lease ran out
     // (their dispatcher died mid-send; few), then the pending ones that are
     // due. With both conditions OR-ed PostgreSQL read both through a bitmap.
-    let picks = [
-        "status = 'sending' AND lease_until < $3",
-        "status = 'pending' AND due_at <= $3",
-    ];
+    let picks = due_halves("", "$3");
     let mut rows = Vec::new();
     for cond in picks {
         let left = limit - rows.len() as i64;
@@ -815,6 +812,24 @@ pub async fn attempts(
         .collect()
 }
 
+/// The two halves of "due at `at`" (a dispatcher may take the delivery
+/// then), for the table prefix `t` (`""` or `"d."`): claimed under a lease
+/// that ran out (its dispatcher died mid-send), or pending and its time
+/// has come. The claim, the dispatch-lag gauge and the reconciliation
+/// (`check`, `notifier_stuck_events`) all ask this one question.
+fn due_halves(t: &str, at: &str) -> [String; 2] {
+    [
+        format!("{t}status = 'sending' AND {t}lease_until < {at}"),
+        format!("{t}status = 'pending' AND {t}due_at <= {at}"),
+    ]
+}
+
+/// [`due_halves`] as one condition.
+fn due(t: &str, at: &str) -> String {
+    let [expired, pending] = due_halves(t, at);
+    format!("(({expired}) OR ({pending}))")
+}
+
 /// How far dispatch is behind: the time since the oldest delivery became due
 /// and is still not sent (pending and due, or claimed under an expired lease).
 /// Deliveries waiting for a retry time in the future do not count.
@@ -822,10 +837,10 @@ pub async fn oldest_overdue(
     conn: &mut AnyConnection,
     now_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT MIN(due_at) FROM deliveries WHERE (status = 'pending' AND due_at <= $1) \
-         OR (status = 'sending' AND lease_until < $1)",
-    )
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT MIN(due_at) FROM deliveries WHERE {}",
+        due("", "$1")
+    )))
     .bind(now_ms)
     .fetch_one(&mut *conn)
     .await?)
@@ -979,14 +994,15 @@ pub async fn stuck_events(
     threshold_ms: i64,
 ) -> Result<Vec<StuckEvent>, StoreError> {
     let before = now_ms - threshold_ms;
-    let rows = sqlx::query(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT e.id, e.type, e.agb_code, e.received_at, e.state, COUNT(d.id) AS overdue, \
          MIN(CASE WHEN d.status = 'pending' THEN d.due_at ELSE d.lease_until END) AS since \
          FROM deliveries d JOIN events e ON e.id = d.event_id \
-         WHERE (d.status = 'pending' AND d.due_at < $1) OR (d.status = 'sending' AND d.lease_until < $1) \
+         WHERE {} \
          GROUP BY e.id, e.type, e.agb_code, e.received_at, e.state \
          ORDER BY since, e.id",
-    )
+        due("d.", "$1")
+    )))
     .bind(before)
     .fetch_all(&mut *conn)
     .await?;
