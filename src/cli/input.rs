@@ -85,7 +85,7 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
     Ok(())
 }
 
-/// Where tests and embedders have always found the directory import.
+/// The directory import at its old path (the test support still calls it here).
 pub use crate::pipeline::recovery::{ImportCounts, import_users};
 
 /// `notifier directory import FILE`.
