@@ -1,14 +1,12 @@
 //! `ingest FILE` and `directory import FILE`: line-oriented input, a bad line
-//! reported with its number and reason without stopping the rest.
+//! reported with its number and reason without stopping the rest. The
+//! import itself is [`crate::pipeline::recovery::import_users`].
 
 use super::CliError;
 use crate::app;
 use crate::config::Settings;
-use crate::domain::directory::VersionCheck;
-use crate::domain::event::parse_user_record;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::ingest::{Incoming, IngestOutcome, Source};
-use crate::store::{Store, directory, ms};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -87,70 +85,8 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
     Ok(())
 }
 
-/// Counts of a directory import.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ImportCounts {
-    pub inserted: usize,
-    pub updated: usize,
-    pub stale: usize,
-    pub rejected: usize,
-}
-
-/// Imports `gebruiker.bijgewerkt` data objects, one a line; bad lines go to `report`.
-pub async fn import_users(
-    store: &Store,
-    text: &str,
-    report: &mut dyn FnMut(usize, String),
-) -> Result<ImportCounts, CliError> {
-    let mut c = ImportCounts::default();
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
-    for chunk in lines.chunks(500) {
-        let mut tx = store.begin().await?;
-        let now = ms(chrono::Utc::now());
-        for (n, line) in chunk {
-            let parsed = serde_json::from_str::<serde_json::Value>(line)
-                .map_err(|e| format!("not valid JSON ({e})"))
-                .and_then(|v| match v {
-                    serde_json::Value::Object(o) => parse_user_record(&o, "").map_err(|r| r.reason),
-                    _ => Err("expected a JSON object".into()),
-                });
-            match parsed {
-                Ok(rec) => match directory::apply_user(&mut tx, &rec, now).await? {
-                    VersionCheck::New => c.inserted += 1,
-                    VersionCheck::Newer => c.updated += 1,
-                    VersionCheck::Stale => {
-                        directory::log_skipped(
-                            &mut tx,
-                            "import",
-                            rec.gebruikersnummer.as_str(),
-                            "stale",
-                            now,
-                        )
-                        .await?;
-                        c.stale += 1
-                    }
-                },
-                Err(reason) => {
-                    report(*n, reason);
-                    c.rejected += 1;
-                }
-            }
-        }
-        tx.commit().await.map_err(crate::store::StoreError::from)?;
-    }
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
-    directory::refresh_statistics(&mut conn).await?;
-    Ok(c)
-}
+/// The directory import at its old path (the test support still calls it here).
+pub use crate::pipeline::recovery::{ImportCounts, import_users};
 
 /// `notifier directory import FILE`.
 pub async fn directory_import(settings: Settings, file: &Path) -> Result<(), CliError> {

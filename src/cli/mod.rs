@@ -468,18 +468,16 @@ pub fn parse_time(
     }
 }
 
-/// A pooled connection for read-only commands.
-async fn read_conn(
-    store: &crate::store::Store,
-) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, CliError> {
-    Ok(store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?)
+/// A read-only transaction for commands that only look.
+async fn read_conn(store: &crate::store::Store) -> Result<crate::store::Tx, CliError> {
+    Ok(store.begin_read().await?)
 }
 
-/// RFC 3339 UTC of epoch milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    crate::store::from_ms(ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+pub use crate::pipeline::recovery::rfc3339;
+
+/// Prints a report as indented JSON with its keys sorted, as the commands
+/// have always printed them.
+fn print_json(report: &impl serde::Serialize) {
+    let v = serde_json::to_value(report).expect("reports are plain data");
+    println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
 }

@@ -1,22 +1,15 @@
 //! `quarantine list`, `quarantine show ID` and `quarantine redrive`: the one
 //! place operators look at bad input, whether ingest rejected it or
-//! RabbitMQ dead-lettered it after the delivery limit.
-//!
-//! A redrive sends the stored bytes through [`Ingestor::ingest_batch`], the
-//! same path as the consumer, so it is as idempotent as ingest: a message
-//! whose event id is known by now is a duplicate and changes nothing. A
-//! message that is still bad keeps its row (with the new reason) and adds no
-//! second one.
+//! RabbitMQ dead-lettered it after the delivery limit. The redrive itself
+//! is [`crate::pipeline::recovery::redrive`]; this prints its report.
 
-use super::{CliError, Format, read_conn, rfc3339};
+use super::{CliError, Format, print_json, read_conn, rfc3339};
 use crate::app;
 use crate::config::Settings;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::ingest::{Incoming, IngestOutcome};
+use crate::pipeline::recovery::{self, Audit, Redrive, RedriveOutcome, Selection};
 use crate::store::events::{self as ev, QUARANTINE_RAW_LIMIT, QuarantineRow};
-use crate::store::replays::{self, NewReplay};
-use crate::store::{StoreError, ms};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 /// Text from a bad message made safe for a terminal: control characters
 /// (an ANSI escape in a hostile body, say) are shown escaped.
@@ -36,20 +29,47 @@ fn one_line(s: &str) -> String {
     printable(s).replace('\n', "\\n")
 }
 
-fn row_json(q: &QuarantineRow) -> Value {
-    json!({
-        "id": q.id.to_string(),
-        "received_at": rfc3339(q.received_at),
-        "source": q.source,
-        "routing_key": q.routing_key,
-        "event_id": q.event_id,
-        "event_type": q.event_type,
-        "reason": q.reason,
-        "size": q.size,
-        "state": q.state,
-        "redrives": q.redrives,
-        "last_redrive_at": q.last_redrive_at.map(rfc3339),
-    })
+/// A quarantined message as `list` and `show` print it in JSON.
+#[derive(Serialize)]
+struct Entry<'a> {
+    id: String,
+    received_at: String,
+    source: &'a str,
+    routing_key: Option<&'a str>,
+    event_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    reason: &'a str,
+    size: i64,
+    state: &'a str,
+    redrives: i64,
+    last_redrive_at: Option<String>,
+}
+
+impl<'a> Entry<'a> {
+    fn of(q: &'a QuarantineRow) -> Self {
+        Self {
+            id: q.id.to_string(),
+            received_at: rfc3339(q.received_at),
+            source: &q.source,
+            routing_key: q.routing_key.as_deref(),
+            event_id: q.event_id.as_deref(),
+            event_type: q.event_type.as_deref(),
+            reason: &q.reason,
+            size: q.size,
+            state: &q.state,
+            redrives: q.redrives,
+            last_redrive_at: q.last_redrive_at.map(rfc3339),
+        }
+    }
+}
+
+/// `show` adds the body.
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    entry: Entry<'a>,
+    body: &'a str,
+    body_truncated: bool,
 }
 
 /// The stored body as text, and whether it is cut short.
@@ -81,8 +101,7 @@ pub async fn list(
     rows.truncate(limit as usize);
     match format {
         Format::Json => {
-            let v: Vec<Value> = rows.iter().map(row_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            print_json(&rows.iter().map(Entry::of).collect::<Vec<_>>());
         }
         Format::Table => {
             println!(
@@ -132,11 +151,11 @@ pub async fn show(settings: Settings, id: i64, format: Format) -> Result<(), Cli
     let (body, cut) = body_text(&q);
     match format {
         Format::Json => {
-            let mut v = row_json(&q);
-            v["routing_key"] = json!(q.routing_key);
-            v["body"] = body.into();
-            v["body_truncated"] = cut.into();
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            print_json(&Shown {
+                entry: Entry::of(&q),
+                body: &body,
+                body_truncated: cut,
+            });
         }
         Format::Table => {
             println!("quarantine   {}", q.id);
@@ -180,18 +199,6 @@ pub async fn show(settings: Settings, id: i64, format: Format) -> Result<(), Cli
     Ok(())
 }
 
-/// What a redrive did to one row.
-enum Redrive {
-    /// Ingest took it (what happened).
-    Redriven(String),
-    /// Still bad input (the new reason).
-    StillInvalid(String),
-    /// Not open any more (why).
-    Skipped(String),
-    /// No such row.
-    Missing,
-}
-
 /// `notifier quarantine redrive (ID... | --all)`.
 pub async fn redrive(
     settings: Settings,
@@ -200,175 +207,43 @@ pub async fn redrive(
     operator: Option<String>,
     reason: Option<String>,
 ) -> Result<(), CliError> {
+    // Redrive needs no --operator/--reason (it only ingests input that was
+    // meant to be ingested), but it is recorded like a replay.
+    let req = Redrive {
+        selection: if all {
+            Selection::All
+        } else {
+            Selection::Ids(ids)
+        },
+        audit: Audit::given(operator.as_deref(), reason.as_deref()),
+    };
     let store = app::open_store(&settings, false).await?;
-    let mut c = read_conn(&store).await?;
-    let mut todo: Vec<QuarantineRow> = Vec::new();
-    let mut results: Vec<(i64, Redrive)> = Vec::new();
-    if all {
-        todo = ev::list_quarantine(&mut c, true, i64::MAX).await?;
-        // Oldest first, as they arrived.
-        todo.reverse();
-    } else {
-        for id in &ids {
-            match ev::get_quarantine(&mut c, *id).await? {
-                None => results.push((*id, Redrive::Missing)),
-                Some(q) if q.state != "open" => results.push((
-                    *id,
-                    Redrive::Skipped(format!(
-                        "already redriven{}; nothing to do",
-                        q.last_redrive_at
-                            .map(|t| format!(" at {}", rfc3339(t)))
-                            .unwrap_or_default()
-                    )),
-                )),
-                Some(q) => todo.push(q),
-            }
-        }
-    }
-    drop(c);
-
     let ingestor = app::ingestor(&settings, &store, &Metrics::new());
-    let now = ms(chrono::Utc::now());
-    for chunk in todo.chunks(200) {
-        let mut decided: Vec<(i64, Option<String>, Redrive)> = Vec::new();
-        let mut batch = Vec::new();
-        let mut batch_ids = Vec::new();
-        for q in chunk {
-            if (q.raw.len() as i64) < q.size {
-                // Parsing a cut-off body would only report broken JSON.
-                let why = format!(
-                    "cannot redrive: only the first {} of {} bytes were kept (the contract allows 64 KiB); ask the publisher to send the event again",
-                    q.raw.len(),
-                    q.size
-                );
-                decided.push((q.id, Some(why.clone()), Redrive::StillInvalid(why)));
-            } else {
-                batch.push(Incoming::redrive(q.raw.clone(), q.routing_key.clone()));
-                batch_ids.push(q.id);
-            }
-        }
-        // Committed before the rows are marked: if marking fails, a repeated
-        // redrive finds the events known and reports them as duplicates.
-        let outcomes = if batch.is_empty() {
-            Vec::new()
-        } else {
-            ingestor.ingest_batch(&batch).await?
-        };
-        for (id, o) in batch_ids.into_iter().zip(outcomes) {
-            let (new_reason, r) = match o {
-                IngestOutcome::Accepted {
-                    event_id,
-                    deliveries,
-                    routing,
-                    ..
-                } => (
-                    None,
-                    Redrive::Redriven(format!(
-                        "accepted event {event_id} ({deliveries} deliveries, {routing})"
-                    )),
-                ),
-                IngestOutcome::Applied {
-                    event_id,
-                    deliveries,
-                    ..
-                } => (
-                    None,
-                    Redrive::Redriven(format!(
-                        "applied event {event_id} ({deliveries} deliveries)"
-                    )),
-                ),
-                IngestOutcome::Duplicate { event_id } => (
-                    None,
-                    Redrive::Redriven(format!(
-                        "duplicate: event {event_id} is already known, nothing new"
-                    )),
-                ),
-                IngestOutcome::Stale { event_id } => (
-                    None,
-                    Redrive::Redriven(format!(
-                        "stale directory update {event_id}: recorded, ignored"
-                    )),
-                ),
-                IngestOutcome::UnknownUser { event_id } => (
-                    None,
-                    Redrive::Redriven(format!(
-                        "event {event_id} recorded; its user is unknown to the directory"
-                    )),
-                ),
-                IngestOutcome::Rejected { reason } | IngestOutcome::Quarantined { reason, .. } => {
-                    (Some(reason.clone()), Redrive::StillInvalid(reason))
-                }
-            };
-            decided.push((id, new_reason, r));
-        }
-        let mut tx = store.begin().await?;
-        for (id, new_reason, _) in &decided {
-            ev::mark_redrive(&mut tx, *id, new_reason.as_deref(), now).await?;
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        results.extend(decided.into_iter().map(|(id, _, r)| (id, r)));
-    }
-
-    let (mut redriven, mut invalid, mut skipped, mut missing) = (0, 0, 0, 0);
-    for (id, r) in &results {
-        match r {
-            Redrive::Redriven(what) => {
-                redriven += 1;
-                println!("quarantine {id}: redriven: {what}");
-            }
-            Redrive::StillInvalid(why) => {
-                invalid += 1;
-                println!("quarantine {id}: still invalid: {}", one_line(why));
-            }
-            Redrive::Skipped(why) => {
-                skipped += 1;
-                println!("quarantine {id}: skipped: {why}");
-            }
-            Redrive::Missing => {
-                missing += 1;
-                println!("quarantine {id}: no such quarantine row");
-            }
-        }
-    }
-    println!("redriven {redriven}, still invalid {invalid}, skipped {skipped}");
-
-    if redriven + invalid > 0 {
-        let filters = if all {
-            json!({"all": true})
-        } else {
-            json!({"ids": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()})
-        };
-        let counts = json!({"redriven": redriven, "still_invalid": invalid, "skipped": skipped, "unknown_ids": missing});
-        // Redrive needs no --operator/--reason (it only ingests input that
-        // was meant to be ingested), but it is recorded like a replay.
-        let given = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .unwrap_or("(not given)")
-                .to_owned()
-        };
-        let mut c = read_conn(&store).await?;
-        replays::insert(
-            &mut c,
-            &NewReplay {
-                at_ms: now,
-                operator: &given(&operator),
-                reason: &given(&reason),
-                command: "quarantine redrive",
-                filters: &filters,
-                counts: &counts,
-            },
-        )
-        .await?;
-    }
+    let report = recovery::redrive(&store, &ingestor, &req, chrono::Utc::now()).await;
     store.close().await;
-
-    if invalid > 0 || missing > 0 {
+    let report = report?;
+    for r in &report.results {
+        let id = r.id;
+        match &r.outcome {
+            RedriveOutcome::Redriven(what) => println!("quarantine {id}: redriven: {what}"),
+            RedriveOutcome::StillInvalid(why) => {
+                println!("quarantine {id}: still invalid: {}", one_line(why))
+            }
+            RedriveOutcome::Skipped(why) => println!("quarantine {id}: skipped: {why}"),
+            RedriveOutcome::Missing => println!("quarantine {id}: no such quarantine row"),
+        }
+    }
+    let c = report.counts;
+    println!(
+        "redriven {}, still invalid {}, skipped {}",
+        c.redriven, c.still_invalid, c.skipped
+    );
+    if c.still_invalid > 0 || c.unknown_ids > 0 {
         return Err(CliError::Problem(format!(
-            "{invalid} still invalid{}; they stay in quarantine with the new reason (`notifier quarantine show ID`)",
-            if missing > 0 {
-                format!(", {missing} unknown ids")
+            "{} still invalid{}; they stay in quarantine with the new reason (`notifier quarantine show ID`)",
+            c.still_invalid,
+            if c.unknown_ids > 0 {
+                format!(", {} unknown ids", c.unknown_ids)
             } else {
                 String::new()
             }

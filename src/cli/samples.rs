@@ -3,7 +3,6 @@
 //! directory), built into the binary.
 
 use super::CliError;
-use super::input::import_users;
 use crate::app;
 use crate::config::Settings;
 use crate::domain::delivery::MailKind;
@@ -11,6 +10,7 @@ use crate::domain::event::{EventBody, parse_event};
 use crate::mail::context;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::ingest::{Incoming, Source};
+use crate::pipeline::recovery::import_users;
 use crate::store::deliveries::{self as dl, DeliveryFilter};
 use serde_json::json;
 use std::path::Path;

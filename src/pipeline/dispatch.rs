@@ -5,6 +5,7 @@
 //! attempts and next states with group commit ([`super::recorder`]).
 //! Retries are due times in the database, never held messages.
 
+use super::plan;
 use super::recheck::Rechecker;
 use super::recorder::Recorder;
 use crate::domain::delivery::{
@@ -734,24 +735,7 @@ impl Dispatcher {
                 active.swap(0, pos);
             }
             if active.len() > 1 {
-                // Users who shared an address no longer do: each address gets its own delivery.
-                let mut tx = self.store.begin().await?;
-                for other in &active[1..] {
-                    let users: Vec<&str> = served
-                        .iter()
-                        .filter(|u| {
-                            u.status.as_deref() == Some("actief")
-                                && u.email.as_deref() == Some(other)
-                        })
-                        .map(|u| u.gebruikersnummer.as_str())
-                        .collect();
-                    dl::split_off(&mut tx, &d.id, other, &users, ms(Utc::now())).await?;
-                }
-                tx.commit().await?;
-                info!(
-                    split = active.len() - 1,
-                    "served users now have different addresses: split into separate deliveries"
-                );
+                self.split(&d, &active[1..], served).await?;
             }
             let Some(current) = active.into_iter().next() else {
                 return self
@@ -1025,6 +1009,34 @@ impl Dispatcher {
         })
         .await?;
         Ok(Transition::Released)
+    }
+
+    /// Users who shared an address no longer do: each of `others` gets its
+    /// own delivery through the planner, with `d`'s deadline.
+    async fn split(
+        &self,
+        d: &Claimed,
+        others: &[String],
+        served: &[dl::ServedNow],
+    ) -> Result<(), StoreError> {
+        let timing = plan::Timing::due_now(Utc::now(), plan::Deadline::Inherit(d.deadline));
+        let mut tx = self.store.begin().await?;
+        for other in others {
+            let users: Vec<&str> = served
+                .iter()
+                .filter(|u| {
+                    u.status.as_deref() == Some("actief") && u.email.as_deref() == Some(other)
+                })
+                .map(|u| u.gebruikersnummer.as_str())
+                .collect();
+            plan::split_off(&mut tx, &d.id, other, &users, timing).await?;
+        }
+        tx.commit().await?;
+        info!(
+            split = others.len(),
+            "served users now have different addresses: split into separate deliveries"
+        );
+        Ok(())
     }
 
     /// Takes `address` for `d` ([`dl::claim_address`]).

@@ -516,11 +516,8 @@ impl Ingestor {
     /// New deliveries are due now and have until the event time plus
     /// `retry.deadline`.
     fn timing(&self, event_time: DateTime<Utc>, now: DateTime<Utc>) -> plan::Timing {
-        plan::Timing {
-            now_ms: ms(now),
-            due_ms: ms(now),
-            deadline_ms: ms(event_time + self.deadline),
-        }
+        let span = self.deadline;
+        plan::Timing::due_now(now, plan::Deadline::FromEventTime { event_time, span })
     }
 
     async fn apply(

@@ -1,5 +1,7 @@
 //! The two loops around the database: [`ingest`] (events in, effects
-//! committed) and [`dispatch`] (due deliveries out to the relay).
+//! committed) and [`dispatch`] (due deliveries out to the relay); the
+//! [`plan`]ner both use; and [`recovery`], the operations that make them try
+//! again after an incident.
 
 pub mod dispatch;
 pub mod group;
@@ -7,4 +9,5 @@ pub mod ingest;
 pub mod plan;
 pub mod recheck;
 pub mod recorder;
+pub mod recovery;
 pub mod wake;

@@ -1,6 +1,9 @@
 //! The planner: turns a resolution into delivery rows, the same way for an
 //! event's first ingest, a re-resolution inside
-//! `recipients.late_directory_window`, and `notifier replay events`.
+//! `recipients.late_directory_window`, and `notifier replay events`; and
+//! gives users who no longer share an address their own delivery when
+//! dispatch finds that out at send time ([`split_off`]). What deadline the
+//! new rows get is the caller's [`Deadline`] rule.
 //!
 //! The rule that keeps a re-resolution from sending anything twice: a
 //! delivery is added only for users that no delivery of the event and kind
@@ -13,9 +16,11 @@
 
 use crate::domain::delivery::MailKind;
 use crate::domain::recipients::{PlannedDelivery, Resolution};
-use crate::store::{StoreError, deliveries as dl, planning as pl};
+use crate::store::{StoreError, deliveries as dl, ms, planning as pl};
+use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 /// What planning one delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,48 @@ pub struct Timing {
     pub now_ms: i64,
     pub due_ms: i64,
     pub deadline_ms: i64,
+}
+
+impl Timing {
+    /// Deliveries due at `now`, with the deadline `rule` gives.
+    pub fn due_now(now: DateTime<Utc>, rule: Deadline) -> Self {
+        Self {
+            now_ms: ms(now),
+            due_ms: ms(now),
+            deadline_ms: rule.at(now),
+        }
+    }
+}
+
+/// Which deadline a new delivery gets. The rules differ on purpose
+/// (docs/delivery.md, "Deadline").
+#[derive(Debug, Clone, Copy)]
+pub enum Deadline {
+    /// The event's time plus `retry.deadline` (ingest, and a re-resolution
+    /// inside `recipients.late_directory_window`): an event that arrives
+    /// late has that much less time.
+    FromEventTime {
+        event_time: DateTime<Utc>,
+        span: Duration,
+    },
+    /// Now plus `retry.deadline` (`replay events`, `replay deliveries`, the
+    /// notices dispatch creates): the event's own deadline may have passed
+    /// while the directory or the relay was wrong.
+    FromNow(Duration),
+    /// The deadline of the delivery the users are split off from (epoch
+    /// milliseconds): the same mail, the same time limit.
+    Inherit(i64),
+}
+
+impl Deadline {
+    /// The deadline in epoch milliseconds for deliveries planned at `now`.
+    pub fn at(self, now: DateTime<Utc>) -> i64 {
+        match self {
+            Self::FromEventTime { event_time, span } => ms(event_time + span),
+            Self::FromNow(span) => ms(now + span),
+            Self::Inherit(deadline_ms) => deadline_ms,
+        }
+    }
 }
 
 /// The users already served per (kind, about) of one event, read once per
@@ -384,4 +431,38 @@ pub async fn plan_resolution_from<'a>(
         .await?;
     }
     Ok(report)
+}
+
+/// Moves `users` off delivery `from` (being sent) onto a delivery of the
+/// same event, kind and about at `address`, where the send-time re-check
+/// found them: the delivery that has taken that address already, else a
+/// cancelled one planned for it (revived), else a new one with `from`'s
+/// rule and notice, timed by `t` (a split inherits the deadline:
+/// [`Deadline::Inherit`]). Returns that delivery's id when it is still to
+/// be sent, `None` when the address was served already (the users are
+/// recorded on that delivery and leave `from`) or is planned for another
+/// delivery that now sends elsewhere (the users stay on `from`).
+pub async fn split_off(
+    conn: &mut AnyConnection,
+    from: &str,
+    address: &str,
+    users: &[&str],
+    t: Timing,
+) -> Result<Option<String>, StoreError> {
+    // The holder is looked up first: on PostgreSQL a revive that ran into
+    // the unique address index would abort the whole transaction.
+    let (target, status) = match dl::holder_of_address(conn, from, address).await? {
+        Some(held) => held,
+        None => match dl::revive_at_address(conn, from, address, t.now_ms).await? {
+            Some(id) => (id, "pending".to_owned()),
+            None => match pl::insert_split(conn, from, address, t.now_ms, t.due_ms, t.deadline_ms)
+                .await?
+            {
+                Some(id) => (id, "pending".to_owned()),
+                None => return Ok(None),
+            },
+        },
+    };
+    dl::move_users(conn, from, &target, users).await?;
+    Ok(matches!(status.as_str(), "pending" | "sending").then_some(target))
 }

@@ -206,66 +206,55 @@ pub async fn served_users_of(
     Ok(by_delivery)
 }
 
-/// Moves `users` off delivery `from` onto the delivery of the same event,
-/// kind and about that has taken `address`: a new pending one (same rule,
-/// notice and deadline), a cancelled one at that address revived, or the
-/// one that took it already. Returns that delivery's id when it is still to
-/// be sent, `None` when the address was served already (the users are
-/// recorded on that delivery and leave `from`).
-pub async fn split_off(
+/// The delivery of the same event, kind and about as `from` that has taken
+/// `address`, with its status.
+pub async fn holder_of_address(
     conn: &mut AnyConnection,
     from: &str,
     address: &str,
-    users: &[&str],
-    now_ms: i64,
-) -> Result<Option<String>, StoreError> {
-    let id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
-        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
-         SELECT $1, event_id, kind, about, $2, $2, rule, notice, 'pending', $3, deadline, $4, $3 FROM deliveries WHERE id = $5 \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&id)
-    .bind(address)
-    .bind(now_ms)
-    .bind(message_id_for(&id))
-    .bind(from)
-    .execute(&mut *conn)
-    .await?;
-    // A cancelled delivery planned for this address blocks the insert (one
-    // row per planned address): it is needed again.
-    let revive = sqlx::query(
-        "UPDATE deliveries SET status = 'pending', due_at = $1, claimed_address = $2, last_error = NULL \
-         WHERE status = 'cancelled' AND address = $2 AND id IN (SELECT d.id FROM deliveries d JOIN deliveries o \
-             ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about WHERE o.id = $3)",
-    )
-    .bind(now_ms)
-    .bind(address)
-    .bind(from)
-    .execute(&mut *conn)
-    .await;
-    match revive {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let target: Option<(String, String)> = sqlx::query_as(
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
         "SELECT d.id, d.status FROM deliveries d JOIN deliveries o ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about \
          WHERE o.id = $1 AND d.claimed_address = $2",
     )
     .bind(from)
     .bind(address)
     .fetch_optional(&mut *conn)
-    .await?;
-    let Some((target, status)) = target else {
-        return Ok(None);
-    };
-    move_users(conn, from, &target, users).await?;
-    Ok((status == "pending" || status == "sending").then_some(target))
+    .await?)
+}
+
+/// Makes the cancelled delivery of the same event, kind and about as `from`
+/// that was planned for `address` pending again, due at `now_ms`, with the
+/// address taken; returns its id. `None` when there is no such delivery
+/// (one row per planned address: a cancelled one blocks a new one).
+pub async fn revive_at_address(
+    conn: &mut AnyConnection,
+    from: &str,
+    address: &str,
+    now_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    let revived = sqlx::query_scalar(
+        "UPDATE deliveries SET status = 'pending', due_at = $1, claimed_address = $2, last_error = NULL \
+         WHERE status = 'cancelled' AND address = $2 AND id IN (SELECT d.id FROM deliveries d JOIN deliveries o \
+             ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about WHERE o.id = $3) \
+         RETURNING id",
+    )
+    .bind(now_ms)
+    .bind(address)
+    .bind(from)
+    .fetch_optional(&mut *conn)
+    .await;
+    match revived {
+        Ok(id) => Ok(id),
+        // Taken by another delivery after the caller looked for a holder
+        // (another instance's split).
+        Err(e) if is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Moves the served `users` of delivery `from` onto delivery `to`.
-async fn move_users(
+pub async fn move_users(
     conn: &mut AnyConnection,
     from: &str,
     to: &str,

@@ -1,5 +1,5 @@
 //! Planning writes: new delivery rows and the users they serve, written in
-//! multi-row statements. On SQLite every statement is a hand-off to sqlx's
+//! multi-row statements, and the one row a send-time split adds. On SQLite every statement is a hand-off to sqlx's
 //! worker thread and on PostgreSQL a round trip, so a fan-out to thousands
 //! of recipients costs a handful of statements instead of two per recipient.
 
@@ -118,6 +118,35 @@ pub async fn insert_planned_rows(
         .into_iter()
         .map(|id| inserted.contains(&id).then_some(id))
         .collect())
+}
+
+/// Inserts a copy of delivery `from` (its event, kind, about, rule and
+/// notice) for `address`, with the address taken, pending and serving
+/// nobody yet; returns its id. `None` when a delivery of that event, kind
+/// and about was planned for `address` or has taken it.
+pub async fn insert_split(
+    conn: &mut AnyConnection,
+    from: &str,
+    address: &str,
+    now_ms: i64,
+    due_ms: i64,
+    deadline_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, status, due_at, deadline, message_id, created_at) \
+         SELECT $1, event_id, kind, about, $2, $2, rule, notice, 'pending', $3, $4, $5, $6 FROM deliveries WHERE id = $7 \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(&id)
+    .bind(address)
+    .bind(due_ms)
+    .bind(deadline_ms)
+    .bind(message_id_for(&id))
+    .bind(now_ms)
+    .bind(from)
+    .fetch_optional(&mut *conn)
+    .await?)
 }
 
 /// Records each (delivery id, user) pair as served, in a few multi-row

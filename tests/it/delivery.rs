@@ -253,9 +253,11 @@ async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
+        panic!("{r}")
+    })
+    .await
+    .unwrap();
     let metrics = notifier::ops::metrics::Metrics::new();
     let ingestor = notifier::app::ingestor(&s, &store, &metrics);
     let ev = fresh("naleving.aanleververzoek");
@@ -403,7 +405,7 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(
+    notifier::pipeline::recovery::import_users(
         &store,
         &crate::support::many_users("02888888", 300),
         &mut |_, r| panic!("{r}"),
@@ -610,9 +612,11 @@ async fn logs_name_ids_never_addresses() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
+        panic!("{r}")
+    })
+    .await
+    .unwrap();
     let log = dir.path().join("notifier.log");
     let mut child = crate::support::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
@@ -700,9 +704,11 @@ async fn send_once_over(
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
+        panic!("{r}")
+    })
+    .await
+    .unwrap();
     let metrics = notifier::ops::metrics::Metrics::new();
     let ev = fresh("naleving.aanleververzoek");
     notifier::app::ingestor(&s, &store, &metrics)

@@ -136,7 +136,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
         |_| {},
         async |store, settings| {
             refuse_poison(store).await;
-            notifier::cli::input::import_users(store, &sample_directory(), &mut |n, r| {
+            notifier::pipeline::recovery::import_users(store, &sample_directory(), &mut |n, r| {
                 panic!("line {n}: {r}")
             })
             .await
@@ -257,7 +257,7 @@ async fn oversized_messages_cost_their_size_once_and_do_not_block() {
     let _topology = crate::support::TopologyGuard(settings.amqp.clone());
     declare_topology(&settings.amqp).await;
     let store = db.store().await;
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |n, r| {
+    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |n, r| {
         panic!("line {n}: {r}")
     })
     .await

@@ -55,7 +55,7 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
     let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());
-    notifier::cli::input::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
+    notifier::pipeline::recovery::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
         .await
         .unwrap();
     declare_topology(&s.amqp).await;
@@ -302,7 +302,7 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
             .is_none()
     );
     // Another instance creates the user meanwhile.
-    notifier::cli::input::import_users(
+    notifier::pipeline::recovery::import_users(
         &store,
         &crate::support::user(
             "80000000000001",

@@ -466,12 +466,26 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
     std::fs::write(&f, &broken).unwrap();
     ok(&cli(&s, &["directory", "import", f.to_str().unwrap()]));
 
-    let e = fresh("contract.voorstel_aangeboden");
+    // Ten days old: its own deadline (event time + retry.deadline) has passed.
+    let mut e = fresh("contract.voorstel_aangeboden");
+    let event_time = chrono::Utc::now() - chrono::Duration::days(10);
+    e["time"] = event_time.to_rfc3339().into();
     let id = id_of(&e);
     let ef = events_file(dir.path(), "e.jsonl", &[&e]);
     ok(&cli(&s, &["ingest", &ef]));
     ok(&cli(&s, &["dispatch", "--until-idle"]));
     assert_eq!(per_recipient(&smtp.messages()).len(), 1, "only J. de Vries");
+    let span = s.retry.deadline.0.as_millis() as i64;
+    let deadline_of = |address: &'static str| {
+        let sql = format!("SELECT deadline FROM deliveries WHERE address = '{address}'");
+        let s = s.clone();
+        async move { scalar(&s, &sql).await }
+    };
+    assert_eq!(
+        deadline_of("j.devries@fysio-noord.example").await,
+        event_time.timestamp_millis() + span,
+        "ingest: event time + retry.deadline"
+    );
 
     // The fix: the right is back, with a higher versie.
     let fixed = sample_directory()
@@ -503,6 +517,7 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
         stdout(&out)
     );
 
+    let replayed_at = chrono::Utc::now().timestamp_millis();
     let out = cli(
         &s,
         &[
@@ -521,6 +536,10 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
     );
     ok(&out);
     assert_eq!(json(&out)["counts"]["added"], 1);
+    assert!(
+        deadline_of("p.jansen@fysio-noord.example").await >= replayed_at + span,
+        "replay: now + retry.deadline"
+    );
     ok(&cli(&s, &["dispatch", "--until-idle"]));
     let got = per_recipient(&smtp.messages());
     assert_eq!(got.get("p.jansen@fysio-noord.example"), Some(&1));

@@ -157,7 +157,7 @@ async fn a_send_slower_than_the_lease_is_sent_once_by_two_instances() {
     );
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
-    notifier::cli::input::import_users(&store, &many_users("04555555", 3), &mut |n, r| {
+    notifier::pipeline::recovery::import_users(&store, &many_users("04555555", 3), &mut |n, r| {
         panic!("line {n}: {r}")
     })
     .await

@@ -10,6 +10,7 @@ use notifier::domain::event::{EventType, ValidationRules, parse_user_record};
 use notifier::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
 use notifier::domain::recipients::{PlannedDelivery, Rule, Served};
 use notifier::pipeline::ingest::{Incoming, IngestOutcome, Ingestor, Source};
+use notifier::pipeline::plan;
 use notifier::store::deliveries::{self as dl, AttemptRecord, Claimed, DeliveryFilter, Transition};
 use notifier::store::directory::{self as dir, UserChange};
 use notifier::store::events::{self as ev, NewEvent, NewQuarantine};
@@ -1168,6 +1169,14 @@ async fn a_revocation_cancels_only_mails_without_another_active_user(store: Stor
     assert_eq!(status_of(&store, &other).await, "pending");
 }
 
+/// A split at `now_ms` of a delivery whose deadline is 99.
+fn split_at(now_ms: i64) -> plan::Timing {
+    plan::Timing::due_now(
+        notifier::store::from_ms(now_ms),
+        plan::Deadline::Inherit(99),
+    )
+}
+
 async fn split_off_moves_users_to_their_own_delivery(store: Store) {
     add_users(&store, 3).await;
     add_event(&store, "e-1").await;
@@ -1183,13 +1192,25 @@ async fn split_off_moves_users_to_their_own_delivery(store: Store) {
     .await
     .unwrap()
     .unwrap();
-    dl::split_off(&mut tx, &from, "u1@praktijk.example", &[nr(1).as_str()], 50)
-        .await
-        .unwrap();
+    plan::split_off(
+        &mut tx,
+        &from,
+        "u1@praktijk.example",
+        &[nr(1).as_str()],
+        split_at(50),
+    )
+    .await
+    .unwrap();
     // A second split to the same address joins the delivery made by the first.
-    dl::split_off(&mut tx, &from, "u1@praktijk.example", &[nr(2).as_str()], 60)
-        .await
-        .unwrap();
+    plan::split_off(
+        &mut tx,
+        &from,
+        "u1@praktijk.example",
+        &[nr(2).as_str()],
+        split_at(60),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let rows = list(&store, DeliveryFilter::default()).await;
     assert_eq!(rows.len(), 2);
@@ -1230,6 +1251,65 @@ async fn split_off_moves_users_to_their_own_delivery(store: Store) {
             .await
             .unwrap(),
         None
+    );
+}
+
+async fn a_split_revives_the_cancelled_delivery_planned_for_the_address(store: Store) {
+    add_users(&store, 3).await;
+    add_event(&store, "e-1").await;
+    let mut tx = store.begin().await.unwrap();
+    let shared = planned("gedeeld@praktijk.example", &[0, 2]);
+    let from = dl::insert_planned(&mut tx, "e-1", &shared, 1, 1, 99)
+        .await
+        .unwrap()
+        .unwrap();
+    let old = dl::insert_planned(
+        &mut tx,
+        "e-1",
+        &planned("u1@praktijk.example", &[1]),
+        1,
+        1,
+        99,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    dir::revoke(&mut tx, &nr(1), 2, 5).await.unwrap();
+    dl::cancel_for_revoked(&mut tx, nr(1).as_str(), "cancelled: revoked")
+        .await
+        .unwrap();
+    // User 2 now has the address user 1 had.
+    let to = plan::split_off(
+        &mut tx,
+        &from,
+        "u1@praktijk.example",
+        &[nr(2).as_str()],
+        split_at(50),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(to.as_deref(), Some(old.as_str()), "revived, not a new row");
+    let rows = list(&store, DeliveryFilter::default()).await;
+    assert_eq!(rows.len(), 2);
+    let revived = rows.iter().find(|d| d.id == old).unwrap();
+    assert_eq!(
+        (
+            revived.status.as_str(),
+            revived.due_at,
+            revived.last_error.as_deref()
+        ),
+        ("pending", 50, None)
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    let served = dl::served_users(&mut c, &old).await.unwrap();
+    assert!(served.iter().any(|u| u.gebruikersnummer == nr(2).as_str()));
+    let left = dl::served_users(&mut c, &from).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|u| u.gebruikersnummer.as_str())
+            .collect::<Vec<_>>(),
+        vec![nr(0).as_str()]
     );
 }
 
@@ -1958,6 +2038,7 @@ contract!(
     a_group_of_finishes_is_recorded_together_and_fenced_per_delivery,
     a_revocation_cancels_only_mails_without_another_active_user,
     split_off_moves_users_to_their_own_delivery,
+    a_split_revives_the_cancelled_delivery_planned_for_the_address,
     only_one_delivery_takes_an_address_even_when_racing,
     listing_filters_by_event_status_agb_type_and_time,
     pending_summary_counts_what_is_not_final,

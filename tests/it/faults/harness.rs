@@ -213,7 +213,7 @@ impl Scenario {
         let mut rng = Rng::new(o.seed);
         let mut directory = Directory::generate(&mut rng, o.practices);
         let probe_agb = directory.add_probe_practice();
-        notifier::cli::input::import_users(&store, &directory.jsonl(), &mut |n, r| {
+        notifier::pipeline::recovery::import_users(&store, &directory.jsonl(), &mut |n, r| {
             panic!("generated directory line {n}: {r}")
         })
         .await
