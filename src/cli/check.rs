@@ -5,7 +5,7 @@
 //! `notifier run` (`store::deliveries::stuck_events`), so the alert and the
 //! command that explains it cannot disagree.
 
-use super::{CliError, Format, parse_time, read_conn, rfc3339};
+use super::{CliError, Format, parse_time, print_json, read_conn, rfc3339};
 use crate::app;
 use crate::config::{HumanDuration, Settings};
 use crate::domain::delivery::DeliveryStatus;
@@ -33,8 +33,7 @@ fn human(ms: i64) -> String {
         .join(" ")
 }
 
-/// What `notifier check` found; its JSON is the `--format json` output
-/// (fields in alphabetical order, as that output has always had them).
+/// What `notifier check` found; its JSON is the `--format json` output.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub checked_at: String,
@@ -152,19 +151,11 @@ pub async fn check(
     )))
 }
 
-fn print_json(report: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(report).expect("a report serializes")
-    );
-}
-
 const OUTCOMES: [&str; 5] = ["sent", "transient", "permanent", "unknown", "relay_fault"];
 const SKIPS: [&str; 2] = ["stale", "unknown_user"];
 const CIRCUIT_NOTE: &str = "the live relay circuit state is on /readyz of `notifier run` (relay_circuit, relay_reason) and in notifier_smtp_circuit_open";
 
-/// What `notifier stats` found (fields in alphabetical order, as its JSON
-/// has always had them).
+/// What `notifier stats` found; its JSON is the `--format json` output.
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
     /// Attempts in the window per outcome.

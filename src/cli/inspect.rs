@@ -1,6 +1,6 @@
 //! `deliveries list` and `events show`: what operators read in an incident.
 
-use super::{CliError, Format, rfc3339};
+use super::{CliError, Format, print_json, read_conn, rfc3339};
 use crate::app;
 use crate::config::Settings;
 use crate::domain::delivery::DeliveryStatus;
@@ -9,8 +9,7 @@ use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use crate::store::events as ev;
 use serde::Serialize;
 
-/// One delivery as `deliveries list` and `events show` give it (fields in
-/// alphabetical order, as the JSON output has always had them); the users
+/// One delivery as `deliveries list` and `events show` give it; the users
 /// and the attempt log only in `events show`.
 #[derive(Debug, Serialize)]
 pub struct DeliveryLine {
@@ -125,13 +124,6 @@ pub struct EventReport {
     pub event_type: String,
 }
 
-fn print_json(report: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(report).expect("a report serializes")
-    );
-}
-
 /// `notifier deliveries list`.
 pub async fn deliveries_list(
     settings: Settings,
@@ -150,11 +142,7 @@ pub async fn deliveries_list(
         })
         .transpose()?;
     let store = app::open_store(&settings, false).await?;
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    let mut conn = read_conn(&store).await?;
     let rows = dl::list(
         &mut conn,
         &DeliveryFilter {
@@ -200,11 +188,7 @@ pub async fn events_list(
     format: Format,
 ) -> Result<(), CliError> {
     let store = app::open_store(&settings, false).await?;
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    let mut conn = read_conn(&store).await?;
     let filter = ev::EventFilter {
         event_type,
         agb_code: agb,
@@ -241,11 +225,7 @@ pub async fn events_list(
 /// `notifier events show ID`.
 pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<(), CliError> {
     let store = app::open_store(&settings, false).await?;
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    let mut conn = read_conn(&store).await?;
     let Some(e) = ev::get_event(&mut conn, id).await? else {
         return Err(CliError::Problem(format!("no event with id {id}")));
     };
@@ -266,8 +246,8 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
                 .into_iter()
                 .map(|u| UserLine {
                     gebruikersnummer: u.gebruikersnummer,
-                    rule: u.rule,
-                    status_now: u.status,
+                    rule: u.rule.label(),
+                    status_now: u.status.map(|s| s.as_str().to_owned()),
                     versie: u.versie,
                 })
                 .collect(),

@@ -174,11 +174,7 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
     }
     println!("mails are in {}/", outbox.display());
     println!();
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    let mut conn = super::read_conn(&store).await?;
     let rows = dl::list(&mut conn, &DeliveryFilter::default()).await?;
     println!(
         "{:<36}  {:<42}  {:<32}  STATUS",

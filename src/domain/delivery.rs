@@ -58,9 +58,25 @@ impl MailKind {
         Self::all().into_iter().find(|k| k.as_str() == s)
     }
 
+    /// Parses a stored kind, keeping a name this version does not know.
+    pub fn parse_stored(s: &str) -> Result<Self, Unknown> {
+        Self::parse(s).ok_or_else(|| Unknown(s.to_owned()))
+    }
+
     /// True for the mails about a module event (the ones that escalate when undeliverable).
     pub fn is_module(self) -> bool {
         matches!(self, Self::Module(_))
+    }
+}
+
+/// A stored name (a mail kind, a rule) this version does not know: a row
+/// written by a newer version. Such a delivery is ended visibly, never sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown(pub String);
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
     }
 }
 

@@ -79,11 +79,80 @@ pub struct PlannedDelivery {
 impl PlannedDelivery {
     /// Rules joined for display, e.g. `U(contracteren)+ACTOR`.
     pub fn rule_label(&self) -> String {
-        self.rules
+        Rules::label_of(&self.rules)
+    }
+}
+
+/// Every rule that chose a delivery's address, as the delivery stores them
+/// (joined by `+`: `U(onderhandelen)+ACTOR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules(pub Vec<Rule>);
+
+impl Rules {
+    /// `rules` joined for display and storage.
+    pub fn label_of(rules: &[Rule]) -> String {
+        rules
             .iter()
             .map(|r| r.label())
             .collect::<Vec<_>>()
             .join("+")
+    }
+
+    /// The stored form.
+    pub fn label(&self) -> String {
+        Self::label_of(&self.0)
+    }
+
+    /// Parses the stored form; `None` when any part is not a rule.
+    pub fn parse(label: &str) -> Option<Self> {
+        label
+            .split('+')
+            .map(Rule::parse)
+            .collect::<Option<Vec<_>>>()
+            .map(Self)
+    }
+
+    /// A literal address (no users to re-check).
+    pub fn is_address(&self) -> bool {
+        self.0 == [Rule::Address]
+    }
+}
+
+/// The send-time re-check's decision for a delivery planned for one
+/// address, from the addresses its served users (still active) have now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressCheck {
+    /// Nobody it served is active any more: the delivery is cancelled.
+    NobodyLeft,
+    /// Send to `address`: the planned one while any served user still has
+    /// it. Users who shared it and no longer do are at `others`, each to get
+    /// a delivery of its own.
+    Send {
+        address: String,
+        others: Vec<String>,
+    },
+}
+
+/// Decides [`AddressCheck`] for a delivery planned for `planned` whose
+/// active served users now have the addresses `active`.
+pub fn recheck_addresses<'a>(
+    planned: &str,
+    active: impl IntoIterator<Item = &'a str>,
+) -> AddressCheck {
+    let mut addresses: Vec<&str> = active.into_iter().collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    if let Some(pos) = addresses.iter().position(|a| *a == planned) {
+        let kept = addresses.remove(pos);
+        addresses.insert(0, kept);
+    }
+    let mut it = addresses.into_iter().map(str::to_owned);
+    match it.next() {
+        None => AddressCheck::NobodyLeft,
+        Some(address) => AddressCheck::Send {
+            address,
+            others: it.collect(),
+        },
     }
 }
 
@@ -485,6 +554,36 @@ pub fn undeliverable_notices(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_recheck_keeps_the_planned_address_while_anyone_has_it() {
+        let send = |address: &str, others: &[&str]| AddressCheck::Send {
+            address: address.into(),
+            others: others.iter().map(|o| (*o).to_owned()).collect(),
+        };
+        let table: [(&str, &[&str], AddressCheck); 5] = [
+            ("a@x.nl", &[], AddressCheck::NobodyLeft),
+            ("a@x.nl", &["a@x.nl", "a@x.nl"], send("a@x.nl", &[])),
+            (
+                "b@x.nl",
+                &["a@x.nl", "c@x.nl", "b@x.nl"],
+                send("b@x.nl", &["a@x.nl", "c@x.nl"]),
+            ),
+            ("old@x.nl", &["new@x.nl"], send("new@x.nl", &[])),
+            (
+                "old@x.nl",
+                &["z@x.nl", "m@x.nl", "z@x.nl"],
+                send("m@x.nl", &["z@x.nl"]),
+            ),
+        ];
+        for (planned, active, want) in table {
+            assert_eq!(
+                recheck_addresses(planned, active.iter().copied()),
+                want,
+                "{planned} {active:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_rule_parses_from_its_label() {
         let mut rules = vec![Rule::T, Rule::Cp, Rule::Actor, Rule::User, Rule::Address];
         rules.extend(
@@ -502,6 +601,11 @@ mod tests {
         for bad in ["U(iets)", "U(contracteren", "address", ""] {
             assert_eq!(Rule::parse(bad), None, "{bad}");
         }
+        let both = Rules::parse("U(onderhandelen)+ACTOR").unwrap();
+        assert_eq!(both.0, [Rule::U(Recht::Onderhandelen), Rule::Actor]);
+        assert_eq!(both.label(), "U(onderhandelen)+ACTOR");
+        assert!(!both.is_address() && Rules::parse("ADDRESS").unwrap().is_address());
+        assert_eq!(Rules::parse("T+"), None);
     }
 
     use super::*;

@@ -10,10 +10,11 @@ use super::recheck::Rechecker;
 use super::recorder::Recorder;
 use crate::domain::delivery::{
     self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
+    Unknown,
 };
 use crate::domain::event::{EventBody, EventType, ModuleEvent, ValidationRules, parse_event};
 use crate::domain::ids::{EmailAddress, Gebruikersnummer};
-use crate::domain::recipients;
+use crate::domain::recipients::{self, AddressCheck};
 use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
@@ -21,7 +22,7 @@ use crate::ops::metrics::Metrics;
 use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Finish, Transition};
 use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
 use crate::templates::Templates;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use lettre::message::Mailbox;
 use std::collections::{HashMap, HashSet};
@@ -107,6 +108,25 @@ struct RoundData {
 }
 
 /// A send in flight.
+/// What the re-check decided for a delivery.
+enum Recheck {
+    /// Send to `address`; the directory was read at `at_ms`.
+    Send {
+        address: String,
+        at_ms: i64,
+    },
+    Cancel(String),
+}
+
+/// A delivery on its way to the relay.
+struct Sending<'a> {
+    d: &'a Claimed,
+    kind: MailKind,
+    event: &'a ev::EventRow,
+    address: &'a str,
+    checked_at: Option<i64>,
+}
+
 struct OnWire {
     delivery: Claimed,
     kind: MailKind,
@@ -480,7 +500,7 @@ impl Dispatcher {
                         }
                         return None;
                     };
-                    let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = %d.kind);
+                    let span = info_span!("delivery", delivery_id = %d.id, event_id = %d.event_id, kind = d.kind_name());
                     let id = d.id.clone();
                     let r = self
                         .handle_isolated(d, data, recorder, rechecker)
@@ -625,7 +645,7 @@ impl Dispatcher {
         recheck: &Rechecker,
     ) -> Result<Transition, StoreError> {
         let id = d.id.clone();
-        let kind = d.kind.clone();
+        let kind = d.kind.clone().map_or("unknown", MailKind::as_str);
         match std::panic::AssertUnwindSafe(self.handle(d, data, rec, recheck))
             .catch_unwind()
             .await
@@ -648,8 +668,7 @@ impl Dispatcher {
                 let mut tx = self.store.begin().await?;
                 dl::finish(&mut tx, &id, &self.owner, None, &next).await?;
                 tx.commit().await?;
-                let label = MailKind::parse(&kind).map_or("unknown", MailKind::as_str);
-                self.metrics.delivery_final(label, "failed");
+                self.metrics.delivery_final(kind, "failed");
                 Ok(next)
             }
         }
@@ -666,35 +685,17 @@ impl Dispatcher {
         if self.stopping.load(Ordering::SeqCst) {
             return self.finish_released(&d, rec).await;
         }
-        let Some(kind) = MailKind::parse(&d.kind) else {
-            // A row this version cannot send (e.g. written by a newer version):
-            // end it visibly instead of failing the round again every lease.
-            let error = format!("unknown mail kind {:?}: not sent by this version", d.kind);
-            error!(%error, "delivery failed");
-            let failed = Transition::Failed {
-                error,
-                sent_to: None,
-            };
-            rec.record(Finish {
-                delivery_id: d.id.clone(),
-                attempt: None,
-                next: failed.clone(),
-            })
-            .await?;
-            return Ok(failed);
+        let (kind, to_address) = match (&d.kind, &d.rule) {
+            (Ok(kind), Ok(rules)) => (*kind, rules.is_address()),
+            (Err(unknown), _) => return self.fail_unknown(&d, rec, "mail kind", unknown).await,
+            (_, Err(unknown)) => return self.fail_unknown(&d, rec, "rule", unknown).await,
         };
-
         let Some(event) = data.events.get(&d.event_id) else {
             return Err(StoreError::Corrupt(format!(
                 "delivery {} has no event",
                 d.id
             )));
         };
-        let praktijk = event
-            .agb_code
-            .as_ref()
-            .and_then(|a| data.praktijk.get(a))
-            .map(String::as_str);
         // Rendered first, and built for the planned address: the CPU work of
         // a mail is done before the directory is read, so that the read is
         // as close to the send as it can be.
@@ -703,7 +704,11 @@ impl Dispatcher {
             &d,
             data.parsed.get(&d.event_id),
             event.agb_code.as_deref(),
-            praktijk,
+            event
+                .agb_code
+                .as_ref()
+                .and_then(|a| data.praktijk.get(a))
+                .map(String::as_str),
         );
         let prebuilt = rendered
             .as_ref()
@@ -715,73 +720,24 @@ impl Dispatcher {
         // would read it, not while this delivery waits behind the others.
         let connection = self.wire.acquire().await.expect("semaphore never closed");
         let permit = self.limiter.acquire().await;
-        // Checked at send time: revoked users dropped, the current address used.
-        let mut checked_at = None;
-        let address = if d.rule == "ADDRESS" {
-            d.address.clone()
+        let (address, checked_at) = if to_address {
+            (d.address.clone(), None)
         } else {
-            let checked = recheck.served_now(&d.id).await?;
-            checked_at = Some(checked.at_ms);
-            let served = &checked.served;
-            let mut active: Vec<_> = served
-                .iter()
-                .filter(|u| u.status.as_deref() == Some("actief"))
-                .filter_map(|u| u.email.clone())
-                .collect();
-            active.sort();
-            active.dedup();
-            // Keep the delivery on its own address while any served user still has it.
-            if let Some(pos) = active.iter().position(|a| *a == d.address) {
-                active.swap(0, pos);
+            match self.recheck(&d, recheck).await? {
+                Recheck::Send { address, at_ms } => (address, Some(at_ms)),
+                Recheck::Cancel(reason) => {
+                    return self
+                        .finish(rec, &d, kind, None, Transition::Cancelled { reason })
+                        .await;
+                }
             }
-            if active.len() > 1 {
-                self.split(&d, &active[1..], served).await?;
-            }
-            let Some(current) = active.into_iter().next() else {
-                return self
-                    .finish(rec, &d, kind, None, Transition::Cancelled {
-                        reason: "cancelled: every user this mail served was revoked (or left the directory)".into(),
-                    })
-                    .await;
-            };
-            if d.claimed_address.as_deref() != Some(current.as_str())
-                && !self.claim_address(&d, &current).await?
-            {
-                return self
-                    .finish(rec, &d, kind, None, Transition::Cancelled {
-                        reason: "cancelled as duplicate: the user's current address already got this mail".into(),
-                    })
-                    .await;
-            }
-            current
         };
 
         if address.parse::<lettre::Address>().is_err() {
-            // Kept from before the directory checked this (or written by
-            // hand): the address is the problem, not the template. It is
-            // undeliverable, so the contact persons hear of it.
-            let report = SendReport::permanent(
-                "the registered address is not one mail can be sent to; the user corrects it in the portal ('Wijzig'), then `notifier replay deliveries --status failed`".into(),
-            );
-            error!(reason = %report.detail, "undeliverable address: failed");
-            let t = self
-                .finish(
-                    rec,
-                    &d,
-                    kind,
-                    None,
-                    Transition::Failed {
-                        error: report.detail.clone(),
-                        sent_to: None,
-                    },
-                )
-                .await?;
-            if kind.is_module() {
-                self.escalate(&d, &event.event_type, &report).await?;
-            }
-            return Ok(t);
+            return self
+                .fail_undeliverable(&d, kind, rec, &event.event_type)
+                .await;
         }
-
         let built = match prebuilt {
             Some(bytes) if address == d.address => Ok(bytes),
             _ => rendered.and_then(|m| {
@@ -793,18 +749,11 @@ impl Dispatcher {
             Ok(b) => b,
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
-                return self
-                    .finish(
-                        rec,
-                        &d,
-                        kind,
-                        None,
-                        Transition::Failed {
-                            error: reason,
-                            sent_to: None,
-                        },
-                    )
-                    .await;
+                let failed = Transition::Failed {
+                    error: reason,
+                    sent_to: None,
+                };
+                return self.finish(rec, &d, kind, None, failed).await;
             }
         };
 
@@ -814,28 +763,176 @@ impl Dispatcher {
             drop((permit, connection));
             return self.finish(rec, &d, kind, None, Transition::Released).await;
         }
+        let sending = Sending {
+            d: &d,
+            kind,
+            event,
+            address: &address,
+            checked_at,
+        };
+        self.send(sending, &bytes, (permit, connection), rec).await
+    }
+
+    /// A delivery whose stored kind or rule this version does not know
+    /// (written by a newer one): ended visibly instead of failing the round
+    /// again every lease.
+    async fn fail_unknown(
+        &self,
+        d: &Claimed,
+        rec: &Recorder,
+        what: &str,
+        unknown: &Unknown,
+    ) -> Result<Transition, StoreError> {
+        let error = format!("unknown {what} {unknown}: not sent by this version");
+        error!(%error, "delivery failed");
+        let failed = Transition::Failed {
+            error,
+            sent_to: None,
+        };
+        rec.record(Finish {
+            delivery_id: d.id.clone(),
+            attempt: None,
+            next: failed.clone(),
+        })
+        .await?;
+        Ok(failed)
+    }
+
+    /// The send-time re-check: revoked users dropped, the current address
+    /// used, users who no longer share an address split off, and the
+    /// address taken for the event and kind.
+    async fn recheck(&self, d: &Claimed, recheck: &Rechecker) -> Result<Recheck, StoreError> {
+        let checked = recheck.served_now(&d.id).await?;
+        let active = checked.served.iter().filter(|u| u.is_active());
+        let address = match recipients::recheck_addresses(
+            &d.address,
+            active.filter_map(|u| u.email.as_deref()),
+        ) {
+            AddressCheck::NobodyLeft => {
+                return Ok(Recheck::Cancel(
+                    "cancelled: every user this mail served was revoked (or left the directory)"
+                        .into(),
+                ));
+            }
+            AddressCheck::Send { address, others } => {
+                if !others.is_empty() {
+                    self.split(d, &others, &checked.served).await?;
+                }
+                address
+            }
+        };
+        if d.claimed_address.as_deref() != Some(address.as_str())
+            && !self.claim_address(d, &address).await?
+        {
+            return Ok(Recheck::Cancel(
+                "cancelled as duplicate: the user's current address already got this mail".into(),
+            ));
+        }
+        Ok(Recheck::Send {
+            address,
+            at_ms: checked.at_ms,
+        })
+    }
+
+    /// An address kept from before the directory checked it (or written by
+    /// hand) that mail cannot be sent to: the address is the problem, not
+    /// the template. It is undeliverable, so the contact persons hear of it.
+    async fn fail_undeliverable(
+        &self,
+        d: &Claimed,
+        kind: MailKind,
+        rec: &Recorder,
+        event_type: &str,
+    ) -> Result<Transition, StoreError> {
+        let report = SendReport::permanent(
+            "the registered address is not one mail can be sent to; the user corrects it in the portal ('Wijzig'), then `notifier replay deliveries --status failed`".into(),
+        );
+        error!(reason = %report.detail, "undeliverable address: failed");
+        let failed = Transition::Failed {
+            error: report.detail.clone(),
+            sent_to: None,
+        };
+        let t = self.finish(rec, d, kind, None, failed).await?;
+        if kind.is_module() {
+            self.escalate(d, event_type, &report).await?;
+        }
+        Ok(t)
+    }
+
+    /// Sends the built mail on the connection and rate-limit turn it holds,
+    /// then classifies and records the attempt.
+    async fn send(
+        &self,
+        s: Sending<'_>,
+        bytes: &[u8],
+        turn: (impl Sized, impl Sized),
+        rec: &Recorder,
+    ) -> Result<Transition, StoreError> {
+        let d = s.d;
         let started = Utc::now();
         let clock = Instant::now();
         self.on_wire.lock().expect("on-wire set").insert(
             d.id.clone(),
             OnWire {
                 delivery: d.clone(),
-                kind,
-                checked_at,
+                kind: s.kind,
+                checked_at: s.checked_at,
                 started,
                 clock,
             },
         );
-        let report = self
+        let mut report = self
             .mailer
-            .send(self.cfg.from.email.as_ref(), &address, &d.id, &bytes)
+            .send(self.cfg.from.email.as_ref(), s.address, &d.id, bytes)
             .await;
         let duration = clock.elapsed();
-        drop((permit, connection));
-        let mut report = report;
+        drop(turn);
+        let refusal = self.judge_refusal(&mut report, s.address, &d.id).await?;
+        self.metrics.smtp_attempt(report.outcome.as_str());
+
+        let now = Utc::now();
+        let next = self.next_state(d, &report, s.address, now);
+        let attempt = AttemptRecord {
+            started_at_ms: ms(started),
+            checked_at_ms: s.checked_at,
+            duration_ms: duration.as_millis() as i64,
+            outcome: report.outcome,
+            smtp_code: report.smtp_code.map(i64::from),
+            enhanced_code: report.enhanced_code.clone(),
+            detail: report.detail.clone(),
+            policy_rejection: refusal == Some(RefusalVerdict::Recipient),
+        };
+        self.log_attempt(d, s.event, &report, now);
+        let t = self
+            .finish(rec, d, s.kind, Some(attempt.clone()), next)
+            .await;
+        self.on_wire.lock().expect("on-wire set").remove(&d.id);
+        let t = t?;
+        if attempt.policy_rejection && self.breaker.is_refusing() {
+            // The run that showed the relay refusing us ended while this
+            // refusal was being recorded: it does not count against the recipient.
+            self.relay_refuses(std::slice::from_ref(&d.id)).await?;
+            return Ok(t);
+        }
+        if let (Transition::Failed { .. }, true) = (&t, s.kind.is_module()) {
+            self.escalate(d, &s.event.event_type, &report).await?;
+        }
+        Ok(t)
+    }
+
+    /// A 5.7.x refusal of a recipient counts against that recipient, unless
+    /// the relay refuses everyone (then it is a relay fault, and the earlier
+    /// refusals of the run are taken back); any other report feeds the
+    /// breaker.
+    async fn judge_refusal(
+        &self,
+        report: &mut SendReport,
+        address: &str,
+        delivery_id: &str,
+    ) -> Result<Option<RefusalVerdict>, StoreError> {
         let refusal = report
             .recipient_policy
-            .then(|| self.breaker.recipient_refused(&address, &d.id));
+            .then(|| self.breaker.recipient_refused(address, delivery_id));
         match &refusal {
             Some(RefusalVerdict::RelayRefuses { earlier }) => {
                 report.outcome = AttemptOutcome::RelayFault;
@@ -847,22 +944,18 @@ impl Dispatcher {
                 self.relay_refuses(earlier).await?;
             }
             Some(RefusalVerdict::Recipient) => {}
-            None => self.observe_relay(&report),
+            None => self.observe_relay(report),
         }
-        self.metrics.smtp_attempt(report.outcome.as_str());
+        Ok(refusal)
+    }
 
-        let now = Utc::now();
-        let next = self.next_state(&d, &report, &address, now);
-        let attempt = AttemptRecord {
-            started_at_ms: ms(started),
-            checked_at_ms: checked_at,
-            duration_ms: duration.as_millis() as i64,
-            outcome: report.outcome,
-            smtp_code: report.smtp_code.map(i64::from),
-            enhanced_code: report.enhanced_code.clone(),
-            detail: report.detail.clone(),
-            policy_rejection: refusal == Some(RefusalVerdict::Recipient),
-        };
+    fn log_attempt(
+        &self,
+        d: &Claimed,
+        event: &ev::EventRow,
+        report: &SendReport,
+        now: DateTime<Utc>,
+    ) {
         match report.outcome {
             AttemptOutcome::Sent => {
                 let latency =
@@ -878,21 +971,6 @@ impl Dispatcher {
                 "not sent"
             ),
         }
-        let t = self
-            .finish(rec, &d, kind, Some(attempt.clone()), next)
-            .await;
-        self.on_wire.lock().expect("on-wire set").remove(&d.id);
-        let t = t?;
-        if attempt.policy_rejection && self.breaker.is_refusing() {
-            // The run that showed the relay refusing us ended while this
-            // refusal was being recorded: it does not count against the recipient.
-            self.relay_refuses(std::slice::from_ref(&d.id)).await?;
-            return Ok(t);
-        }
-        if let (Transition::Failed { .. }, true) = (&t, kind.is_module()) {
-            self.escalate(&d, &event.event_type, &report).await?;
-        }
-        Ok(t)
     }
 
     fn render(
@@ -1024,9 +1102,7 @@ impl Dispatcher {
         for other in others {
             let users: Vec<&str> = served
                 .iter()
-                .filter(|u| {
-                    u.status.as_deref() == Some("actief") && u.email.as_deref() == Some(other)
-                })
+                .filter(|u| u.is_active() && u.email.as_deref() == Some(other))
                 .map(|u| u.gebruikersnummer.as_str())
                 .collect();
             plan::split_off(&mut tx, &d.id, other, &users, timing).await?;

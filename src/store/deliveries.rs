@@ -2,8 +2,9 @@
 //! under a lease, and an `attempts` row for every SMTP attempt.
 
 use super::{Backend, Binds, MAX_PARAMS, StoreError, storable};
-use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
-use crate::domain::recipients::PlannedDelivery;
+use crate::domain::delivery::{AttemptOutcome, DeliveryStatus, MailKind, Unknown};
+use crate::domain::directory::UserStatus;
+use crate::domain::recipients::{PlannedDelivery, Rule, Rules};
 use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
 
@@ -46,10 +47,10 @@ async fn add_served(
 pub struct Claimed {
     pub id: String,
     pub event_id: String,
-    pub kind: String,
+    pub kind: Result<MailKind, Unknown>,
     pub about: String,
     pub address: String,
-    pub rule: String,
+    pub rule: Result<Rules, Unknown>,
     pub notice: Option<String>,
     pub attempts: i64,
     pub retry_step: i64,
@@ -59,6 +60,16 @@ pub struct Claimed {
     pub policy_rejections: i64,
     /// The address this delivery has taken for its event and kind.
     pub claimed_address: Option<String>,
+}
+
+impl Claimed {
+    /// The stored kind name (for logs and metrics), known or not.
+    pub fn kind_name(&self) -> &str {
+        match &self.kind {
+            Ok(k) => k.as_str(),
+            Err(Unknown(name)) => name,
+        }
+    }
 }
 
 /// Claims up to `limit` due deliveries (pending and due, or sending with an
@@ -124,10 +135,10 @@ pub async fn claim(
             Ok(Claimed {
                 id: r.try_get("id")?,
                 event_id: r.try_get("event_id")?,
-                kind: r.try_get("kind")?,
+                kind: MailKind::parse_stored(r.try_get("kind")?),
                 about: r.try_get("about")?,
                 address: r.try_get("address")?,
-                rule: r.try_get("rule")?,
+                rule: Rules::parse(r.try_get("rule")?).ok_or_else(|| Unknown(r.get("rule"))),
                 notice: r.try_get("notice")?,
                 attempts: r.try_get("attempts")?,
                 retry_step: r.try_get("retry_step")?,
@@ -144,13 +155,39 @@ pub async fn claim(
 #[derive(Debug, Clone)]
 pub struct ServedNow {
     pub gebruikersnummer: String,
-    pub rule: String,
+    pub rule: Rule,
     /// The directory version the user was chosen at.
     pub versie: i64,
     /// `None` when the user vanished from the directory.
     pub naam: Option<String>,
     pub email: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<UserStatus>,
+}
+
+impl ServedNow {
+    /// True while the user's certificate is active.
+    pub fn is_active(&self) -> bool {
+        self.status == Some(UserStatus::Actief)
+    }
+}
+
+/// A stored rule label as a [`Rule`].
+pub(crate) fn rule_of(label: &str) -> Result<Rule, StoreError> {
+    Rule::parse(label).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "rule {label:?} is not one this version knows (written by a newer version?)"
+        ))
+    })
+}
+
+/// A stored user status as a [`UserStatus`].
+pub(crate) fn user_status_of(word: Option<String>) -> Result<Option<UserStatus>, StoreError> {
+    word.map(|w| {
+        UserStatus::parse(&w).ok_or_else(|| {
+            StoreError::Corrupt(format!("user status {w:?} is not one this version knows"))
+        })
+    })
+    .transpose()
 }
 
 /// The users a delivery serves, joined with their current directory entry.
@@ -195,11 +232,11 @@ pub async fn served_users_of(
                 .or_default()
                 .push(ServedNow {
                     gebruikersnummer: r.try_get("gebruikersnummer")?,
-                    rule: r.try_get("rule")?,
+                    rule: rule_of(r.try_get("rule")?)?,
                     versie: r.try_get("versie")?,
                     naam: r.try_get("naam")?,
                     email: r.try_get("email")?,
-                    status: r.try_get("status")?,
+                    status: user_status_of(r.try_get("status")?)?,
                 });
         }
     }

@@ -689,7 +689,10 @@ async fn planning_the_same_mail_twice_creates_one_delivery(store: Store) {
     let served = dl::served_users(&mut c, &id).await.unwrap();
     assert_eq!(served.len(), 2);
     assert_eq!(served[0].email.as_deref(), Some("u0@praktijk.example"));
-    assert_eq!(served[0].status.as_deref(), Some("actief"));
+    assert_eq!(
+        served[0].status,
+        Some(notifier::domain::directory::UserStatus::Actief)
+    );
 }
 
 async fn concurrent_claimers_never_get_the_same_delivery(store: Store) {
@@ -742,7 +745,7 @@ async fn only_due_deliveries_are_claimed_oldest_due_first(store: Store) {
     let c = claim(&store, "a", 600, 1_000, 10).await;
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].id, later[0]);
-    assert_eq!(c[0].kind, MODULE);
+    assert_eq!(c[0].kind_name(), MODULE);
     assert_eq!(c[0].address, "u0@praktijk.example");
     assert_eq!(c[0].message_id, dl::message_id_for(&later[0]));
 }
@@ -1547,7 +1550,7 @@ async fn a_recent_undeliverable_notice_is_found_by_user_and_time(store: Store) {
     drop(c);
     let d = claim(&store, "me", 1_000, 1_000, 1).await.remove(0);
     assert_eq!(
-        (d.kind.as_str(), d.about.as_str()),
+        (d.kind_name(), d.about.as_str()),
         ("beheer.onbestelbaar", nr(1).as_str())
     );
     assert_eq!(d.notice.as_deref(), Some(r#"{"agb_code":"04111111"}"#));
