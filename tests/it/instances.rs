@@ -237,10 +237,11 @@ async fn an_ingesting_instance_wakes_a_sending_instance_through_the_database() {
     sender.amqp.dead_letter_exchange = format!("{silent}.dlx");
     sender.amqp.dead_letter_queue = format!("{silent}.dlq");
     sender.http.listen = "127.0.0.1:0".parse().unwrap();
+    let sender = notifier::app::App::build(sender)
+        .await
+        .expect("the sending instance started");
     let stop = tokio_util::sync::CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(notifier::app::run(sender, stop.clone(), Some(ready_tx)));
-    ready_rx.await.expect("the sending instance started");
+    let handle = tokio::spawn(sender.run(stop.clone()));
     // Its listener is subscribed before anything is published.
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {

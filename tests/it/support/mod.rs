@@ -9,6 +9,7 @@ pub mod smtp_server;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
+use notifier::app::{App, RunError};
 use notifier::broker::publisher::Publisher;
 use notifier::config::{DEFAULT_TOML, Settings};
 use notifier::store::Store;
@@ -227,7 +228,7 @@ pub struct TestApp {
     _db: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
     shutdown: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), RunError>>>,
 }
 
 /// Starts the service; `extra` is TOML merged over the test settings.
@@ -273,14 +274,10 @@ pub async fn spawn_app_prepared(
     let direct_amqp = settings.amqp.url.clone();
     let mut service = settings.clone();
     rewrite(&mut service);
+    let service = App::build(service).await.expect("app started");
+    let http_addr = service.http_addr();
     let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(notifier::app::run(
-        service,
-        shutdown.clone(),
-        Some(ready_tx),
-    ));
-    let running = ready_rx.await.expect("app started");
+    let handle = tokio::spawn(service.run(shutdown.clone()));
     let publisher = Publisher::connect(&direct_amqp, &settings.amqp.exchange)
         .await
         .unwrap();
@@ -288,7 +285,7 @@ pub async fn spawn_app_prepared(
         smtp,
         publisher,
         store,
-        http_addr: running.http_addr,
+        http_addr,
         amqp: settings.amqp.clone(),
         settings: settings.clone(),
         _db: db,
