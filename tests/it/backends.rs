@@ -6,16 +6,9 @@
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
     RunProcess, TestBackend, TestDb, TopologyGuard, cli, declare_topology, event_for, many_users,
-    test_toml, wait_all_deliveries,
+    stderr, stdout, wait_all_deliveries,
 };
 use std::time::Duration;
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Runs the binary to its end, killing it if it is still running after
 /// `within` (so a command that should have stopped cannot hang the suite).
@@ -45,8 +38,9 @@ fn run_bounded(cmd: &mut std::process::Command, within: Duration) -> std::proces
 async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let toml = test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .config_file();
     let _topology = TopologyGuard(s.amqp.clone());
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -114,27 +114,16 @@ async fn a_relay_fault_opens_the_circuit_without_failing_deliveries() {
     app.stop().await;
 }
 
-/// `n` deliveries, each tried once and back to pending (no send in flight).
-fn held(n: usize) -> impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool {
-    move |r| r.len() == n && r.iter().all(|d| d.attempts >= 1 && d.status == "pending")
-}
-
 #[tokio::test]
 async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
-    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let app = crate::support::spawn_app_holding_sending().await;
+    let id = app.publish_held("contract.voorstel_aangeboden", 2).await;
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000002".into();
     app.publish(&revoke).await;
     let e = app.wait_event(revoke["id"].as_str().unwrap()).await;
     assert_eq!(e.state, "applied");
-    app.smtp.start_listening().await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "final", |r| {
             r.iter()
@@ -247,15 +236,14 @@ async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
     let app = spawn_app("").await;
     let dir = tempfile::tempdir().unwrap();
     // Same service, but the relay URL demands STARTTLS, which the test server does not offer.
-    let s =
-        crate::support::test_settings(dir.path(), &format!("{}?tls=required", app.smtp.url()), "");
+    let s = crate::support::TestConfig::new(dir.path())
+        .smtp(&format!("{}?tls=required", app.smtp.url()))
+        .settings();
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    crate::support::import_directory(&store, &sample_directory()).await;
     let metrics = notifier::ops::metrics::Metrics::new();
     let ingestor = notifier::app::ingestor(&s, &store, &metrics);
     let ev = fresh("naleving.aanleververzoek");
@@ -397,19 +385,14 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
     use crate::support::smtp_server::TestSmtpServer;
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .config_file();
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(
-        &store,
-        &crate::support::many_users("02888888", 300),
-        &mut |_, r| panic!("{r}"),
-    )
-    .await
-    .unwrap();
+    crate::support::import_directory(&store, &crate::support::many_users("02888888", 300)).await;
     // Declare the topology first so the event is queued before any worker runs.
     {
         let conn = lapin::Connection::connect(
@@ -513,15 +496,9 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
 
 #[tokio::test]
 async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
+    let app = crate::support::spawn_app_holding_sending().await;
     // A. Bakker (03) and S. Visser (04) share praktijk@ for onderhandelen.
-    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let id = app.publish_held("onderhandeling.geaccordeerd", 2).await;
     let mut change = fresh("gebruiker.emailadres_gewijzigd");
     change["data"]["gebruikersnummer"] = "10000000000004".into();
     change["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
@@ -532,7 +509,7 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
         app.wait_event(change["id"].as_str().unwrap()).await.state,
         "applied"
     );
-    app.smtp.start_listening().await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
             r.len() == 3 && r.iter().all(|d| d.status == "sent")
@@ -564,14 +541,8 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
 
 #[tokio::test]
 async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_revocation() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
-    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let app = crate::support::spawn_app_holding_sending().await;
+    let id = app.publish_held("onderhandeling.geaccordeerd", 2).await;
     // S. Visser (04) is revoked; A. Bakker (03) still uses praktijk@.
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000004".into();
@@ -581,7 +552,7 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
         app.wait_event(revoke["id"].as_str().unwrap()).await.state,
         "applied"
     );
-    app.smtp.start_listening().await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
             r.iter().all(|d| d.status == "sent")
@@ -604,15 +575,14 @@ async fn logs_name_ids_never_addresses() {
         "p.jansen",
         "550 5.1.1 <p.jansen@fysio-noord.example>: Recipient address rejected",
     );
-    let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .config_file();
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    crate::support::import_directory(&store, &sample_directory()).await;
     let log = dir.path().join("notifier.log");
     let mut child = crate::support::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
@@ -695,14 +665,15 @@ async fn send_once_over(
 ) -> notifier::pipeline::dispatch::DispatchSummary {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[smtp]\ndanger_accept_invalid_certs = {accept_invalid}");
-    let s = crate::support::test_settings(dir.path(), &url, &extra);
+    let s = crate::support::TestConfig::new(dir.path())
+        .smtp(&url)
+        .with(&extra)
+        .settings();
     let store = notifier::store::Store::connect(&s.database.url, 2)
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |_, r| panic!("{r}"))
-        .await
-        .unwrap();
+    crate::support::import_directory(&store, &sample_directory()).await;
     let metrics = notifier::ops::metrics::Metrics::new();
     let ev = fresh("naleving.aanleververzoek");
     notifier::app::ingestor(&s, &store, &metrics)

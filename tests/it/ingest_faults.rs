@@ -3,8 +3,8 @@
 //! it costs in memory is bounded by the contract's limit, not its size.
 
 use crate::support::{
-    AMQP_URL, RunProcess, TestApp, TestBackend, TestDb, config_file, declare_topology, fresh,
-    http_get, sample_directory, spawn_app_prepared, spawn_app_with, test_toml_with_db,
+    AMQP_URL, RunProcess, TestApp, TestBackend, TestConfig, TestDb, declare_topology, fresh,
+    http_get, sample_directory, spawn_app_prepared, spawn_app_with,
 };
 use notifier::broker::publisher::Publisher;
 use notifier::store::Store;
@@ -136,11 +136,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
         |_| {},
         async |store, settings| {
             refuse_poison(store).await;
-            notifier::cli::input::import_users(store, &sample_directory(), &mut |n, r| {
-                panic!("line {n}: {r}")
-            })
-            .await
-            .unwrap();
+            crate::support::import_directory(store, &sample_directory()).await;
             let p = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
                 .await
                 .unwrap();
@@ -250,18 +246,14 @@ async fn oversized_messages_cost_their_size_once_and_do_not_block() {
     let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
     let db = TestDb::new(TestBackend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, settings) = config_file(
-        dir.path(),
-        &test_toml_with_db(dir.path(), &smtp.url(), &db.url),
-    );
+    let (cfg, settings) = TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .database(&db.url)
+        .config_file();
     let _topology = crate::support::TopologyGuard(settings.amqp.clone());
     declare_topology(&settings.amqp).await;
     let store = db.store().await;
-    notifier::cli::input::import_users(&store, &sample_directory(), &mut |n, r| {
-        panic!("line {n}: {r}")
-    })
-    .await
-    .unwrap();
+    crate::support::import_directory(&store, &sample_directory()).await;
     let mut run = RunProcess::spawn(&cfg, "big", &[]);
     run.wait_consuming().await;
     let pid = run.child.id();

@@ -6,7 +6,7 @@
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
     RunProcess, TestBackend, TestDb, TopologyGuard, declare_topology, event_for, many_users,
-    parse_mail, spawn_app_with, test_toml_with_db, wait_all_deliveries,
+    parse_mail, spawn_app_with, wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
 use std::collections::BTreeMap;
@@ -50,14 +50,14 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let db = TestDb::postgres().await;
-    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .database(&db.url)
+        .config_file();
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
     let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());
-    notifier::cli::input::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
-        .await
-        .unwrap();
+    crate::support::import_directory(&store, &users).await;
     declare_topology(&s.amqp).await;
 
     let concurrency = CONCURRENCY.to_string();
@@ -303,7 +303,7 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
             .is_none()
     );
     // Another instance creates the user meanwhile.
-    notifier::cli::input::import_users(
+    crate::support::import_directory(
         &store,
         &crate::support::user(
             "80000000000001",
@@ -313,10 +313,8 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
             1,
         )
         .to_string(),
-        &mut |n, r| panic!("line {n}: {r}"),
     )
-    .await
-    .unwrap();
+    .await;
     let change = dir::set_email(
         &mut b,
         &nr,
@@ -338,8 +336,10 @@ async fn two_instances_applying_the_same_users_converge_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
     let db = TestDb::postgres().await;
-    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .database(&db.url)
+        .config_file();
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
     declare_topology(&s.amqp).await;

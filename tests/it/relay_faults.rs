@@ -144,24 +144,19 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_slower_than_the_lease_is_sent_once_by_two_instances() {
     use crate::support::{
-        RunProcess, TestDb, TopologyGuard, config_file, declare_topology, test_toml_with_db,
-        wait_all_deliveries,
+        RunProcess, TestConfig, TestDb, TopologyGuard, declare_topology, wait_all_deliveries,
     };
     let dir = tempfile::tempdir().unwrap();
     let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
     smtp.stall_after_data(Some(std::time::Duration::from_millis(4500)));
     let db = TestDb::postgres().await;
-    let (cfg, s) = config_file(
-        dir.path(),
-        &test_toml_with_db(dir.path(), &smtp.url(), &db.url),
-    );
+    let (cfg, s) = TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .database(&db.url)
+        .config_file();
     let _topology = TopologyGuard(s.amqp.clone());
     let store = db.store().await;
-    notifier::cli::input::import_users(&store, &many_users("04555555", 3), &mut |n, r| {
-        panic!("line {n}: {r}")
-    })
-    .await
-    .unwrap();
+    crate::support::import_directory(&store, &many_users("04555555", 3)).await;
     declare_topology(&s.amqp).await;
     let env = [
         ("NOTIFIER_DISPATCH__LEASE", "3s"),

@@ -5,20 +5,13 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, cli, fresh, parse_mail, sample_directory, test_toml,
-    wait_all_deliveries,
+    RunProcess, TestDb, TopologyGuard, cli, fresh, install_sample_directory, parse_mail,
+    sample_directory, stderr, stdout, wait_all_deliveries,
 };
 use notifier::store::Store;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The binary with `config` and the database at `db_url`.
 fn notifier(config: &Path, db_url: &str, args: &[&str]) -> std::process::Output {
@@ -45,22 +38,16 @@ fn rows(file: &Path) -> BTreeSet<String> {
 async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let toml = test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp(&smtp.url())
+        .config_file();
     let _topology = TopologyGuard(s.amqp.clone());
     let sqlite = s.database.url.clone();
 
     // A SQLite installation with history: one mail sent, a quarantined line,
     // and two mails being sent when the service was killed (one of them a
     // retry after a 450).
-    assert!(cli(&s, &["migrate"]).status.success());
-    let users = dir.path().join("directory.jsonl");
-    std::fs::write(&users, sample_directory()).unwrap();
-    assert!(
-        cli(&s, &["directory", "import", users.to_str().unwrap()])
-            .status
-            .success()
-    );
+    install_sample_directory(&s, dir.path());
     let a = fresh("contract.voorstel_aangeboden");
     let a_id = a["id"].as_str().unwrap().to_owned();
     let events = dir.path().join("events.jsonl");
@@ -258,16 +245,10 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_refuses_a_file_that_is_not_a_whole_export_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = test_toml(dir.path(), "");
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    assert!(cli(&s, &["migrate"]).status.success());
-    let users = dir.path().join("directory.jsonl");
-    std::fs::write(&users, sample_directory()).unwrap();
-    assert!(
-        cli(&s, &["directory", "import", users.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp("")
+        .config_file();
+    install_sample_directory(&s, dir.path());
     let file = dir.path().join("export.jsonl");
     let out = cli(&s, &["export", "--output", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
