@@ -120,9 +120,7 @@ async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
     let id = app.publish_held("contract.voorstel_aangeboden", 2).await;
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000002".into();
-    app.publish(&revoke).await;
-    let e = app.wait_event(revoke["id"].as_str().unwrap()).await;
-    assert_eq!(e.state, "applied");
+    app.publish_applied(&revoke).await;
     app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "final", |r| {
@@ -504,11 +502,7 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
     change["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
     change["data"]["nieuw_email"] = "S.Visser@Fysio-Noord.example".into();
     change["data"]["versie"] = 3.into();
-    app.publish(&change).await;
-    assert_eq!(
-        app.wait_event(change["id"].as_str().unwrap()).await.state,
-        "applied"
-    );
+    app.publish_applied(&change).await;
     app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
@@ -547,11 +541,7 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000004".into();
     revoke["data"]["versie"] = 3.into();
-    app.publish(&revoke).await;
-    assert_eq!(
-        app.wait_event(revoke["id"].as_str().unwrap()).await.state,
-        "applied"
-    );
+    app.publish_applied(&revoke).await;
     app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {

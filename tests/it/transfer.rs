@@ -5,8 +5,8 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, cli, fresh, install_sample_directory, parse_mail,
-    sample_directory, stderr, stdout, wait_all_deliveries,
+    RunProcess, TestDb, TopologyGuard, cli, fresh, install_sample_directory, parse_mail, stderr,
+    stdout, wait_all_deliveries,
 };
 use notifier::store::Store;
 use std::collections::BTreeSet;

@@ -142,6 +142,14 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Publishes a directory event and waits until it is recorded as
+    /// `applied`.
+    pub async fn publish_applied(&self, event: &serde_json::Value) {
+        self.publish(event).await;
+        let row = self.wait_event(event["id"].as_str().unwrap()).await;
+        assert_eq!(row.state, "applied", "{row:?}");
+    }
+
     /// Publishes and waits until every delivery of the event is final.
     pub async fn publish_and_settle(&self, event: &serde_json::Value) -> Vec<DeliveryRow> {
         self.publish(event).await;

@@ -80,6 +80,35 @@ pub fn user(
     })
 }
 
+/// What a user is at a practice besides its rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Member,
+    Tekenbevoegd,
+    Contactpersoon,
+    /// Tekenbevoegd and contactpersoon.
+    Both,
+}
+
+/// An active user (`versie` 1) with `rights` at one practice, as `role`.
+pub fn active_user(
+    nr: &str,
+    email: &str,
+    agb: &str,
+    rights: &[&str],
+    role: Role,
+) -> serde_json::Value {
+    let tekenbevoegd = matches!(role, Role::Tekenbevoegd | Role::Both);
+    let contactpersoon = matches!(role, Role::Contactpersoon | Role::Both);
+    user(
+        nr,
+        email,
+        true,
+        &[(agb, rights, tekenbevoegd, contactpersoon)],
+        1,
+    )
+}
+
 /// A `gebruiker.bijgewerkt` event carrying `data`.
 pub fn user_event(data: serde_json::Value) -> serde_json::Value {
     let mut e = fresh("gebruiker.bijgewerkt");

@@ -26,7 +26,8 @@ pub use db::{
     wait_all_deliveries, wait_event, wait_for_deliveries,
 };
 pub use events::{
-    event_for, fresh, fresh_for, many_users, sample, sample_directory, user, user_event,
+    Role, active_user, event_for, fresh, fresh_for, many_users, sample, sample_directory, user,
+    user_event,
 };
 pub use operator::{Installation, events_file, install_sample_directory, replay_executed};
 pub use process::{ChildGuard, RunProcess, cli, cli_env, free_port, json, ok, stderr, stdout};
