@@ -237,24 +237,7 @@ async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
     let s = crate::support::TestConfig::new(dir.path())
         .smtp(&format!("{}?tls=required", app.smtp.url()))
         .settings();
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    crate::support::import_directory(&store, &sample_directory()).await;
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ingestor = notifier::app::ingestor(&s, &store, &metrics);
-    let ev = fresh("naleving.aanleververzoek");
-    ingestor
-        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
-            ev.to_string().into_bytes(),
-            None,
-            notifier::pipeline::ingest::Source::File,
-        )])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
+    let (_store, d, summary) = ingest_and_dispatch_one(&s).await;
     assert_eq!(summary.failed, 0);
     assert_eq!(summary.retried, 1);
     assert_eq!(
@@ -278,21 +261,9 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
     app.wait_deliveries(Some(&id), "1000 deliveries", |r| r.len() == 1000)
         .await;
     // The relay is down: the breaker opens and nothing fails.
-    let ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    let mut ready = ready;
-    while !ready.contains("\"open\"") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "circuit never opened: {ready}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
-            .await
-            .unwrap();
-    }
+    let ready = app
+        .wait_readyz("the circuit to open", |b| b.contains("\"open\""))
+        .await;
     assert!(
         ready.starts_with("HTTP/1.1 503") || ready.starts_with("HTTP/1.0 503"),
         "{ready}"
@@ -386,10 +357,7 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
     let (cfg, s) = crate::support::TestConfig::new(dir.path())
         .smtp(&smtp.url())
         .config_file();
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = crate::support::migrated_store(&s.database.url).await;
     crate::support::import_directory(&store, &crate::support::many_users("02888888", 300)).await;
     // Declare the topology first so the event is queued before any worker runs.
     {
@@ -568,10 +536,7 @@ async fn logs_name_ids_never_addresses() {
     let (cfg, s) = crate::support::TestConfig::new(dir.path())
         .smtp(&smtp.url())
         .config_file();
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = crate::support::migrated_store(&s.database.url).await;
     crate::support::import_directory(&store, &sample_directory()).await;
     let log = dir.path().join("notifier.log");
     let mut child = crate::support::ChildGuard(
@@ -647,6 +612,31 @@ async fn logs_name_ids_never_addresses() {
     crate::support::delete_topology(&s.amqp).await;
 }
 
+/// With `s`, on a fresh database with the sample directory: ingests one
+/// `naleving.aanleververzoek` as from a file and dispatches until idle, as
+/// `notifier ingest` and `notifier dispatch --until-idle` would. Returns the
+/// store and the dispatcher (for its breaker) with the summary.
+async fn ingest_and_dispatch_one(
+    s: &notifier::config::Settings,
+) -> (
+    notifier::store::Store,
+    notifier::pipeline::dispatch::Dispatcher,
+    notifier::pipeline::dispatch::DispatchSummary,
+) {
+    use notifier::pipeline::ingest::{Incoming, Source};
+    let store = crate::support::migrated_store(&s.database.url).await;
+    crate::support::import_directory(&store, &sample_directory()).await;
+    let metrics = notifier::ops::metrics::Metrics::new();
+    let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();
+    notifier::app::ingestor(s, &store, &metrics)
+        .ingest_batch(&[Incoming::new(ev, None, Source::File)])
+        .await
+        .unwrap();
+    let d = notifier::app::dispatcher(s, &store, &metrics).unwrap();
+    let summary = d.run_until_idle().await.unwrap();
+    (store, d, summary)
+}
+
 /// Ingests one event and dispatches it to the relay at `url`; when nothing
 /// was sent, the relay circuit must have opened for a TLS reason.
 async fn send_once_over(
@@ -659,23 +649,7 @@ async fn send_once_over(
         .smtp(&url)
         .with(&extra)
         .settings();
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    crate::support::import_directory(&store, &sample_directory()).await;
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ev = fresh("naleving.aanleververzoek");
-    notifier::app::ingestor(&s, &store, &metrics)
-        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
-            ev.to_string().into_bytes(),
-            None,
-            notifier::pipeline::ingest::Source::File,
-        )])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
+    let (store, d, summary) = ingest_and_dispatch_one(&s).await;
     if summary.sent == 0 {
         let mut c = store.pool().acquire().await.unwrap();
         let rows = notifier::store::deliveries::list(&mut c, &Default::default())

@@ -174,26 +174,6 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
     app.stop().await;
 }
 
-async fn wait_ready_body(
-    app: &crate::support::TestApp,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let url = format!("http://{}/readyz", app.http_addr);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let body = crate::support::http_get(&url).await.unwrap_or_default();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A relay that greets and then never answers MAIL: the timeouts open the
 /// circuit, the rest of the batch is not sent into it, and a probe that
 /// times out keeps the circuit open. When the relay answers, all is sent.
@@ -210,10 +190,11 @@ async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
     let event = event_for(agb);
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
-    let body = wait_ready_body(&app, "the circuit open", |b| {
-        b.contains("\"relay_circuit\":\"open\"")
-    })
-    .await;
+    let body = app
+        .wait_readyz("the circuit open", |b| {
+            b.contains("\"relay_circuit\":\"open\"")
+        })
+        .await;
     assert!(body.starts_with("HTTP/1.0 503"), "{body}");
     let rows = app.deliveries(Some(&id)).await;
     let untried = rows.iter().filter(|d| d.attempts == 0).count();
@@ -226,7 +207,7 @@ async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
         r.iter().map(|d| d.attempts).sum::<i64>() >= 3
     })
     .await;
-    let body = wait_ready_body(&app, "readiness", |b| !b.is_empty()).await;
+    let body = app.wait_readyz("readiness", |b| !b.is_empty()).await;
     assert!(
         body.contains("\"relay_circuit\":\"open\""),
         "a probe that times out keeps the circuit open: {body}"

@@ -4,7 +4,7 @@
 
 use crate::support::{
     AMQP_URL, RunProcess, TestApp, TestBackend, TestConfig, TestDb, declare_topology, fresh,
-    http_get, sample_directory, spawn_app_prepared, spawn_app_with,
+    sample_directory, spawn_app_prepared, spawn_app_with,
 };
 use notifier::broker::publisher::Publisher;
 use notifier::store::Store;
@@ -87,9 +87,7 @@ async fn nul_in_the_envelope_is_quarantined_and_ingest_goes_on(backend: TestBack
         .unwrap();
     assert_eq!(by_key.raw, b"not json \x00 at all");
 
-    let ready = http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     app.stop().await;
 }

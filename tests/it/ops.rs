@@ -8,8 +8,8 @@
 
 use crate::support::smtp_server::{ReceivedMail, TestSmtpServer};
 use crate::support::{
-    Installation, TestConfig, WAIT, cli, cli_env, events_file, fresh, http_get, json, ok,
-    parse_mail, replay_executed, sample_directory, spawn_app, stderr, stdout,
+    Installation, TestConfig, WAIT, cli, cli_env, events_file, fresh, json, ok, parse_mail,
+    replay_executed, sample_directory, spawn_app, stderr, stdout,
 };
 use notifier::config::Settings;
 use notifier::store::Store;
@@ -22,6 +22,13 @@ const ALLOW_OTHER: (&str, &str) = (
     "NOTIFIER_MAIL__ALLOWED_LINK_HOSTS",
     r#"["zip.example.nl","other.example"]"#,
 );
+
+/// `notifier replay deliveries --status failed` and `more`.
+fn replay_failed(s: &Settings, more: &[&str]) -> std::process::Output {
+    let mut args = vec!["replay", "deliveries", "--status", "failed"];
+    args.extend_from_slice(more);
+    cli(s, &args)
+}
 
 fn id_of(e: &Value) -> String {
     e["id"].as_str().unwrap().to_owned()
@@ -143,17 +150,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     );
     assert!(failed.iter().all(|d| d.attempts == 1));
 
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_failed(&s, &["--format", "json"]);
     ok(&out);
     let v = json(&out);
     assert_eq!(v["executed"], false);
@@ -418,7 +415,7 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
     let Installation { settings: s, .. } = Installation::with_failed_mail("p.jansen", &[&e]).await;
     let before = snapshot(&s).await;
 
-    let out = cli(&s, &["replay", "deliveries", "--status", "failed"]);
+    let out = replay_failed(&s, &[]);
     ok(&out);
     let text = stdout(&out);
     assert!(
@@ -435,23 +432,11 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
         &["--execute", "--reason", "INC-42"][..],
         &["--execute", "--operator", " ", "--reason", "INC-42"][..],
     ] {
-        let mut args = vec!["replay", "deliveries", "--status", "failed"];
-        args.extend_from_slice(missing);
-        let out = cli(&s, &args);
+        let out = replay_failed(&s, missing);
         assert_eq!(out.status.code(), Some(2), "{missing:?}");
         assert!(stderr(&out).contains("--operator"), "{}", stderr(&out));
     }
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--since",
-            "soon",
-        ],
-    );
+    let out = replay_failed(&s, &["--since", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
     assert_eq!(
@@ -463,13 +448,9 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
     ok(&out);
     assert_eq!(json(&out), serde_json::json!([]));
 
-    let out = cli(
+    let out = replay_failed(
         &s,
         &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
             "--since",
             "1h",
             "--agb",
@@ -841,7 +822,6 @@ async fn check_finds_stuck_events_and_exits_1() {
 #[tokio::test]
 async fn the_run_loop_exports_stuck_events() {
     let app = spawn_app("[dispatch]\nstuck_after = \"1h\"").await;
-    let url = format!("http://{}/metrics", app.http_addr);
     let lost = uuid::Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
@@ -852,18 +832,10 @@ async fn the_run_loop_exports_stuck_events() {
     .await
     .unwrap();
     // The gauges are sampled every 5 seconds.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let body = http_get(&url).await.unwrap_or_default();
-        if body.lines().any(|l| l == "notifier_stuck_events 1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notifier_stuck_events never became 1: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_metrics("notifier_stuck_events 1", |b| {
+        b.lines().any(|l| l == "notifier_stuck_events 1")
+    })
+    .await;
     app.stop().await;
 }
 

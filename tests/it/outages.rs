@@ -2,22 +2,12 @@
 //! servers keep running), a bad template deployed, and the metrics scrape.
 
 use crate::support::proxy::TcpProxy;
-use crate::support::{TestBackend, fresh, http_get, sample_directory, spawn_app, spawn_app_with};
+use crate::support::{TestBackend, fresh, sample_directory, spawn_app, spawn_app_with};
 use std::time::Duration;
 
+/// Outages take a reconnect backoff or two: longer than [`crate::support::WAIT`].
 async fn wait_http(url: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let body = http_get(url).await.unwrap_or_default();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::wait_http(url, Duration::from_secs(60), what, pred).await
 }
 
 #[tokio::test]
@@ -203,12 +193,11 @@ async fn metrics_carry_the_documented_names_and_no_addresses() {
     app.publish_raw("x.y", b"not json").await;
     app.publish_and_settle(&fresh("naleving.aanleververzoek"))
         .await;
-    let body = wait_http(
-        &format!("http://{}/metrics", app.http_addr),
-        "metrics",
-        |b| b.contains("notifier_smtp_attempts_total{outcome=\"permanent\"}"),
-    )
-    .await;
+    let body = app
+        .wait_metrics("metrics", |b| {
+            b.contains("notifier_smtp_attempts_total{outcome=\"permanent\"}")
+        })
+        .await;
     for name in [
         "notifier_events_received_total{",
         "notifier_deliveries_total{",

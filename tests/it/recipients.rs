@@ -205,9 +205,7 @@ async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_un
     let ev = app.wait_event(&id).await;
     assert_eq!(ev.state, "unroutable");
     assert!(ev.detail.unwrap().contains("no active contact person"));
-    let metrics = crate::support::http_get(&format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("notifier_unroutable_events_total 1"),
         "{metrics}"

@@ -2,7 +2,7 @@
 //! everyone for one recipient, or make a mail go out twice: against the
 //! scriptable SMTP server over TCP, the real RabbitMQ and the database.
 
-use crate::support::{event_for, http_get, many_users, sample_directory, spawn_app};
+use crate::support::{event_for, many_users, sample_directory, spawn_app};
 
 fn all_final(rows: &[notifier::store::deliveries::DeliveryRow]) -> bool {
     !rows.is_empty()
@@ -80,9 +80,7 @@ async fn one_recipients_policy_refusal_is_retried_twice_then_escalated_without_p
         ["permanent", "permanent", "permanent"],
         "the first try and two retries"
     );
-    let ready = http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert!(
         ready.starts_with("HTTP/1.0 200"),
         "one recipient's refusal never opens the circuit: {ready}"
@@ -102,7 +100,6 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
     let event = event_for(agb);
     app.publish(&event).await;
     let id = event["id"].as_str().unwrap();
-    let ready_url = format!("http://{}/readyz", app.http_addr);
     // The circuit opens; wait until every mail has been tried once and is
     // waiting for the probe.
     let rows = app
@@ -133,7 +130,7 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
         all.iter().all(|d| d.kind != "beheer.onbestelbaar"),
         "no notice for a relay that refused us: {all:#?}"
     );
-    let ready = http_get(&ready_url).await.unwrap();
+    let ready = app.readyz().await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     app.stop().await;
 }

@@ -5,13 +5,14 @@
 use super::config::TestConfig;
 use super::db::{self, TestBackend, TestDb};
 use super::smtp_server::{ReceivedMail, TestSmtpServer};
-use super::{Parsed, WAIT, declare_topology, delete_topology, fresh, http_get, parse_mail};
+use super::{
+    Parsed, WAIT, declare_topology, delete_topology, fresh, http_get, parse_mail, wait_http,
+};
 use notifier::app::{App, RunError};
 use notifier::broker::publisher::Publisher;
 use notifier::config::Settings;
 use notifier::store::Store;
 use notifier::store::deliveries::{self as dl, DeliveryRow};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A running service with its SMTP server and a publisher.
@@ -220,20 +221,37 @@ impl TestApp {
         self.smtp.messages().iter().map(parse_mail).collect()
     }
 
-    async fn wait_until_consuming(&self) {
+    /// The answer to `GET /readyz` (status line, headers, body).
+    pub async fn readyz(&self) -> String {
+        self.http("/readyz").await
+    }
+
+    /// The answer to `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http("/metrics").await
+    }
+
+    /// Waits until `pred` holds for the answer to `GET /readyz`.
+    pub async fn wait_readyz(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let url = format!("http://{}/readyz", self.http_addr);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let body = http_get(&url).await.unwrap_or_default();
-            if body.contains("\"consuming\"") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "consumer never started: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_http(&url, WAIT, what, pred).await
+    }
+
+    /// Waits until `pred` holds for the answer to `GET /metrics`.
+    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let url = format!("http://{}/metrics", self.http_addr);
+        wait_http(&url, WAIT, what, pred).await
+    }
+
+    async fn http(&self, path: &str) -> String {
+        http_get(&format!("http://{}{path}", self.http_addr))
+            .await
+            .expect("the service answers HTTP")
+    }
+
+    async fn wait_until_consuming(&self) {
+        self.wait_readyz("the consumer to start", |b| b.contains("\"consuming\""))
+            .await;
     }
 
     /// Tells the service to stop, without waiting for it ([`Self::stop`]

@@ -15,22 +15,18 @@ mod process;
 pub mod proxy;
 pub mod smtp_server;
 
-pub use app::{
-    HOLD_SENDING, Stopped, TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared,
-    spawn_app_with,
-};
+pub use app::{TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared, spawn_app_with};
 pub use broker::{AMQP_URL, TopologyGuard, declare_topology, delete_topology};
 pub use config::TestConfig;
 pub use db::{
-    TestBackend, TestDb, deliveries, import_directory, migrated_store, pg_server,
-    wait_all_deliveries, wait_event, wait_for_deliveries,
+    TestBackend, TestDb, deliveries, import_directory, migrated_store, wait_all_deliveries,
 };
 pub use events::{
     Role, active_user, event_for, fresh, fresh_for, many_users, sample, sample_directory, user,
     user_event,
 };
 pub use operator::{Installation, events_file, install_sample_directory, replay_executed};
-pub use process::{ChildGuard, RunProcess, cli, cli_env, free_port, json, ok, stderr, stdout};
+pub use process::{ChildGuard, RunProcess, cli, cli_env, json, ok, stderr, stdout};
 
 use smtp_server::ReceivedMail;
 use std::time::Duration;
@@ -50,6 +46,29 @@ pub async fn http_get(url: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     Some(buf)
+}
+
+/// Waits until `pred` holds for the answer to `GET url` (status line,
+/// headers and body; empty while nothing answers), for at most `within`;
+/// `what` names the wait in the failure. Returns the answer.
+pub async fn wait_http(
+    url: &str,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let body = http_get(url).await.unwrap_or_default();
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// A parsed mail.
