@@ -125,7 +125,9 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     let e1 = fresh("contract.voorstel_aangeboden");
     let e2 = fresh("uitvraag.beoordeeld");
     let Installation {
-        smtp, settings: s, ..
+        dir: _dir,
+        smtp,
+        settings: s,
     } = Installation::with_failed_mail("fysio-noord.example", &[&e1, &e2]).await;
     assert_eq!(smtp.count(), 0);
     let failed: Vec<DeliveryRow> = deliveries(&s, None)
@@ -412,7 +414,11 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
     let e = fresh("contract.voorstel_aangeboden");
-    let Installation { settings: s, .. } = Installation::with_failed_mail("p.jansen", &[&e]).await;
+    let Installation {
+        dir: _dir,
+        smtp: _smtp,
+        settings: s,
+    } = Installation::with_failed_mail("p.jansen", &[&e]).await;
     let before = snapshot(&s).await;
 
     let out = replay_failed(&s, &[]);

@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Output;
 
 /// A SQLite installation in a folder of its own, migrated and with the
-/// sample directory imported by the binary, and a test relay.
+/// sample directory imported by the binary, and a test relay. Bind every
+/// field when taking it apart (`dir: _dir`, not `..`): the folder holds the
+/// database, the relay the mail.
 pub struct Installation {
     pub dir: tempfile::TempDir,
     pub smtp: TestSmtpServer,
