@@ -3,10 +3,9 @@
 //! database that is behind stops a command with a hint instead of running on
 //! an old schema, on SQLite and on PostgreSQL.
 
-use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestBackend, TestDb, TopologyGuard, cli, declare_topology, event_for, many_users,
-    stderr, stdout, wait_all_deliveries,
+    Deployment, RunProcess, TestBackend, TestDb, cli, event_for, many_users, stderr, stdout,
+    wait_all_deliveries,
 };
 use std::time::Duration;
 
@@ -36,19 +35,19 @@ fn run_bounded(cmd: &mut std::process::Command, within: Duration) -> std::proces
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let (cfg, s) = crate::support::TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .config_file();
-    let _topology = TopologyGuard(s.amqp.clone());
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (dir, smtp, cfg, s) = (
+        &deployment.dir,
+        &deployment.smtp,
+        &deployment.config,
+        &deployment.settings,
+    );
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let users = dir.path().join("users.jsonl");
     std::fs::write(&users, many_users("05555555", 300)).unwrap();
     let out = cli(&s, &["directory", "import", users.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    declare_topology(&s.amqp).await;
 
     let mut first = RunProcess::spawn(&cfg, "first", &[]);
     first.wait_consuming().await;

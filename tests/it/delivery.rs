@@ -1,6 +1,6 @@
 //! The delivery engine against a scriptable SMTP server over TCP.
 
-use crate::support::{fresh, sample_directory, spawn_app};
+use crate::support::{Deployment, TestBackend, fresh, sample_directory, spawn_app};
 
 #[tokio::test]
 async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
@@ -294,35 +294,6 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
     app.stop().await;
 }
 
-async fn wait_status(
-    store: &notifier::store::Store,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT * 2;
-    loop {
-        let mut c = store.pool().acquire().await.unwrap();
-        let rows = notifier::store::deliveries::list(
-            &mut c,
-            &notifier::store::deliveries::DeliveryFilter {
-                event_id: Some(id.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        if pred(&rows) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {rows:#?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
     let app = spawn_app("[shutdown]\ngrace = \"10s\"").await;
@@ -343,7 +314,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
         .unwrap();
     let store = app.store.clone();
     let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
-    wait_status(&store, &id, "sent", |r| {
+    crate::support::wait_for_deliveries(&store, Some(&id), crate::support::WAIT * 2, "sent", |r| {
         r[0].status == "sent" && r[0].attempts == 1
     })
     .await;
@@ -351,28 +322,10 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
-    use crate::support::smtp_server::TestSmtpServer;
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let (cfg, s) = crate::support::TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .config_file();
-    let store = crate::support::migrated_store(&s.database.url).await;
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
+    let store = deployment.store().await;
     crate::support::import_directory(&store, &crate::support::many_users("02888888", 300)).await;
-    // Declare the topology first so the event is queued before any worker runs.
-    {
-        let conn = lapin::Connection::connect(
-            crate::support::AMQP_URL,
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        notifier::broker::topology::declare(&ch, &s.amqp)
-            .await
-            .unwrap();
-        let _ = conn.close(200, "ok".into()).await;
-    }
     let publisher =
         notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
             .await
@@ -388,18 +341,12 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         .await
         .unwrap();
 
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-            .args(["--config", cfg.to_str().unwrap(), "run"])
-            .env("NOTIFIER_SMTP__MAX_RATE", "100")
-            .env("NOTIFIER_SMTP__CONCURRENCY", "4")
-            .env("NOTIFIER_DISPATCH__LEASE", "3s")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = crate::support::ChildGuard(spawn());
+    let env = [
+        ("NOTIFIER_SMTP__MAX_RATE", "100"),
+        ("NOTIFIER_SMTP__CONCURRENCY", "4"),
+        ("NOTIFIER_DISPATCH__LEASE", "3s"),
+    ];
+    let mut first = deployment.spawn("first", &env);
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while smtp.count() < 60 {
         assert!(
@@ -408,26 +355,20 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    first.0.kill().unwrap(); // SIGKILL
-    first.0.wait().unwrap();
+    first.kill9();
     let at_kill = smtp.count();
     assert!(at_kill < 300, "killed mid-batch");
 
-    let mut second = crate::support::ChildGuard(spawn());
-    wait_status(&store, &id, "every delivery sent", |r| {
-        r.len() == 300 && r.iter().all(|d| d.status == "sent")
-    })
+    let mut second = deployment.spawn("second", &env);
+    crate::support::wait_for_deliveries(
+        &store,
+        Some(&id),
+        crate::support::WAIT * 2,
+        "every delivery sent",
+        |r| r.len() == 300 && r.iter().all(|d| d.status == "sent"),
+    )
     .await;
-    // Graceful stop: SIGTERM, exit code 0.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &second.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        second.0.wait().unwrap().success(),
-        "SIGTERM ends the worker with exit 0"
-    );
+    assert!(second.terminate(), "SIGTERM ends the worker with exit 0");
 
     let mails = smtp.messages();
     let mut per_address: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -457,7 +398,6 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
             "a repeated mail carries the same Message-ID"
         );
     }
-    crate::support::delete_topology(&s.amqp).await;
 }
 
 #[tokio::test]
@@ -525,45 +465,25 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_name_ids_never_addresses() {
-    use crate::support::smtp_server::TestSmtpServer;
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
     // The relay quotes the address in its rejection, as real relays do.
     smtp.reply_for_rcpt(
         "p.jansen",
         "550 5.1.1 <p.jansen@fysio-noord.example>: Recipient address rejected",
     );
-    let (cfg, s) = crate::support::TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .config_file();
-    let store = crate::support::migrated_store(&s.database.url).await;
+    let store = deployment.store().await;
     crate::support::import_directory(&store, &sample_directory()).await;
-    let log = dir.path().join("notifier.log");
-    let mut child = crate::support::ChildGuard(
-        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-            .args(["--config", cfg.to_str().unwrap(), "run"])
-            .env("NOTIFIER_LOG__FORMAT", "json")
-            .env("NOTIFIER_LOG__LEVEL", "debug")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    // Wait until the worker declared its queue, then publish.
+    let env = [
+        ("NOTIFIER_LOG__FORMAT", "json"),
+        ("NOTIFIER_LOG__LEVEL", "debug"),
+    ];
+    let mut worker = deployment.spawn("notifier", &env);
+    worker.wait_consuming().await;
     let publisher =
         notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
             .await
             .unwrap();
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("consuming portal events")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker never consumed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
     let publish = |e: serde_json::Value| {
         let p = &publisher;
         async move {
@@ -583,23 +503,34 @@ async fn logs_name_ids_never_addresses() {
     publish(serde_json::json!({"specversion": "1.0", "id": "bad-1", "type": "contract.voorstel_aangeboden",
         "source": "/x", "time": "2026-10-14T08:05:00Z", "data": {"agb_code": "04123456", "email": "x.y@geheim.example"}}))
     .await;
-    wait_status(&store, &first_id, "the rejection escalated", |r| {
-        r.len() == 3 && final_(r)
-    })
+    crate::support::wait_for_deliveries(
+        &store,
+        Some(&first_id),
+        crate::support::WAIT * 2,
+        "the rejection escalated",
+        |r| r.len() == 3 && final_(r),
+    )
     .await;
     // Then an address change: a confirmation and a security notice.
     let mut change = fresh("gebruiker.emailadres_gewijzigd");
     change["data"]["versie"] = 4.into();
     let change_id = change["id"].as_str().unwrap().to_owned();
     publish(change).await;
-    wait_status(&store, &change_id, "final", |r| r.len() == 2 && final_(r)).await;
+    crate::support::wait_for_deliveries(
+        &store,
+        Some(&change_id),
+        crate::support::WAIT * 2,
+        "final",
+        |r| r.len() == 2 && final_(r),
+    )
+    .await;
     let first = first_id;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.0.wait().unwrap().success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(worker.terminate());
+    let text = worker.log_text();
+    assert!(
+        text.contains("consuming portal events"),
+        "the log is the worker's"
+    );
     assert!(text.contains(&first), "logs carry event ids");
     assert!(text.contains("delivery_id"), "logs carry delivery ids");
     for line in text.lines() {
@@ -609,7 +540,6 @@ async fn logs_name_ids_never_addresses() {
             "a name in the log: {line}"
         );
     }
-    crate::support::delete_topology(&s.amqp).await;
 }
 
 /// With `s`, on a fresh database with the sample directory: ingests one

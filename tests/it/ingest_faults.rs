@@ -3,8 +3,8 @@
 //! it costs in memory is bounded by the contract's limit, not its size.
 
 use crate::support::{
-    AMQP_URL, RunProcess, TestApp, TestBackend, TestConfig, TestDb, declare_topology, fresh,
-    sample_directory, spawn_app_prepared, spawn_app_with,
+    AMQP_URL, Deployment, TestApp, TestBackend, fresh, sample_directory, spawn_app_prepared,
+    spawn_app_with,
 };
 use notifier::broker::publisher::Publisher;
 use notifier::store::Store;
@@ -241,18 +241,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// and the event behind them is delivered.
 #[tokio::test]
 async fn oversized_messages_cost_their_size_once_and_do_not_block() {
-    let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
-    let db = TestDb::new(TestBackend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cfg, settings) = TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .database(&db.url)
-        .config_file();
-    let _topology = crate::support::TopologyGuard(settings.amqp.clone());
-    declare_topology(&settings.amqp).await;
-    let store = db.store().await;
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, settings) = (&deployment.smtp, &deployment.settings);
+    let store = deployment.store().await;
     crate::support::import_directory(&store, &sample_directory()).await;
-    let mut run = RunProcess::spawn(&cfg, "big", &[]);
+    let mut run = deployment.spawn("big", &[]);
     run.wait_consuming().await;
     let pid = run.child.id();
     let idle = rss_kib(pid, "VmRSS:");

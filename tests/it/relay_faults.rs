@@ -140,27 +140,18 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
 /// its lease, so the other never claims it again: each mail arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_slower_than_the_lease_is_sent_once_by_two_instances() {
-    use crate::support::{
-        RunProcess, TestConfig, TestDb, TopologyGuard, declare_topology, wait_all_deliveries,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
+    use crate::support::{Deployment, TestBackend, wait_all_deliveries};
+    let deployment = Deployment::new(TestBackend::Postgres).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
     smtp.stall_after_data(Some(std::time::Duration::from_millis(4500)));
-    let db = TestDb::postgres().await;
-    let (cfg, s) = TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .database(&db.url)
-        .config_file();
-    let _topology = TopologyGuard(s.amqp.clone());
-    let store = db.store().await;
+    let store = deployment.store().await;
     crate::support::import_directory(&store, &many_users("04555555", 3)).await;
-    declare_topology(&s.amqp).await;
     let env = [
         ("NOTIFIER_DISPATCH__LEASE", "3s"),
         ("NOTIFIER_SMTP__TIMEOUT", "20s"),
     ];
-    let mut a = RunProcess::spawn(&cfg, "a", &env);
-    let mut b = RunProcess::spawn(&cfg, "b", &env);
+    let mut a = deployment.spawn("a", &env);
+    let mut b = deployment.spawn("b", &env);
     a.wait_consuming().await;
     b.wait_consuming().await;
     let publisher =

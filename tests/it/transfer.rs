@@ -3,10 +3,9 @@
 //! and `notifier import` into PostgreSQL, start `run` there: pending mail is
 //! sent, sent mail is not sent again, and the history is intact.
 
-use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, cli, fresh, install_sample_directory, parse_mail, stderr,
-    stdout, wait_all_deliveries,
+    Deployment, RunProcess, TestBackend, TestDb, cli, fresh, install_sample_directory, parse_mail,
+    stderr, stdout, wait_all_deliveries,
 };
 use notifier::store::Store;
 use std::collections::BTreeSet;
@@ -36,12 +35,13 @@ fn rows(file: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let (cfg, s) = crate::support::TestConfig::new(dir.path())
-        .smtp(&smtp.url())
-        .config_file();
-    let _topology = TopologyGuard(s.amqp.clone());
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (dir, smtp, cfg, s) = (
+        &deployment.dir,
+        &deployment.smtp,
+        &deployment.config,
+        &deployment.settings,
+    );
     let sqlite = s.database.url.clone();
 
     // A SQLite installation with history: one mail sent, a quarantined line,

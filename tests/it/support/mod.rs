@@ -9,6 +9,7 @@ mod app;
 mod broker;
 pub mod config;
 mod db;
+mod deployment;
 mod events;
 mod operator;
 mod process;
@@ -20,13 +21,15 @@ pub use broker::{AMQP_URL, TopologyGuard, declare_topology, delete_topology};
 pub use config::TestConfig;
 pub use db::{
     TestBackend, TestDb, deliveries, import_directory, migrated_store, wait_all_deliveries,
+    wait_for_deliveries,
 };
+pub use deployment::Deployment;
 pub use events::{
     Role, active_user, event_for, fresh, fresh_for, many_users, sample, sample_directory, user,
     user_event,
 };
 pub use operator::{Installation, events_file, install_sample_directory, replay_executed};
-pub use process::{ChildGuard, RunProcess, cli, cli_env, json, ok, stderr, stdout};
+pub use process::{RunProcess, cli, cli_env, json, ok, stderr, stdout};
 
 use smtp_server::ReceivedMail;
 use std::time::Duration;

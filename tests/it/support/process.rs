@@ -157,16 +157,3 @@ impl Drop for RunProcess {
         }
     }
 }
-
-/// A `notifier` subprocess that is killed if the test ends early (a failed
-/// assertion must not leave a worker running).
-pub struct ChildGuard(pub std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
