@@ -36,12 +36,7 @@ fn run_bounded(cmd: &mut std::process::Command, within: Duration) -> std::proces
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_work() {
     let deployment = Deployment::new(TestBackend::Sqlite).await;
-    let (dir, smtp, cfg, s) = (
-        &deployment.dir,
-        &deployment.smtp,
-        &deployment.config,
-        &deployment.settings,
-    );
+    let (dir, smtp, cfg, s) = deployment.parts();
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let users = dir.path().join("users.jsonl");

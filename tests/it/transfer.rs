@@ -36,12 +36,7 @@ fn rows(file: &Path) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     let deployment = Deployment::new(TestBackend::Sqlite).await;
-    let (dir, smtp, cfg, s) = (
-        &deployment.dir,
-        &deployment.smtp,
-        &deployment.config,
-        &deployment.settings,
-    );
+    let (dir, smtp, cfg, s) = deployment.parts();
     let sqlite = s.database.url.clone();
 
     // A SQLite installation with history: one mail sent, a quarantined line,

@@ -200,6 +200,20 @@ impl TestApp {
         db::wait_for_deliveries(&self.store, event_id, WAIT, what, pred).await
     }
 
+    /// Waits until the event's delivery of `kind` (e.g. a `beheer.*`
+    /// notice) is sent; returns it.
+    pub async fn wait_sent(&self, event_id: &str, kind: &str) -> DeliveryRow {
+        let what = format!("{kind} sent");
+        let rows = self
+            .wait_deliveries(Some(event_id), &what, |r| {
+                r.iter().any(|d| d.kind == kind && d.status == "sent")
+            })
+            .await;
+        rows.into_iter()
+            .find(|d| d.kind == kind && d.status == "sent")
+            .unwrap()
+    }
+
     /// Waits until the event is recorded (accepted or otherwise).
     pub async fn wait_event(&self, id: &str) -> notifier::store::events::EventRow {
         db::wait_event(&self.store, id).await

@@ -51,6 +51,12 @@ impl Deployment {
         }
     }
 
+    /// The folder, the relay, `config.toml` and its settings, for a test
+    /// that uses them all.
+    pub fn parts(&self) -> (&tempfile::TempDir, &TestSmtpServer, &PathBuf, &Settings) {
+        (&self.dir, &self.smtp, &self.config, &self.settings)
+    }
+
     /// A migrated store on the deployment's database.
     pub async fn store(&self) -> Store {
         migrated_store(&self.settings.database.url).await
