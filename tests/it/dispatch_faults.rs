@@ -7,26 +7,17 @@ use crate::support::proxy::TcpProxy;
 use crate::support::{
     TestBackend, WAIT, event_for, many_users, sample_directory, spawn_app, spawn_app_with,
 };
-use notifier::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
+use notifier::store::deliveries as dl;
 use std::time::Duration;
-
-async fn all_rows(store: &notifier::store::Store) -> Vec<DeliveryRow> {
-    let mut c = store.pool().acquire().await.unwrap();
-    dl::list(&mut c, &DeliveryFilter::default()).await.unwrap()
-}
 
 /// The relay accepted the mail, then the database went away for longer than
 /// the lease: the outcome is kept in memory and recorded when the database
 /// is back; the mail is not sent a second time.
 #[tokio::test]
 async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::postgres().await;
     let app = spawn_app_with("[dispatch]\nlease = \"3s\"", TestBackend::Postgres, |s| {
-        s.database.url = s
-            .database
-            .url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+        s.database.url = proxy.database_url(&s.database.url);
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -68,7 +59,7 @@ async fn a_stop_lets_sends_on_the_wire_finish_and_starts_no_new_ones() {
     let seen = app.smtp.observer();
     let _stopped = app.stop().await;
 
-    let rows = all_rows(&store).await;
+    let rows = crate::support::deliveries(&store, None).await;
     let sent: Vec<_> = rows.iter().filter(|d| d.status == "sent").collect();
     let untried: Vec<_> = rows
         .iter()
@@ -97,7 +88,7 @@ async fn a_send_running_past_the_grace_is_recorded_as_unknown() {
     let store = app.store.clone();
     let _stopped = app.stop().await;
 
-    let rows = all_rows(&store).await;
+    let rows = crate::support::deliveries(&store, None).await;
     assert_eq!(rows.len(), 2);
     let mut c = store.pool().acquire().await.unwrap();
     for d in &rows {

@@ -12,10 +12,9 @@ async fn wait_http(url: &str, what: &str, pred: impl Fn(&str) -> bool) -> String
 
 #[tokio::test]
 async fn a_broker_outage_is_survived_and_reported() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::rabbitmq().await;
     let app = spawn_app_with("", TestBackend::from_env(), |s| {
-        s.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        s.amqp.url = proxy.amqp_url();
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -49,19 +48,11 @@ async fn a_broker_outage_is_survived_and_reported() {
 
 #[tokio::test]
 async fn a_database_outage_holds_messages_and_resumes() {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::postgres().await;
     // One requeue too many would dead-letter the message: a nack loop would show.
     let app = spawn_app_with("[amqp]\ndelivery_limit = 1", TestBackend::Postgres, |s| {
         // The service reaches the test's database through the proxy; the test itself directly.
-        s.database.url = s
-            .database
-            .url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-        assert!(
-            s.database.url.contains(&port.to_string()),
-            "TEST_PG_SERVER must be 127.0.0.1:5432"
-        );
+        s.database.url = proxy.database_url(&s.database.url);
     })
     .await;
     app.import_directory(&sample_directory()).await;

@@ -185,11 +185,8 @@ impl Scenario {
 
         let mut worker_toml = direct.clone();
         let amqp_proxy = if o.amqp_proxy {
-            let p = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-            worker_toml = worker_toml.with(&format!(
-                "[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n",
-                p.port()
-            ));
+            let p = TcpProxy::rabbitmq().await;
+            worker_toml = worker_toml.amqp(&p.amqp_url());
             Some(p)
         } else {
             None
@@ -200,11 +197,8 @@ impl Scenario {
                 TestBackend::Postgres,
                 "a database cut needs PostgreSQL"
             );
-            let p = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-            worker_toml = worker_toml.database(
-                &db.url
-                    .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", p.port())),
-            );
+            let p = TcpProxy::postgres().await;
+            worker_toml = worker_toml.database(&p.database_url(&db.url));
             Some(p)
         } else {
             None

@@ -67,6 +67,11 @@ level = "warn"
         self.with(&format!("[smtp]\nurl = {}", toml::Value::from(url)))
     }
 
+    /// Another broker (`amqp.url`), e.g. through a [`super::proxy::TcpProxy`].
+    pub fn amqp(self, url: &str) -> Self {
+        self.with(&format!("[amqp]\nurl = {}", toml::Value::from(url)))
+    }
+
     /// Another database (`database.url`), e.g. a [`super::TestDb`]'s.
     pub fn database(self, url: &str) -> Self {
         self.with(&format!("[database]\nurl = {}", toml::Value::from(url)))
