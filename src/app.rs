@@ -220,44 +220,34 @@ impl App {
     /// lets in-flight sends finish within `shutdown.grace`, releases the
     /// leases and closes the store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
-        let App {
-            _lock,
-            store,
-            metrics,
-            health,
-            dispatcher,
-            consumer,
-            listener,
-            http_addr,
-            dispatch_enabled,
-            grace,
-            stuck_after,
-        } = self;
+        // The run lock stays in `self`, held until `run` returns.
+        let store = self.store;
+        let dispatcher = self.dispatcher;
         let ops = OpsState {
             store: store.clone(),
-            health,
+            health: self.health,
             breaker: dispatcher.breaker(),
-            metrics: metrics.clone(),
+            metrics: self.metrics.clone(),
         };
         let http = tokio::spawn(
-            axum::serve(listener, router(ops))
+            axum::serve(self.listener, router(ops))
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .into_future(),
         );
         let sampler = tokio::spawn(sample_gauges(
             store.clone(),
-            metrics,
+            self.metrics,
             dispatcher.breaker(),
-            stuck_after,
+            self.stuck_after,
             shutdown.clone(),
         ));
-        info!(http = %http_addr, backend = ?store.backend(), "notifier running");
+        info!(http = %self.http_addr, backend = ?store.backend(), "notifier running");
 
-        let consume = consumer.run(shutdown.clone());
+        let consume = self.consumer.run(shutdown.clone());
         let dispatch = async {
-            if dispatch_enabled {
+            if self.dispatch_enabled {
                 let listen = wake::listen(store.clone(), dispatcher.waker(), shutdown.clone());
-                tokio::join!(dispatcher.run(shutdown.clone(), grace), listen);
+                tokio::join!(dispatcher.run(shutdown.clone(), self.grace), listen);
             } else {
                 info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
             }

@@ -37,14 +37,14 @@ fn run_bounded(cmd: &mut std::process::Command, within: Duration) -> std::proces
 async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_work() {
     let deployment = Deployment::new(TestBackend::Sqlite).await;
     let (dir, smtp, cfg, s) = deployment.parts();
-    let out = cli(&s, &["migrate"]);
+    let out = cli(s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let users = dir.path().join("users.jsonl");
     std::fs::write(&users, many_users("05555555", 300)).unwrap();
-    let out = cli(&s, &["directory", "import", users.to_str().unwrap()]);
+    let out = cli(s, &["directory", "import", users.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let mut first = RunProcess::spawn(&cfg, "first", &[]);
+    let mut first = RunProcess::spawn(cfg, "first", &[]);
     first.wait_consuming().await;
 
     // A second `run` on the same file stops at once with exit 2 and says why.
@@ -66,10 +66,10 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     let events = dir.path().join("events.jsonl");
     for _ in 0..2 {
         std::fs::write(&events, event_for("05555555").to_string()).unwrap();
-        let out = cli(&s, &["ingest", events.to_str().unwrap()]);
+        let out = cli(s, &["ingest", events.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stdout(&out).contains("accepted 1"), "{}", stdout(&out));
-        let out = cli(&s, &["deliveries", "list", "--format", "json"]);
+        let out = cli(s, &["deliveries", "list", "--format", "json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(!v.as_array().unwrap().is_empty());
@@ -86,7 +86,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     assert!(first.terminate(), "{}", first.log_text());
 
     // Once the first has stopped, the file is free again.
-    let mut again = RunProcess::spawn(&cfg, "again", &[]);
+    let mut again = RunProcess::spawn(cfg, "again", &[]);
     again.wait_consuming().await;
     assert!(again.terminate(), "{}", again.log_text());
 }
