@@ -167,6 +167,7 @@ pub enum RunError {
     /// A task of the service panicked or was aborted.
     #[error("the {task} task ended abnormally: {source}")]
     Task {
+        /// Which task: `gauge sampler` or `HTTP server`.
         task: &'static str,
         #[source]
         source: tokio::task::JoinError,

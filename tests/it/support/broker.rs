@@ -3,6 +3,7 @@
 
 use notifier::config::AmqpSettings;
 
+/// The machine's RabbitMQ (guest/guest), as the tests reach it.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Declares the test's exchange and queues, so events published before any

@@ -2,8 +2,10 @@
 //! machine's RabbitMQ (a unique exchange and queue per test), a temp SQLite
 //! file (or, with `TEST_BACKEND=postgres`, a fresh PostgreSQL database), and
 //! a scriptable SMTP server over TCP. [`TestConfig`] makes every test's
-//! settings, [`TestDb`] the per-test databases, [`cli`] and [`RunProcess`]
-//! run the real binary.
+//! settings; [`TestDb`] the per-test databases; [`cli`] runs one command of
+//! the real binary, [`Deployment`] and [`RunProcess`] `notifier run`
+//! processes, [`Installation`] an operator's installation driven with the
+//! binary.
 
 mod app;
 mod broker;
