@@ -294,6 +294,18 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
     app.stop().await;
 }
 
+/// Waits until `pred` holds for the deliveries of event `id`, which a
+/// worker process sends (so twice [`crate::support::WAIT`]).
+async fn wait_for_event(
+    store: &notifier::store::Store,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool,
+) {
+    crate::support::wait_for_deliveries(store, Some(id), crate::support::WAIT * 2, what, pred)
+        .await;
+}
+
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
     let app = spawn_app("[shutdown]\ngrace = \"10s\"").await;
@@ -314,7 +326,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
         .unwrap();
     let store = app.store.clone();
     let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
-    crate::support::wait_for_deliveries(&store, Some(&id), crate::support::WAIT * 2, "sent", |r| {
+    wait_for_event(&store, &id, "sent", |r| {
         r[0].status == "sent" && r[0].attempts == 1
     })
     .await;
@@ -360,13 +372,9 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
     assert!(at_kill < 300, "killed mid-batch");
 
     let mut second = deployment.spawn("second", &env);
-    crate::support::wait_for_deliveries(
-        &store,
-        Some(&id),
-        crate::support::WAIT * 2,
-        "every delivery sent",
-        |r| r.len() == 300 && r.iter().all(|d| d.status == "sent"),
-    )
+    wait_for_event(&store, &id, "every delivery sent", |r| {
+        r.len() == 300 && r.iter().all(|d| d.status == "sent")
+    })
     .await;
     assert!(second.terminate(), "SIGTERM ends the worker with exit 0");
 
@@ -503,27 +511,16 @@ async fn logs_name_ids_never_addresses() {
     publish(serde_json::json!({"specversion": "1.0", "id": "bad-1", "type": "contract.voorstel_aangeboden",
         "source": "/x", "time": "2026-10-14T08:05:00Z", "data": {"agb_code": "04123456", "email": "x.y@geheim.example"}}))
     .await;
-    crate::support::wait_for_deliveries(
-        &store,
-        Some(&first_id),
-        crate::support::WAIT * 2,
-        "the rejection escalated",
-        |r| r.len() == 3 && final_(r),
-    )
+    wait_for_event(&store, &first_id, "the rejection escalated", |r| {
+        r.len() == 3 && final_(r)
+    })
     .await;
     // Then an address change: a confirmation and a security notice.
     let mut change = fresh("gebruiker.emailadres_gewijzigd");
     change["data"]["versie"] = 4.into();
     let change_id = change["id"].as_str().unwrap().to_owned();
     publish(change).await;
-    crate::support::wait_for_deliveries(
-        &store,
-        Some(&change_id),
-        crate::support::WAIT * 2,
-        "final",
-        |r| r.len() == 2 && final_(r),
-    )
-    .await;
+    wait_for_event(&store, &change_id, "final", |r| r.len() == 2 && final_(r)).await;
     let first = first_id;
     assert!(worker.terminate());
     let text = worker.log_text();
