@@ -1,6 +1,7 @@
-//! Wiring: builds the store, templates, mailer and loops from [`Settings`] and
-//! runs them together until shutdown (`notifier run`), or builds the parts a
-//! short command needs.
+//! Wiring: [`App`] builds the store, templates, mailer, loops and the HTTP
+//! listener from [`Settings`] and runs them together until a
+//! [`CancellationToken`] is cancelled (`notifier run`, and the tests); the
+//! free functions build the parts a short command needs.
 
 use crate::broker::consumer::Consumer;
 use crate::config::Settings;
@@ -15,7 +16,7 @@ use crate::pipeline::ingest::Ingestor;
 use crate::pipeline::wake::{self, DueSignal};
 use crate::store::{RunLock, Store, deliveries, events};
 use crate::templates::Templates;
-use anyhow::Context;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,78 +140,136 @@ pub fn dispatcher(
     ))
 }
 
-/// A running service's handles (for tests): where HTTP listens.
-pub struct Running {
-    pub http_addr: std::net::SocketAddr,
+/// The service, built and bound but not yet running: `notifier run` and the
+/// tests build it with [`App::build`], read [`App::http_addr`], then hand it
+/// a [`CancellationToken`] in [`App::run`].
+pub struct App {
+    /// Held until [`App::run`] returns: one `run` per SQLite file.
+    _lock: RunLock,
+    store: Store,
+    metrics: Metrics,
+    health: Arc<Health>,
+    dispatcher: Dispatcher,
+    consumer: Consumer,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    dispatch_enabled: bool,
+    grace: Duration,
+    stuck_after: Duration,
 }
 
-/// Runs consume, dispatch and HTTP until `shutdown` is cancelled.
-/// `ready` receives the bound HTTP address once everything started.
-pub async fn run(
-    settings: Settings,
-    shutdown: CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<Running>>,
-) -> anyhow::Result<()> {
-    let _lock =
-        RunLock::acquire(&settings.database.url).map_err(|e| StartError::Config(e.to_string()))?;
-    let store = open_store(&settings, settings.database.migrate_on_start).await?;
-    let metrics = Metrics::new();
-    let health = Arc::new(Health::new());
-    let dispatcher = dispatcher(&settings, &store, &metrics)?;
-    let consumer = Consumer::new(
-        settings.amqp.clone(),
-        ingestor(&settings, &store, &metrics),
-        metrics.clone(),
-        health.clone(),
-    )
-    .with_due_signal(DueSignal::new(dispatcher.waker(), store.clone()));
+/// A failure while running, after a successful [`App::build`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The HTTP server (`/healthz`, `/readyz`, `/metrics`) stopped with an error.
+    #[error("the HTTP server on http.listen stopped: {0}")]
+    Http(#[source] std::io::Error),
+    /// A task of the service panicked or was aborted.
+    #[error("the {task} task ended abnormally: {source}")]
+    Task {
+        /// Which task: `gauge sampler` or `HTTP server`.
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
 
-    let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
-        StartError::Config(format!(
-            "http.listen {}: cannot bind: {e}",
-            settings.http.listen
-        ))
-    })?;
-    let http_addr = listener.local_addr().context("reading the bound address")?;
-    let ops = OpsState {
-        store: store.clone(),
-        health: health.clone(),
-        breaker: dispatcher.breaker(),
-        metrics: metrics.clone(),
-    };
-    let http = tokio::spawn(
-        axum::serve(listener, router(ops))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
-    let sampler = tokio::spawn(sample_gauges(
-        store.clone(),
-        metrics.clone(),
-        dispatcher.breaker(),
-        settings.dispatch.stuck_after.0,
-        shutdown.clone(),
-    ));
-    info!(http = %http_addr, backend = ?store.backend(), "notifier running");
-    if let Some(tx) = ready {
-        let _ = tx.send(Running { http_addr });
+impl App {
+    /// Takes the run lock, opens (and with `database.migrate_on_start`
+    /// migrates) the store, builds the dispatcher and the consumer and binds
+    /// `http.listen`. Nothing runs yet: the broker is first contacted in
+    /// [`App::run`].
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        let lock = RunLock::acquire(&settings.database.url)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let store = open_store(&settings, settings.database.migrate_on_start).await?;
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::new());
+        let dispatcher = dispatcher(&settings, &store, &metrics)?;
+        let consumer = Consumer::new(
+            settings.amqp.clone(),
+            ingestor(&settings, &store, &metrics),
+            metrics.clone(),
+            health.clone(),
+        )
+        .with_due_signal(DueSignal::new(dispatcher.waker(), store.clone()));
+        let listen = settings.http.listen;
+        let cannot_bind = |e| StartError::Config(format!("http.listen {listen}: cannot bind: {e}"));
+        let listener = TcpListener::bind(listen).await.map_err(cannot_bind)?;
+        let http_addr = listener.local_addr().map_err(cannot_bind)?;
+        Ok(App {
+            _lock: lock,
+            store,
+            metrics,
+            health,
+            dispatcher,
+            consumer,
+            listener,
+            http_addr,
+            dispatch_enabled: settings.dispatch.enabled,
+            grace: settings.shutdown.grace.0,
+            stuck_after: settings.dispatch.stuck_after.0,
+        })
     }
 
-    let grace = settings.shutdown.grace.0;
-    let consume = consumer.run(shutdown.clone());
-    let dispatch = async {
-        if settings.dispatch.enabled {
-            let listen = wake::listen(store.clone(), dispatcher.waker(), shutdown.clone());
-            tokio::join!(dispatcher.run(shutdown.clone(), grace), listen);
-        } else {
-            info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
-        }
-    };
-    tokio::join!(consume, dispatch);
-    let _ = sampler.await;
-    let _ = http.await;
-    store.close().await;
-    info!("notifier stopped cleanly");
-    Ok(())
+    /// Where HTTP listens (the bound address: `http.listen` may say port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Runs consume, dispatch and HTTP until `shutdown` is cancelled, then
+    /// lets in-flight sends finish within `shutdown.grace`, releases the
+    /// leases and closes the store.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
+        // The run lock stays in `self`, held until `run` returns.
+        let store = self.store;
+        let dispatcher = self.dispatcher;
+        let ops = OpsState {
+            store: store.clone(),
+            health: self.health,
+            breaker: dispatcher.breaker(),
+            metrics: self.metrics.clone(),
+        };
+        let http = tokio::spawn(
+            axum::serve(self.listener, router(ops))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        let sampler = tokio::spawn(sample_gauges(
+            store.clone(),
+            self.metrics,
+            dispatcher.breaker(),
+            self.stuck_after,
+            shutdown.clone(),
+        ));
+        info!(http = %self.http_addr, backend = ?store.backend(), "notifier running");
+
+        let consume = self.consumer.run(shutdown.clone());
+        let dispatch = async {
+            if self.dispatch_enabled {
+                let listen = wake::listen(store.clone(), dispatcher.waker(), shutdown.clone());
+                tokio::join!(dispatcher.run(shutdown.clone(), self.grace), listen);
+            } else {
+                info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
+            }
+        };
+        tokio::join!(consume, dispatch);
+        let sampled = sampler.await.map_err(|source| RunError::Task {
+            task: "gauge sampler",
+            source,
+        });
+        let served = match http.await {
+            Ok(served) => served.map_err(RunError::Http),
+            Err(source) => Err(RunError::Task {
+                task: "HTTP server",
+                source,
+            }),
+        };
+        store.close().await;
+        sampled.and(served)?;
+        info!("notifier stopped cleanly");
+        Ok(())
+    }
 }
 
 /// Refreshes the gauges that come from the database, including the

@@ -113,27 +113,9 @@ impl Consumer {
         .await?;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, s).await?;
-        ch.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
-        let mut events = ch
-            .basic_consume(
-                s.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut events = consume(&ch, &s.queue, s.prefetch).await?;
         let dead_ch = conn.create_channel().await?;
-        dead_ch
-            .basic_qos(s.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut dead = dead_ch
-            .basic_consume(
-                s.dead_letter_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut dead = consume(&dead_ch, &s.dead_letter_queue, s.prefetch).await?;
         self.set_connected(true);
         info!(queue = %s.queue, prefetch = s.prefetch, "consuming portal events");
 
@@ -289,6 +271,23 @@ impl Consumer {
         }
         Ok(true)
     }
+}
+
+/// Consumes `queue` on `ch` with at most `prefetch` messages unacked.
+async fn consume(
+    ch: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+) -> Result<lapin::Consumer, BrokerError> {
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    Ok(ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 fn adds_deliveries(o: &IngestOutcome) -> bool {

@@ -28,31 +28,16 @@ pub async fn declare(ch: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error>
         FieldTable::default(),
     )
     .await?;
-    let queue_opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch.queue_declare(s.dead_letter_queue.as_str().into(), queue_opts, dead_args)
-        .await?;
-    ch.queue_bind(
-        s.dead_letter_queue.as_str().into(),
-        s.dead_letter_exchange.as_str().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
+    bound_queue(
+        ch,
+        &s.dead_letter_queue,
+        quorum(),
+        &s.dead_letter_exchange,
+        "",
     )
     .await?;
 
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    let mut args = quorum();
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongInt(s.delivery_limit as i32),
@@ -70,12 +55,38 @@ pub async fn declare(ch: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error>
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    ch.queue_declare(s.queue.as_str().into(), queue_opts, args)
-        .await?;
+    bound_queue(ch, &s.queue, args, &s.exchange, "#").await?;
+    Ok(())
+}
+
+/// Queue arguments of a quorum queue.
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// Declares the durable queue `name` with `args` and binds it to `exchange`
+/// with `key`.
+async fn bound_queue(
+    ch: &Channel,
+    name: &str,
+    args: FieldTable,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name.into(), durable, args).await?;
     ch.queue_bind(
-        s.queue.as_str().into(),
-        s.exchange.as_str().into(),
-        "#".into(),
+        name.into(),
+        exchange.into(),
+        key.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

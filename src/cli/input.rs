@@ -85,8 +85,7 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
     Ok(())
 }
 
-/// The directory import at its old path (the test support still calls it here).
-pub use crate::pipeline::recovery::{ImportCounts, import_users};
+use crate::pipeline::recovery::import_users;
 
 /// `notifier directory import FILE`.
 pub async fn directory_import(settings: Settings, file: &Path) -> Result<(), CliError> {

@@ -15,12 +15,13 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         tracing::info!("shutdown requested: finishing in-flight work");
         stop.cancel();
     });
-    app::run(settings, shutdown, None)
+    // Signals are watched from before the build, so a SIGTERM during a slow
+    // start-up (a database that takes its time) ends in a clean stop rather
+    // than the default kill.
+    let app = app::App::build(settings).await?;
+    app.run(shutdown)
         .await
-        .map_err(|e| match e.downcast::<app::StartError>() {
-            Ok(s) => s.into(),
-            Err(e) => CliError::Dependency(format!("{e:#}")),
-        })
+        .map_err(|e| CliError::Dependency(e.to_string()))
 }
 
 async fn wait_for_signal() {

@@ -969,30 +969,40 @@ pub async fn replay_conflict(
     address: &str,
     about: &str,
 ) -> Result<Option<ReplayConflict>, StoreError> {
-    let same: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 AND address = $3 AND about = $4",
+    let same = text_for_mail(
+        conn,
+        "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 AND about = $3 AND address = $4",
+        (event_id, kind, about, address),
     )
-    .bind(event_id)
-    .bind(kind)
-    .bind(address)
-    .bind(about)
-    .fetch_optional(&mut *conn)
     .await?;
     if let Some(status) = same {
         return Ok(Some(ReplayConflict::Exists(status)));
     }
     // The delivery that has taken the address, whatever it was planned for.
-    let served: Option<String> = sqlx::query_scalar(
+    let served = text_for_mail(
+        conn,
         "SELECT status FROM deliveries WHERE event_id = $1 AND kind = $2 AND about = $3 \
          AND claimed_address = $4 AND status IN ('sent', 'pending', 'sending')",
+        (event_id, kind, about, address),
     )
-    .bind(event_id)
-    .bind(kind)
-    .bind(about)
-    .bind(address)
-    .fetch_optional(&mut *conn)
     .await?;
     Ok(served.map(ReplayConflict::Served))
+}
+
+/// The text `sql` selects for one mail: `$1` event id, `$2` kind, `$3`
+/// about, `$4` address.
+async fn text_for_mail(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    (event_id, kind, about, address): (&str, &str, &str, &str),
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(event_id)
+        .bind(kind)
+        .bind(about)
+        .bind(address)
+        .fetch_optional(&mut *conn)
+        .await?)
 }
 
 /// An event that reconciliation flags.
@@ -1179,16 +1189,13 @@ pub async fn add_users_at_address(
     address: &str,
     users: &[&crate::domain::recipients::Served],
 ) -> Result<(), StoreError> {
-    let target: Option<String> = sqlx::query_scalar(
+    let target = text_for_mail(
+        conn,
         "SELECT id FROM deliveries WHERE event_id = $1 AND kind = $2 AND about = $3 \
          AND status IN ('pending', 'sending', 'sent') AND (claimed_address = $4 OR address = $4) \
          ORDER BY CASE WHEN claimed_address = $4 THEN 0 ELSE 1 END LIMIT 1",
+        (event_id, kind, about, address),
     )
-    .bind(event_id)
-    .bind(kind)
-    .bind(about)
-    .bind(address)
-    .fetch_optional(&mut *conn)
     .await?;
     let Some(target) = target else {
         return Ok(());

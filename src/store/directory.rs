@@ -31,13 +31,7 @@ pub async fn get_user(
     conn: &mut AnyConnection,
     nr: &Gebruikersnummer,
 ) -> Result<Option<DirectoryUser>, StoreError> {
-    let row = sqlx::query(
-        "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer = $1",
-    )
-    .bind(nr.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(user_from_row).transpose()
+    select_user(conn, nr, "").await
 }
 
 /// One user by number, its row locked until the transaction ends on
@@ -52,6 +46,15 @@ pub async fn get_user_for_update(
         super::Backend::Postgres => " FOR UPDATE",
         super::Backend::Sqlite => "",
     };
+    select_user(conn, nr, lock).await
+}
+
+/// One user by number; `lock` ends the statement (`" FOR UPDATE"` or nothing).
+async fn select_user(
+    conn: &mut AnyConnection,
+    nr: &Gebruikersnummer,
+    lock: &'static str,
+) -> Result<Option<DirectoryUser>, StoreError> {
     let sql = format!(
         "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer = $1{lock}"
     );

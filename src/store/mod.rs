@@ -175,6 +175,20 @@ pub enum Backend {
     Postgres,
 }
 
+/// Set on every SQLite connection.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    // WAL lets readers (CLI, dispatch) run beside the writer; the busy
+    // timeout makes a second writer wait instead of failing.
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA busy_timeout = 10000",
+    // FULL: a commit is on disk before it returns. Ingest acks RabbitMQ
+    // right after its commit, and dispatch records that the relay accepted
+    // a mail: with NORMAL a power cut could lose either (a lost event, or a
+    // mail sent again). Measured cost in docs/backends.md.
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+];
+
 /// The database handle shared by ingest, dispatch and the CLI.
 #[derive(Clone)]
 pub struct Store {
@@ -245,26 +259,9 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers (CLI, dispatch) run beside the writer;
-                        // the busy timeout makes a second writer wait instead of failing.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
-                        // FULL: a commit is on disk before it returns. Ingest
-                        // acks RabbitMQ right after its commit, and dispatch
-                        // records that the relay accepted a mail: with
-                        // NORMAL a power cut could lose either (a lost event,
-                        // or a mail sent again). Measured cost in
-                        // docs/backends.md.
-                        sqlx::query("PRAGMA synchronous = FULL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })

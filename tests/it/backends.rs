@@ -3,19 +3,11 @@
 //! database that is behind stops a command with a hint instead of running on
 //! an old schema, on SQLite and on PostgreSQL.
 
-use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestBackend, TestDb, TopologyGuard, cli, declare_topology, event_for, many_users,
-    test_toml, wait_all_deliveries,
+    Deployment, RunProcess, TestBackend, TestDb, cli, event_for, many_users, stderr, stdout,
+    wait_all_deliveries,
 };
 use std::time::Duration;
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Runs the binary to its end, killing it if it is still running after
 /// `within` (so a command that should have stopped cannot hang the suite).
@@ -43,20 +35,16 @@ fn run_bounded(cmd: &mut std::process::Command, within: Duration) -> std::proces
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let toml = test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let _topology = TopologyGuard(s.amqp.clone());
-    let out = cli(&s, &["migrate"]);
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (dir, smtp, cfg, s) = deployment.parts();
+    let out = cli(s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let users = dir.path().join("users.jsonl");
     std::fs::write(&users, many_users("05555555", 300)).unwrap();
-    let out = cli(&s, &["directory", "import", users.to_str().unwrap()]);
+    let out = cli(s, &["directory", "import", users.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    declare_topology(&s.amqp).await;
 
-    let mut first = RunProcess::spawn(&cfg, "first", &[]);
+    let mut first = RunProcess::spawn(cfg, "first", &[]);
     first.wait_consuming().await;
 
     // A second `run` on the same file stops at once with exit 2 and says why.
@@ -78,10 +66,10 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     let events = dir.path().join("events.jsonl");
     for _ in 0..2 {
         std::fs::write(&events, event_for("05555555").to_string()).unwrap();
-        let out = cli(&s, &["ingest", events.to_str().unwrap()]);
+        let out = cli(s, &["ingest", events.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stdout(&out).contains("accepted 1"), "{}", stdout(&out));
-        let out = cli(&s, &["deliveries", "list", "--format", "json"]);
+        let out = cli(s, &["deliveries", "list", "--format", "json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(!v.as_array().unwrap().is_empty());
@@ -98,7 +86,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
     assert!(first.terminate(), "{}", first.log_text());
 
     // Once the first has stopped, the file is free again.
-    let mut again = RunProcess::spawn(&cfg, "again", &[]);
+    let mut again = RunProcess::spawn(cfg, "again", &[]);
     again.wait_consuming().await;
     assert!(again.terminate(), "{}", again.log_text());
 }

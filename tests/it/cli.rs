@@ -1,21 +1,14 @@
 //! The operator commands, run as the real binary.
 
 use crate::support::smtp_server::TestSmtpServer;
-use crate::support::{cli, fresh, sample_directory, test_settings};
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::support::{TestConfig, cli, fresh, sample_directory, stderr, stdout};
 
 // Multi-threaded: the SMTP server must keep running while this thread waits on the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_ingest_dispatch_list_and_show() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let s = test_settings(dir.path(), &smtp.url(), "");
+    let s = TestConfig::new(dir.path()).smtp(&smtp.url()).settings();
     let out = cli(&s, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -117,7 +110,7 @@ async fn import_ingest_dispatch_list_and_show() {
 #[tokio::test]
 async fn templates_check_passes_and_a_broken_template_fails_it() {
     let dir = tempfile::tempdir().unwrap();
-    let s = test_settings(dir.path(), "", "");
+    let s = TestConfig::new(dir.path()).settings();
     let out = cli(&s, &["templates", "check"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("all 19 templates render"));
@@ -220,7 +213,7 @@ fn a_short_command_never_creates_a_database() {
 async fn directory_import_refuses_addresses_the_sender_cannot_use() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let s = test_settings(dir.path(), &smtp.url(), "");
+    let s = TestConfig::new(dir.path()).smtp(&smtp.url()).settings();
     assert!(cli(&s, &["migrate"]).status.success());
     let line = |nr: &str, email: &str| {
         crate::support::user(

@@ -1,6 +1,6 @@
 //! The delivery engine against a scriptable SMTP server over TCP.
 
-use crate::support::{fresh, sample_directory, spawn_app};
+use crate::support::{Deployment, TestBackend, fresh, sample_directory, spawn_app};
 
 #[tokio::test]
 async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
@@ -114,27 +114,14 @@ async fn a_relay_fault_opens_the_circuit_without_failing_deliveries() {
     app.stop().await;
 }
 
-/// `n` deliveries, each tried once and back to pending (no send in flight).
-fn held(n: usize) -> impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool {
-    move |r| r.len() == n && r.iter().all(|d| d.attempts >= 1 && d.status == "pending")
-}
-
 #[tokio::test]
 async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
-    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let app = crate::support::spawn_app_holding_sending().await;
+    let id = app.publish_held("contract.voorstel_aangeboden", 2).await;
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000002".into();
-    app.publish(&revoke).await;
-    let e = app.wait_event(revoke["id"].as_str().unwrap()).await;
-    assert_eq!(e.state, "applied");
-    app.smtp.start_listening().await;
+    app.publish_applied(&revoke).await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "final", |r| {
             r.iter()
@@ -247,30 +234,10 @@ async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
     let app = spawn_app("").await;
     let dir = tempfile::tempdir().unwrap();
     // Same service, but the relay URL demands STARTTLS, which the test server does not offer.
-    let s =
-        crate::support::test_settings(dir.path(), &format!("{}?tls=required", app.smtp.url()), "");
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
-        panic!("{r}")
-    })
-    .await
-    .unwrap();
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ingestor = notifier::app::ingestor(&s, &store, &metrics);
-    let ev = fresh("naleving.aanleververzoek");
-    ingestor
-        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
-            ev.to_string().into_bytes(),
-            None,
-            notifier::pipeline::ingest::Source::File,
-        )])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
+    let s = crate::support::TestConfig::new(dir.path())
+        .smtp(&format!("{}?tls=required", app.smtp.url()))
+        .settings();
+    let (_store, d, summary) = ingest_and_dispatch_one(&s).await;
     assert_eq!(summary.failed, 0);
     assert_eq!(summary.retried, 1);
     assert_eq!(
@@ -294,21 +261,9 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
     app.wait_deliveries(Some(&id), "1000 deliveries", |r| r.len() == 1000)
         .await;
     // The relay is down: the breaker opens and nothing fails.
-    let ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    let mut ready = ready;
-    while !ready.contains("\"open\"") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "circuit never opened: {ready}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        ready = crate::support::http_get(&format!("http://{}/readyz", app.http_addr))
-            .await
-            .unwrap();
-    }
+    let ready = app
+        .wait_readyz("the circuit to open", |b| b.contains("\"open\""))
+        .await;
     assert!(
         ready.starts_with("HTTP/1.1 503") || ready.starts_with("HTTP/1.0 503"),
         "{ready}"
@@ -339,33 +294,16 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
     app.stop().await;
 }
 
-async fn wait_status(
+/// Waits until `pred` holds for the deliveries of event `id`, which a
+/// worker process sends (so twice [`crate::support::WAIT`]).
+async fn wait_for_event(
     store: &notifier::store::Store,
     id: &str,
     what: &str,
     pred: impl Fn(&[notifier::store::deliveries::DeliveryRow]) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT * 2;
-    loop {
-        let mut c = store.pool().acquire().await.unwrap();
-        let rows = notifier::store::deliveries::list(
-            &mut c,
-            &notifier::store::deliveries::DeliveryFilter {
-                event_id: Some(id.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        if pred(&rows) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {rows:#?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::support::wait_for_deliveries(store, Some(id), crate::support::WAIT * 2, what, pred)
+        .await;
 }
 
 #[tokio::test]
@@ -388,7 +326,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
         .unwrap();
     let store = app.store.clone();
     let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
-    wait_status(&store, &id, "sent", |r| {
+    wait_for_event(&store, &id, "sent", |r| {
         r[0].status == "sent" && r[0].attempts == 1
     })
     .await;
@@ -396,36 +334,10 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
-    use crate::support::smtp_server::TestSmtpServer;
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    notifier::pipeline::recovery::import_users(
-        &store,
-        &crate::support::many_users("02888888", 300),
-        &mut |_, r| panic!("{r}"),
-    )
-    .await
-    .unwrap();
-    // Declare the topology first so the event is queued before any worker runs.
-    {
-        let conn = lapin::Connection::connect(
-            crate::support::AMQP_URL,
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        notifier::broker::topology::declare(&ch, &s.amqp)
-            .await
-            .unwrap();
-        let _ = conn.close(200, "ok".into()).await;
-    }
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
+    let store = deployment.store().await;
+    crate::support::import_directory(&store, &crate::support::many_users("02888888", 300)).await;
     let publisher =
         notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
             .await
@@ -441,18 +353,12 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         .await
         .unwrap();
 
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-            .args(["--config", cfg.to_str().unwrap(), "run"])
-            .env("NOTIFIER_SMTP__MAX_RATE", "100")
-            .env("NOTIFIER_SMTP__CONCURRENCY", "4")
-            .env("NOTIFIER_DISPATCH__LEASE", "3s")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = crate::support::ChildGuard(spawn());
+    let env = [
+        ("NOTIFIER_SMTP__MAX_RATE", "100"),
+        ("NOTIFIER_SMTP__CONCURRENCY", "4"),
+        ("NOTIFIER_DISPATCH__LEASE", "3s"),
+    ];
+    let mut first = deployment.spawn("first", &env);
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while smtp.count() < 60 {
         assert!(
@@ -461,26 +367,16 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    first.0.kill().unwrap(); // SIGKILL
-    first.0.wait().unwrap();
+    first.kill9();
     let at_kill = smtp.count();
     assert!(at_kill < 300, "killed mid-batch");
 
-    let mut second = crate::support::ChildGuard(spawn());
-    wait_status(&store, &id, "every delivery sent", |r| {
+    let mut second = deployment.spawn("second", &env);
+    wait_for_event(&store, &id, "every delivery sent", |r| {
         r.len() == 300 && r.iter().all(|d| d.status == "sent")
     })
     .await;
-    // Graceful stop: SIGTERM, exit code 0.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &second.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        second.0.wait().unwrap().success(),
-        "SIGTERM ends the worker with exit 0"
-    );
+    assert!(second.terminate(), "SIGTERM ends the worker with exit 0");
 
     let mails = smtp.messages();
     let mut per_address: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -510,31 +406,20 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
             "a repeated mail carries the same Message-ID"
         );
     }
-    crate::support::delete_topology(&s.amqp).await;
 }
 
 #[tokio::test]
 async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
+    let app = crate::support::spawn_app_holding_sending().await;
     // A. Bakker (03) and S. Visser (04) share praktijk@ for onderhandelen.
-    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let id = app.publish_held("onderhandeling.geaccordeerd", 2).await;
     let mut change = fresh("gebruiker.emailadres_gewijzigd");
     change["data"]["gebruikersnummer"] = "10000000000004".into();
     change["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
     change["data"]["nieuw_email"] = "S.Visser@Fysio-Noord.example".into();
     change["data"]["versie"] = 3.into();
-    app.publish(&change).await;
-    assert_eq!(
-        app.wait_event(change["id"].as_str().unwrap()).await.state,
-        "applied"
-    );
-    app.smtp.start_listening().await;
+    app.publish_applied(&change).await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
             r.len() == 3 && r.iter().all(|d| d.status == "sent")
@@ -566,24 +451,14 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
 
 #[tokio::test]
 async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_revocation() {
-    let app = spawn_app("[breaker]\nfailure_threshold = 1\nopen_for = \"3s\"").await;
-    app.import_directory(&sample_directory()).await;
-    // Hold sending deterministically: the relay is down, the first attempts
-    // fail and open the circuit for 3 s, during which nothing is claimed.
-    app.smtp.stop_listening().await;
-    let id = app.publish_fresh("onderhandeling.geaccordeerd").await;
-    app.wait_deliveries(Some(&id), "two deliveries held", held(2))
-        .await;
+    let app = crate::support::spawn_app_holding_sending().await;
+    let id = app.publish_held("onderhandeling.geaccordeerd", 2).await;
     // S. Visser (04) is revoked; A. Bakker (03) still uses praktijk@.
     let mut revoke = fresh("certificaat.ingetrokken");
     revoke["data"]["gebruikersnummer"] = "10000000000004".into();
     revoke["data"]["versie"] = 3.into();
-    app.publish(&revoke).await;
-    assert_eq!(
-        app.wait_event(revoke["id"].as_str().unwrap()).await.state,
-        "applied"
-    );
-    app.smtp.start_listening().await;
+    app.publish_applied(&revoke).await;
+    app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
             r.iter().all(|d| d.status == "sent")
@@ -598,51 +473,25 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_name_ids_never_addresses() {
-    use crate::support::smtp_server::TestSmtpServer;
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
     // The relay quotes the address in its rejection, as real relays do.
     smtp.reply_for_rcpt(
         "p.jansen",
         "550 5.1.1 <p.jansen@fysio-noord.example>: Recipient address rejected",
     );
-    let toml = crate::support::test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
-        panic!("{r}")
-    })
-    .await
-    .unwrap();
-    let log = dir.path().join("notifier.log");
-    let mut child = crate::support::ChildGuard(
-        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-            .args(["--config", cfg.to_str().unwrap(), "run"])
-            .env("NOTIFIER_LOG__FORMAT", "json")
-            .env("NOTIFIER_LOG__LEVEL", "debug")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    // Wait until the worker declared its queue, then publish.
+    let store = deployment.store().await;
+    crate::support::import_directory(&store, &sample_directory()).await;
+    let env = [
+        ("NOTIFIER_LOG__FORMAT", "json"),
+        ("NOTIFIER_LOG__LEVEL", "debug"),
+    ];
+    let mut worker = deployment.spawn("notifier", &env);
+    worker.wait_consuming().await;
     let publisher =
         notifier::broker::publisher::Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)
             .await
             .unwrap();
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("consuming portal events")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker never consumed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
     let publish = |e: serde_json::Value| {
         let p = &publisher;
         async move {
@@ -662,7 +511,7 @@ async fn logs_name_ids_never_addresses() {
     publish(serde_json::json!({"specversion": "1.0", "id": "bad-1", "type": "contract.voorstel_aangeboden",
         "source": "/x", "time": "2026-10-14T08:05:00Z", "data": {"agb_code": "04123456", "email": "x.y@geheim.example"}}))
     .await;
-    wait_status(&store, &first_id, "the rejection escalated", |r| {
+    wait_for_event(&store, &first_id, "the rejection escalated", |r| {
         r.len() == 3 && final_(r)
     })
     .await;
@@ -671,14 +520,14 @@ async fn logs_name_ids_never_addresses() {
     change["data"]["versie"] = 4.into();
     let change_id = change["id"].as_str().unwrap().to_owned();
     publish(change).await;
-    wait_status(&store, &change_id, "final", |r| r.len() == 2 && final_(r)).await;
+    wait_for_event(&store, &change_id, "final", |r| r.len() == 2 && final_(r)).await;
     let first = first_id;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.0.wait().unwrap().success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(worker.terminate());
+    let text = worker.log_text();
+    assert!(
+        text.contains("consuming portal events"),
+        "the log is the worker's"
+    );
     assert!(text.contains(&first), "logs carry event ids");
     assert!(text.contains("delivery_id"), "logs carry delivery ids");
     for line in text.lines() {
@@ -688,7 +537,31 @@ async fn logs_name_ids_never_addresses() {
             "a name in the log: {line}"
         );
     }
-    crate::support::delete_topology(&s.amqp).await;
+}
+
+/// With `s`, on a fresh database with the sample directory: ingests one
+/// `naleving.aanleververzoek` as from a file and dispatches until idle, as
+/// `notifier ingest` and `notifier dispatch --until-idle` would. Returns the
+/// store and the dispatcher (for its breaker) with the summary.
+async fn ingest_and_dispatch_one(
+    s: &notifier::config::Settings,
+) -> (
+    notifier::store::Store,
+    notifier::pipeline::dispatch::Dispatcher,
+    notifier::pipeline::dispatch::DispatchSummary,
+) {
+    use notifier::pipeline::ingest::{Incoming, Source};
+    let store = crate::support::migrated_store(&s.database.url).await;
+    crate::support::import_directory(&store, &sample_directory()).await;
+    let metrics = notifier::ops::metrics::Metrics::new();
+    let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();
+    notifier::app::ingestor(s, &store, &metrics)
+        .ingest_batch(&[Incoming::new(ev, None, Source::File)])
+        .await
+        .unwrap();
+    let d = notifier::app::dispatcher(s, &store, &metrics).unwrap();
+    let summary = d.run_until_idle().await.unwrap();
+    (store, d, summary)
 }
 
 /// Ingests one event and dispatches it to the relay at `url`; when nothing
@@ -699,28 +572,11 @@ async fn send_once_over(
 ) -> notifier::pipeline::dispatch::DispatchSummary {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[smtp]\ndanger_accept_invalid_certs = {accept_invalid}");
-    let s = crate::support::test_settings(dir.path(), &url, &extra);
-    let store = notifier::store::Store::connect(&s.database.url, 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |_, r| {
-        panic!("{r}")
-    })
-    .await
-    .unwrap();
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ev = fresh("naleving.aanleververzoek");
-    notifier::app::ingestor(&s, &store, &metrics)
-        .ingest_batch(&[notifier::pipeline::ingest::Incoming::new(
-            ev.to_string().into_bytes(),
-            None,
-            notifier::pipeline::ingest::Source::File,
-        )])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(&s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
+    let s = crate::support::TestConfig::new(dir.path())
+        .smtp(&url)
+        .with(&extra)
+        .settings();
+    let (store, d, summary) = ingest_and_dispatch_one(&s).await;
     if summary.sent == 0 {
         let mut c = store.pool().acquire().await.unwrap();
         let rows = notifier::store::deliveries::list(&mut c, &Default::default())

@@ -7,26 +7,17 @@ use crate::support::proxy::TcpProxy;
 use crate::support::{
     TestBackend, WAIT, event_for, many_users, sample_directory, spawn_app, spawn_app_with,
 };
-use notifier::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
+use notifier::store::deliveries as dl;
 use std::time::Duration;
-
-async fn all_rows(store: &notifier::store::Store) -> Vec<DeliveryRow> {
-    let mut c = store.pool().acquire().await.unwrap();
-    dl::list(&mut c, &DeliveryFilter::default()).await.unwrap()
-}
 
 /// The relay accepted the mail, then the database went away for longer than
 /// the lease: the outcome is kept in memory and recorded when the database
 /// is back; the mail is not sent a second time.
 #[tokio::test]
 async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::postgres().await;
     let app = spawn_app_with("[dispatch]\nlease = \"3s\"", TestBackend::Postgres, |s| {
-        s.database.url = s
-            .database
-            .url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+        s.database.url = proxy.database_url(&s.database.url);
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -68,7 +59,7 @@ async fn a_stop_lets_sends_on_the_wire_finish_and_starts_no_new_ones() {
     let seen = app.smtp.observer();
     let _stopped = app.stop().await;
 
-    let rows = all_rows(&store).await;
+    let rows = crate::support::deliveries(&store, None).await;
     let sent: Vec<_> = rows.iter().filter(|d| d.status == "sent").collect();
     let untried: Vec<_> = rows
         .iter()
@@ -97,7 +88,7 @@ async fn a_send_running_past_the_grace_is_recorded_as_unknown() {
     let store = app.store.clone();
     let _stopped = app.stop().await;
 
-    let rows = all_rows(&store).await;
+    let rows = crate::support::deliveries(&store, None).await;
     assert_eq!(rows.len(), 2);
     let mut c = store.pool().acquire().await.unwrap();
     for d in &rows {
@@ -174,26 +165,6 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
     app.stop().await;
 }
 
-async fn wait_ready_body(
-    app: &crate::support::TestApp,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let url = format!("http://{}/readyz", app.http_addr);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let body = crate::support::http_get(&url).await.unwrap_or_default();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A relay that greets and then never answers MAIL: the timeouts open the
 /// circuit, the rest of the batch is not sent into it, and a probe that
 /// times out keeps the circuit open. When the relay answers, all is sent.
@@ -210,10 +181,11 @@ async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
     let event = event_for(agb);
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
-    let body = wait_ready_body(&app, "the circuit open", |b| {
-        b.contains("\"relay_circuit\":\"open\"")
-    })
-    .await;
+    let body = app
+        .wait_readyz("the circuit open", |b| {
+            b.contains("\"relay_circuit\":\"open\"")
+        })
+        .await;
     assert!(body.starts_with("HTTP/1.0 503"), "{body}");
     let rows = app.deliveries(Some(&id)).await;
     let untried = rows.iter().filter(|d| d.attempts == 0).count();
@@ -226,7 +198,7 @@ async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
         r.iter().map(|d| d.attempts).sum::<i64>() >= 3
     })
     .await;
-    let body = wait_ready_body(&app, "readiness", |b| !b.is_empty()).await;
+    let body = app.wait_readyz("readiness", |b| !b.is_empty()).await;
     assert!(
         body.contains("\"relay_circuit\":\"open\""),
         "a probe that times out keeps the circuit open: {body}"

@@ -3,8 +3,8 @@
 //! it costs in memory is bounded by the contract's limit, not its size.
 
 use crate::support::{
-    AMQP_URL, RunProcess, TestApp, TestBackend, TestDb, config_file, declare_topology, fresh,
-    http_get, sample_directory, spawn_app_prepared, spawn_app_with, test_toml_with_db,
+    AMQP_URL, Deployment, TestApp, TestBackend, fresh, sample_directory, spawn_app_prepared,
+    spawn_app_with,
 };
 use notifier::broker::publisher::Publisher;
 use notifier::store::Store;
@@ -87,9 +87,7 @@ async fn nul_in_the_envelope_is_quarantined_and_ingest_goes_on(backend: TestBack
         .unwrap();
     assert_eq!(by_key.raw, b"not json \x00 at all");
 
-    let ready = http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     app.stop().await;
 }
@@ -136,11 +134,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
         |_| {},
         async |store, settings| {
             refuse_poison(store).await;
-            notifier::pipeline::recovery::import_users(store, &sample_directory(), &mut |n, r| {
-                panic!("line {n}: {r}")
-            })
-            .await
-            .unwrap();
+            crate::support::import_directory(store, &sample_directory()).await;
             let p = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
                 .await
                 .unwrap();
@@ -247,22 +241,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// and the event behind them is delivered.
 #[tokio::test]
 async fn oversized_messages_cost_their_size_once_and_do_not_block() {
-    let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
-    let db = TestDb::new(TestBackend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cfg, settings) = config_file(
-        dir.path(),
-        &test_toml_with_db(dir.path(), &smtp.url(), &db.url),
-    );
-    let _topology = crate::support::TopologyGuard(settings.amqp.clone());
-    declare_topology(&settings.amqp).await;
-    let store = db.store().await;
-    notifier::pipeline::recovery::import_users(&store, &sample_directory(), &mut |n, r| {
-        panic!("line {n}: {r}")
-    })
-    .await
-    .unwrap();
-    let mut run = RunProcess::spawn(&cfg, "big", &[]);
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (smtp, settings) = (&deployment.smtp, &deployment.settings);
+    let store = deployment.store().await;
+    crate::support::import_directory(&store, &sample_directory()).await;
+    let mut run = deployment.spawn("big", &[]);
     run.wait_consuming().await;
     let pid = run.child.id();
     let idle = rss_kib(pid, "VmRSS:");

@@ -3,10 +3,9 @@
 //! in the middle, and nothing lost or sent twice (except a send that was in
 //! flight at the kill, with the same Message-ID).
 
-use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestBackend, TestDb, TopologyGuard, declare_topology, event_for, many_users,
-    parse_mail, spawn_app_with, test_toml_with_db, wait_all_deliveries,
+    Deployment, RunProcess, TestBackend, TestDb, event_for, many_users, parse_mail, spawn_app_with,
+    wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
 use std::collections::BTreeMap;
@@ -47,18 +46,11 @@ fn accepted_count(metrics: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let db = TestDb::postgres().await;
-    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let _topology = TopologyGuard(s.amqp.clone());
-    let store = db.store().await;
+    let deployment = Deployment::new(TestBackend::Postgres).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
+    let store = deployment.store().await;
     let users = format!("{}\n{}", many_users("03777777", 1000), small_practice());
-    notifier::pipeline::recovery::import_users(&store, &users, &mut |n, r| panic!("line {n}: {r}"))
-        .await
-        .unwrap();
-    declare_topology(&s.amqp).await;
+    crate::support::import_directory(&store, &users).await;
 
     let concurrency = CONCURRENCY.to_string();
     let env = [
@@ -69,7 +61,7 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
         ("NOTIFIER_AMQP__PREFETCH", "10"),
     ];
     let mut instances: Vec<RunProcess> = (0..3)
-        .map(|i| RunProcess::spawn(&cfg, &format!("instance-{i}"), &env))
+        .map(|i| deployment.spawn(&format!("instance-{i}"), &env))
         .collect();
     for p in &mut instances {
         p.wait_consuming().await;
@@ -237,10 +229,11 @@ async fn an_ingesting_instance_wakes_a_sending_instance_through_the_database() {
     sender.amqp.dead_letter_exchange = format!("{silent}.dlx");
     sender.amqp.dead_letter_queue = format!("{silent}.dlq");
     sender.http.listen = "127.0.0.1:0".parse().unwrap();
+    let sender = notifier::app::App::build(sender)
+        .await
+        .expect("the sending instance started");
     let stop = tokio_util::sync::CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(notifier::app::run(sender, stop.clone(), Some(ready_tx)));
-    ready_rx.await.expect("the sending instance started");
+    let handle = tokio::spawn(sender.run(stop.clone()));
     // Its listener is subscribed before anything is published.
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
@@ -302,7 +295,7 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
             .is_none()
     );
     // Another instance creates the user meanwhile.
-    notifier::pipeline::recovery::import_users(
+    crate::support::import_directory(
         &store,
         &crate::support::user(
             "80000000000001",
@@ -312,10 +305,8 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
             1,
         )
         .to_string(),
-        &mut |n, r| panic!("line {n}: {r}"),
     )
-    .await
-    .unwrap();
+    .await;
     let change = dir::set_email(
         &mut b,
         &nr,
@@ -334,17 +325,12 @@ async fn an_address_change_can_apply_to_a_user_created_after_it_was_read() {
 /// whose change was applied has the newest address and versie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_applying_the_same_users_converge_without_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let db = TestDb::postgres().await;
-    let toml = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let _topology = TopologyGuard(s.amqp.clone());
-    let store = db.store().await;
-    declare_topology(&s.amqp).await;
+    let deployment = Deployment::new(TestBackend::Postgres).await;
+    let s = &deployment.settings;
+    let store = deployment.store().await;
     let env = [("NOTIFIER_AMQP__PREFETCH", "1")];
-    let mut a = RunProcess::spawn(&cfg, "a", &env);
-    let mut b = RunProcess::spawn(&cfg, "b", &env);
+    let mut a = deployment.spawn("a", &env);
+    let mut b = deployment.spawn("b", &env);
     a.wait_consuming().await;
     b.wait_consuming().await;
     let publisher = Publisher::connect(crate::support::AMQP_URL, &s.amqp.exchange)

@@ -8,15 +8,14 @@
 
 use crate::support::smtp_server::{ReceivedMail, TestSmtpServer};
 use crate::support::{
-    WAIT, cli, fresh, http_get, parse_mail, sample_directory, spawn_app, test_settings,
+    Installation, TestConfig, WAIT, cli, cli_env, events_file, fresh, json, ok, parse_mail,
+    replay_executed, sample_directory, spawn_app, stderr, stdout,
 };
 use notifier::config::Settings;
 use notifier::store::Store;
-use notifier::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
+use notifier::store::deliveries::{self as dl, DeliveryRow};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 const ALLOW_OTHER: (&str, &str) = (
@@ -24,56 +23,11 @@ const ALLOW_OTHER: (&str, &str) = (
     r#"["zip.example.nl","other.example"]"#,
 );
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", stdout(o), stderr(o)))
-}
-#[track_caller]
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// The CLI with extra environment variables on top of the test's settings.
-fn cli_env(s: &Settings, args: &[&str], env: &[(&str, &str)]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-        .args(args)
-        .env("NOTIFIER_DATABASE__URL", &s.database.url)
-        .env("NOTIFIER_SMTP__URL", s.smtp.url.url())
-        .env("NOTIFIER_SMTP__OUTBOX_DIR", &s.smtp.outbox_dir)
-        .env("NOTIFIER_SMTP__MAX_RATE", "0")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run notifier")
-}
-
-/// A migrated database with the sample directory, and an SMTP server.
-fn setup(dir: &Path, smtp: &TestSmtpServer) -> Settings {
-    let s = test_settings(dir, &smtp.url(), "");
-    ok(&cli(&s, &["migrate"]));
-    let file = dir.join("directory.jsonl");
-    std::fs::write(&file, sample_directory()).unwrap();
-    ok(&cli(&s, &["directory", "import", file.to_str().unwrap()]));
-    s
-}
-
-/// Writes events as a JSONL file.
-fn events_file(dir: &Path, name: &str, events: &[&Value]) -> String {
-    let path = dir.join(name);
-    let text: String = events.iter().map(|e| format!("{e}\n")).collect();
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
+/// `notifier replay deliveries --status failed` and `more`.
+fn replay_failed(s: &Settings, more: &[&str]) -> std::process::Output {
+    let mut args = vec!["replay", "deliveries", "--status", "failed"];
+    args.extend_from_slice(more);
+    cli(s, &args)
 }
 
 fn id_of(e: &Value) -> String {
@@ -86,17 +40,7 @@ async fn store(s: &Settings) -> Store {
 
 async fn deliveries(s: &Settings, event_id: Option<&str>) -> Vec<DeliveryRow> {
     let st = store(s).await;
-    let mut c = st.pool().acquire().await.unwrap();
-    let rows = dl::list(
-        &mut c,
-        &DeliveryFilter {
-            event_id: event_id.map(str::to_owned),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    drop(c);
+    let rows = crate::support::deliveries(&st, event_id).await;
     st.close().await;
     rows
 }
@@ -177,17 +121,14 @@ fn per_recipient(mails: &[ReceivedMail]) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
     // The relay rejects every address of the practice: all mail fails.
-    smtp.reply_for_rcpt("fysio-noord.example", "550 5.1.1 No such user");
     let e1 = fresh("contract.voorstel_aangeboden");
     let e2 = fresh("uitvraag.beoordeeld");
-    let f = events_file(dir.path(), "events.jsonl", &[&e1, &e2]);
-    ok(&cli(&s, &["ingest", &f]));
-    let out = cli(&s, &["dispatch", "--until-idle"]);
-    ok(&out);
+    let Installation {
+        dir: _dir,
+        smtp,
+        settings: s,
+    } = Installation::with_failed_mail("fysio-noord.example", &[&e1, &e2]).await;
     assert_eq!(smtp.count(), 0);
     let failed: Vec<DeliveryRow> = deliveries(&s, None)
         .await
@@ -211,17 +152,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     );
     assert!(failed.iter().all(|d| d.attempts == 1));
 
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_failed(&s, &["--format", "json"]);
     ok(&out);
     let v = json(&out);
     assert_eq!(v["executed"], false);
@@ -238,21 +169,10 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     // The relay is fixed.
     smtp.reset_script();
     let before = chrono::Utc::now().timestamp_millis();
-    let out = cli(
+    let out = replay_executed(
         &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--execute",
-            "--operator",
-            "ops-test",
-            "--reason",
-            "relay rejected everything",
-            "--format",
-            "json",
-        ],
+        &["deliveries", "--status", "failed"],
+        "relay rejected everything",
     );
     ok(&out);
     let v = json(&out);
@@ -342,22 +262,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     st.close().await;
 
     // Replaying again finds nothing failed, and sends nothing.
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--execute",
-            "--operator",
-            "ops-test",
-            "--reason",
-            "again",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_executed(&s, &["deliveries", "--status", "failed"], "again");
     ok(&out);
     assert_eq!(json(&out)["replayed"], 0);
     ok(&cli(&s, &["dispatch", "--until-idle"]));
@@ -367,9 +272,11 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_does_not_resend_what_was_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
+    let Installation {
+        dir,
+        smtp,
+        settings: s,
+    } = Installation::new().await;
     let e1 = fresh("contract.voorstel_aangeboden");
     let e2 = fresh("uitvraag.beoordeeld");
     let f = events_file(dir.path(), "events.jsonl", &[&e1, &e2]);
@@ -402,20 +309,7 @@ async fn a_replay_does_not_resend_what_was_sent() {
     assert_eq!(out.status.code(), Some(2));
 
     // Resolving again against the same directory adds nothing.
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "events",
-            "--execute",
-            "--operator",
-            "ops-test",
-            "--reason",
-            "check nothing is missing",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_executed(&s, &["events"], "check nothing is missing");
     ok(&out);
     let v = json(&out);
     assert_eq!(v["counts"]["events"], 2);
@@ -423,22 +317,7 @@ async fn a_replay_does_not_resend_what_was_sent() {
     assert_eq!(v["counts"]["skipped_existing"], 4);
     // Nothing failed or was cancelled either.
     for status in ["failed", "cancelled", "pending"] {
-        let out = cli(
-            &s,
-            &[
-                "replay",
-                "deliveries",
-                "--status",
-                status,
-                "--execute",
-                "--operator",
-                "ops-test",
-                "--reason",
-                "nothing to do",
-                "--format",
-                "json",
-            ],
-        );
+        let out = replay_executed(&s, &["deliveries", "--status", status], "nothing to do");
         ok(&out);
         assert_eq!(json(&out)["matched"], 0, "{status}");
     }
@@ -454,7 +333,7 @@ async fn a_replay_does_not_resend_what_was_sent() {
 async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = TestSmtpServer::start().await;
-    let s = test_settings(dir.path(), &smtp.url(), "");
+    let s = TestConfig::new(dir.path()).smtp(&smtp.url()).settings();
     ok(&cli(&s, &["migrate"]));
     // The directory error: P. Jansen lost the right `contracteren`.
     let broken = sample_directory().replace(
@@ -518,22 +397,7 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
     );
 
     let replayed_at = chrono::Utc::now().timestamp_millis();
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "events",
-            "--event",
-            &id,
-            "--execute",
-            "--operator",
-            "ops-test",
-            "--reason",
-            "directory fixed",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_executed(&s, &["events", "--event", &id], "directory fixed");
     ok(&out);
     assert_eq!(json(&out)["counts"]["added"], 1);
     assert!(
@@ -546,20 +410,7 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
     assert_eq!(got.get("j.devries@fysio-noord.example"), Some(&1));
 
     // Once more: everyone has the mail now.
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "events",
-            "--execute",
-            "--operator",
-            "ops-test",
-            "--reason",
-            "again",
-            "--format",
-            "json",
-        ],
-    );
+    let out = replay_executed(&s, &["events"], "again");
     ok(&out);
     assert_eq!(json(&out)["counts"]["added"], 0);
     ok(&cli(&s, &["dispatch", "--until-idle"]));
@@ -581,17 +432,15 @@ async fn replay_events_mails_only_the_addresses_a_directory_fix_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
-    smtp.reply_for_rcpt("p.jansen", "550 5.1.1 No such user");
     let e = fresh("contract.voorstel_aangeboden");
-    let f = events_file(dir.path(), "e.jsonl", &[&e]);
-    ok(&cli(&s, &["ingest", &f]));
-    ok(&cli(&s, &["dispatch", "--until-idle"]));
+    let Installation {
+        dir: _dir,
+        smtp: _smtp,
+        settings: s,
+    } = Installation::with_failed_mail("p.jansen", &[&e]).await;
     let before = snapshot(&s).await;
 
-    let out = cli(&s, &["replay", "deliveries", "--status", "failed"]);
+    let out = replay_failed(&s, &[]);
     ok(&out);
     let text = stdout(&out);
     assert!(
@@ -608,23 +457,11 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
         &["--execute", "--reason", "INC-42"][..],
         &["--execute", "--operator", " ", "--reason", "INC-42"][..],
     ] {
-        let mut args = vec!["replay", "deliveries", "--status", "failed"];
-        args.extend_from_slice(missing);
-        let out = cli(&s, &args);
+        let out = replay_failed(&s, missing);
         assert_eq!(out.status.code(), Some(2), "{missing:?}");
         assert!(stderr(&out).contains("--operator"), "{}", stderr(&out));
     }
-    let out = cli(
-        &s,
-        &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
-            "--since",
-            "soon",
-        ],
-    );
+    let out = replay_failed(&s, &["--since", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
     assert_eq!(
@@ -636,13 +473,9 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
     ok(&out);
     assert_eq!(json(&out), serde_json::json!([]));
 
-    let out = cli(
+    let out = replay_failed(
         &s,
         &[
-            "replay",
-            "deliveries",
-            "--status",
-            "failed",
             "--since",
             "1h",
             "--agb",
@@ -685,9 +518,11 @@ async fn dry_runs_change_nothing_and_executed_replays_are_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_list_show_and_redrive_after_the_cause_is_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
+    let Installation {
+        dir,
+        smtp,
+        settings: s,
+    } = Installation::new().await;
     let mut e = fresh("uitvraag.beoordeeld");
     e["data"]["url"] = "https://other.example/uitvraag/VL-1".into();
     let f = dir.path().join("in.jsonl");
@@ -921,9 +756,11 @@ async fn a_dead_lettered_message_shows_up_in_quarantine_and_redrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_stuck_events_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
+    let Installation {
+        dir,
+        smtp,
+        settings: s,
+    } = Installation::new().await;
     let e = fresh("contract.voorstel_aangeboden");
     let id = id_of(&e);
     let f = events_file(dir.path(), "e.jsonl", &[&e]);
@@ -1010,7 +847,6 @@ async fn check_finds_stuck_events_and_exits_1() {
 #[tokio::test]
 async fn the_run_loop_exports_stuck_events() {
     let app = spawn_app("[dispatch]\nstuck_after = \"1h\"").await;
-    let url = format!("http://{}/metrics", app.http_addr);
     let lost = uuid::Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO events (id, type, agb_code, occurred_at, received_at, payload, state) \
@@ -1021,26 +857,20 @@ async fn the_run_loop_exports_stuck_events() {
     .await
     .unwrap();
     // The gauges are sampled every 5 seconds.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let body = http_get(&url).await.unwrap_or_default();
-        if body.lines().any(|l| l == "notifier_stuck_events 1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notifier_stuck_events never became 1: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_metrics("notifier_stuck_events 1", |b| {
+        b.lines().any(|l| l == "notifier_stuck_events 1")
+    })
+    .await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_prints_the_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
+    let Installation {
+        dir,
+        smtp,
+        settings: s,
+    } = Installation::new().await;
     // The same directory again: 5 stale updates.
     let file = dir.path().join("directory.jsonl");
     ok(&cli(&s, &["directory", "import", file.to_str().unwrap()]));
@@ -1124,9 +954,11 @@ async fn stats_prints_the_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_ingest_and_redrive_together_never_mail_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let s = setup(dir.path(), &smtp);
+    let Installation {
+        dir,
+        smtp,
+        settings: s,
+    } = Installation::new().await;
     smtp.reply_for_rcpt("p.jansen", "550 5.1.1 No such user");
     let e1 = fresh("contract.voorstel_aangeboden");
     let mut e2 = fresh("uitvraag.beoordeeld");

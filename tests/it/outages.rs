@@ -2,30 +2,19 @@
 //! servers keep running), a bad template deployed, and the metrics scrape.
 
 use crate::support::proxy::TcpProxy;
-use crate::support::{TestBackend, fresh, http_get, sample_directory, spawn_app, spawn_app_with};
+use crate::support::{TestBackend, fresh, sample_directory, spawn_app, spawn_app_with};
 use std::time::Duration;
 
+/// Outages take a reconnect backoff or two: longer than [`crate::support::WAIT`].
 async fn wait_http(url: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let body = http_get(url).await.unwrap_or_default();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::wait_http(url, Duration::from_secs(60), what, pred).await
 }
 
 #[tokio::test]
 async fn a_broker_outage_is_survived_and_reported() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::rabbitmq().await;
     let app = spawn_app_with("", TestBackend::from_env(), |s| {
-        s.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        s.amqp.url = proxy.amqp_url();
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -59,19 +48,11 @@ async fn a_broker_outage_is_survived_and_reported() {
 
 #[tokio::test]
 async fn a_database_outage_holds_messages_and_resumes() {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let port = proxy.port();
+    let proxy = TcpProxy::postgres().await;
     // One requeue too many would dead-letter the message: a nack loop would show.
     let app = spawn_app_with("[amqp]\ndelivery_limit = 1", TestBackend::Postgres, |s| {
         // The service reaches the test's database through the proxy; the test itself directly.
-        s.database.url = s
-            .database
-            .url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-        assert!(
-            s.database.url.contains(&port.to_string()),
-            "TEST_PG_SERVER must be 127.0.0.1:5432"
-        );
+        s.database.url = proxy.database_url(&s.database.url);
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -203,12 +184,11 @@ async fn metrics_carry_the_documented_names_and_no_addresses() {
     app.publish_raw("x.y", b"not json").await;
     app.publish_and_settle(&fresh("naleving.aanleververzoek"))
         .await;
-    let body = wait_http(
-        &format!("http://{}/metrics", app.http_addr),
-        "metrics",
-        |b| b.contains("notifier_smtp_attempts_total{outcome=\"permanent\"}"),
-    )
-    .await;
+    let body = app
+        .wait_metrics("metrics", |b| {
+            b.contains("notifier_smtp_attempts_total{outcome=\"permanent\"}")
+        })
+        .await;
     for name in [
         "notifier_events_received_total{",
         "notifier_deliveries_total{",

@@ -1,7 +1,9 @@
 //! The recipient rules end to end: notices, revocations, address changes,
 //! escalation of undeliverable mail, several AGB codes, late directory data.
 
-use crate::support::{fresh, fresh_for, sample_directory, spawn_app, user, user_event};
+use crate::support::{
+    Role, active_user, fresh, fresh_for, sample_directory, spawn_app, user, user_event,
+};
 
 const ALL: &[&str] = &["uitvragen", "contracteren", "onderhandelen", "naleving"];
 
@@ -79,26 +81,26 @@ async fn revoking_the_last_signer_tells_the_contact_persons() {
     let app = spawn_app("").await;
     let agb = "05111111";
     app.import_users(&[
-        user(
+        active_user(
             "30000000000001",
             "cp@praktijk5.example",
-            true,
-            &[(agb, &["uitvragen"], false, true)],
-            1,
+            agb,
+            &["uitvragen"],
+            Role::Contactpersoon,
         ),
-        user(
+        active_user(
             "30000000000002",
             "signer@praktijk5.example",
-            true,
-            &[(agb, &["contracteren"], true, false)],
-            1,
+            agb,
+            &["contracteren"],
+            Role::Tekenbevoegd,
         ),
-        user(
+        active_user(
             "30000000000003",
             "colleague@praktijk5.example",
-            true,
-            &[(agb, &["contracteren"], false, false)],
-            1,
+            agb,
+            &["contracteren"],
+            Role::Member,
         ),
     ])
     .await;
@@ -166,12 +168,12 @@ async fn revoking_the_last_signer_tells_the_contact_persons() {
 async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_unroutable() {
     let app = spawn_app("").await;
     app.import_users(&[
-        user(
+        active_user(
             "31000000000001",
             "cp@praktijk6.example",
-            true,
-            &[("06111111", &["naleving"], false, true)],
-            1,
+            "06111111",
+            &["naleving"],
+            Role::Contactpersoon,
         ),
         user(
             "31000000000002",
@@ -203,9 +205,7 @@ async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_un
     let ev = app.wait_event(&id).await;
     assert_eq!(ev.state, "unroutable");
     assert!(ev.detail.unwrap().contains("no active contact person"));
-    let metrics = crate::support::http_get(&format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("notifier_unroutable_events_total 1"),
         "{metrics}"
@@ -219,7 +219,7 @@ async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_un
             "--format",
             "json",
         ])
-        .env("NOTIFIER_DATABASE__URL", app.db_url())
+        .env("NOTIFIER_DATABASE__URL", &app.settings.database.url)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -240,16 +240,7 @@ async fn an_undeliverable_module_mail_is_escalated_once_a_day_without_the_addres
         .find(|d| d.recipient == "p.jansen@fysio-noord.example")
         .unwrap();
     assert_eq!(failed.status, "failed");
-    let notice = app
-        .wait_deliveries(Some(&failed.event_id), "the notice sent", |r| {
-            r.iter()
-                .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
-        })
-        .await;
-    let n = notice
-        .iter()
-        .find(|d| d.kind == "beheer.onbestelbaar")
-        .unwrap();
+    let n = app.wait_sent(&failed.event_id, "beheer.onbestelbaar").await;
     assert_eq!(
         n.recipient, "j.devries@fysio-noord.example",
         "the contact person"
@@ -332,12 +323,12 @@ async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() 
     app.publish(&e).await;
     assert_eq!(app.wait_event(&id).await.state, "unroutable");
     // The user's record follows a moment later.
-    let u = user(
+    let u = active_user(
         "32000000000001",
         "nieuw@praktijk8.example",
-        true,
-        &[(agb, &["contracteren"], true, true)],
-        1,
+        agb,
+        &["contracteren"],
+        Role::Both,
     );
     app.publish(&user_event(u)).await;
     let rows = app
@@ -378,19 +369,19 @@ async fn an_undeliverable_user_of_two_practices_is_reported_to_both() {
             ],
             1,
         ),
-        user(
+        active_user(
             "60000000000002",
             "cp.a@praktijk.example",
-            true,
-            &[(a, &["contracteren"], false, true)],
-            1,
+            a,
+            &["contracteren"],
+            Role::Contactpersoon,
         ),
-        user(
+        active_user(
             "60000000000003",
             "cp.b@praktijk.example",
-            true,
-            &[(b, &["contracteren"], false, true)],
-            1,
+            b,
+            &["contracteren"],
+            Role::Contactpersoon,
         ),
     ])
     .await;
@@ -398,16 +389,9 @@ async fn an_undeliverable_user_of_two_practices_is_reported_to_both() {
     for (agb, cp) in [(a, "cp.a@praktijk.example"), (b, "cp.b@praktijk.example")] {
         let e = fresh_for("uitvraag.vragenlijst_klaargezet", agb);
         app.publish_and_settle(&e).await;
-        let rows = app
-            .wait_deliveries(e["id"].as_str(), "the notice to this practice sent", |r| {
-                r.iter()
-                    .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
-            })
+        let n = app
+            .wait_sent(e["id"].as_str().unwrap(), "beheer.onbestelbaar")
             .await;
-        let n = rows
-            .iter()
-            .find(|d| d.kind == "beheer.onbestelbaar")
-            .unwrap();
         assert_eq!(n.recipient, cp, "each practice's own contact person");
     }
     app.stop().await;
@@ -418,27 +402,27 @@ async fn an_actor_of_another_practice_raises_no_notice_here() {
     let app = spawn_app("").await;
     let (here, elsewhere) = ("04888003", "04888004");
     app.import_users(&[
-        user(
+        active_user(
             "60000000000011",
             "lid@praktijk.example",
-            true,
-            &[(here, ALL, true, false)],
-            1,
+            here,
+            ALL,
+            Role::Tekenbevoegd,
         ),
-        user(
+        active_user(
             "60000000000012",
             "cp@praktijk.example",
-            true,
-            &[(here, &["uitvragen"], false, true)],
-            1,
+            here,
+            &["uitvragen"],
+            Role::Contactpersoon,
         ),
         // The actor works for another practice only.
-        user(
+        active_user(
             "60000000000013",
             "actor@elders.example",
-            true,
-            &[(elsewhere, ALL, true, true)],
-            1,
+            elsewhere,
+            ALL,
+            Role::Both,
         ),
     ])
     .await;
@@ -478,19 +462,19 @@ async fn a_stored_address_the_sender_cannot_use_is_undeliverable_and_escalated()
     let app = spawn_app("").await;
     let agb = "04888005";
     app.import_users(&[
-        user(
+        active_user(
             "60000000000021",
             "later.fout@praktijk.example",
-            true,
-            &[(agb, &["uitvragen"], false, false)],
-            1,
+            agb,
+            &["uitvragen"],
+            Role::Member,
         ),
-        user(
+        active_user(
             "60000000000022",
             "cp@praktijk.example",
-            true,
-            &[(agb, &["contracteren"], false, true)],
-            1,
+            agb,
+            &["contracteren"],
+            Role::Contactpersoon,
         ),
     ])
     .await;
@@ -514,16 +498,9 @@ async fn a_stored_address_the_sender_cannot_use_is_undeliverable_and_escalated()
             .contains("not one mail can be sent to"),
         "{failed:#?}"
     );
-    let rows = app
-        .wait_deliveries(e["id"].as_str(), "the contact person told", |r| {
-            r.iter()
-                .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
-        })
+    let n = app
+        .wait_sent(e["id"].as_str().unwrap(), "beheer.onbestelbaar")
         .await;
-    let n = rows
-        .iter()
-        .find(|d| d.kind == "beheer.onbestelbaar")
-        .unwrap();
     assert_eq!(n.recipient, "cp@praktijk.example");
     app.stop().await;
 }

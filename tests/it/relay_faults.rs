@@ -2,7 +2,7 @@
 //! everyone for one recipient, or make a mail go out twice: against the
 //! scriptable SMTP server over TCP, the real RabbitMQ and the database.
 
-use crate::support::{event_for, http_get, many_users, sample_directory, spawn_app};
+use crate::support::{event_for, many_users, sample_directory, spawn_app};
 
 fn all_final(rows: &[notifier::store::deliveries::DeliveryRow]) -> bool {
     !rows.is_empty()
@@ -80,9 +80,7 @@ async fn one_recipients_policy_refusal_is_retried_twice_then_escalated_without_p
         ["permanent", "permanent", "permanent"],
         "the first try and two retries"
     );
-    let ready = http_get(&format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert!(
         ready.starts_with("HTTP/1.0 200"),
         "one recipient's refusal never opens the circuit: {ready}"
@@ -102,7 +100,6 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
     let event = event_for(agb);
     app.publish(&event).await;
     let id = event["id"].as_str().unwrap();
-    let ready_url = format!("http://{}/readyz", app.http_addr);
     // The circuit opens; wait until every mail has been tried once and is
     // waiting for the probe.
     let rows = app
@@ -133,7 +130,7 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
         all.iter().all(|d| d.kind != "beheer.onbestelbaar"),
         "no notice for a relay that refused us: {all:#?}"
     );
-    let ready = http_get(&ready_url).await.unwrap();
+    let ready = app.readyz().await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     app.stop().await;
 }
@@ -143,32 +140,18 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
 /// its lease, so the other never claims it again: each mail arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_slower_than_the_lease_is_sent_once_by_two_instances() {
-    use crate::support::{
-        RunProcess, TestDb, TopologyGuard, config_file, declare_topology, test_toml_with_db,
-        wait_all_deliveries,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = crate::support::smtp_server::TestSmtpServer::start().await;
+    use crate::support::{Deployment, TestBackend, wait_all_deliveries};
+    let deployment = Deployment::new(TestBackend::Postgres).await;
+    let (smtp, s) = (&deployment.smtp, &deployment.settings);
     smtp.stall_after_data(Some(std::time::Duration::from_millis(4500)));
-    let db = TestDb::postgres().await;
-    let (cfg, s) = config_file(
-        dir.path(),
-        &test_toml_with_db(dir.path(), &smtp.url(), &db.url),
-    );
-    let _topology = TopologyGuard(s.amqp.clone());
-    let store = db.store().await;
-    notifier::pipeline::recovery::import_users(&store, &many_users("04555555", 3), &mut |n, r| {
-        panic!("line {n}: {r}")
-    })
-    .await
-    .unwrap();
-    declare_topology(&s.amqp).await;
+    let store = deployment.store().await;
+    crate::support::import_directory(&store, &many_users("04555555", 3)).await;
     let env = [
         ("NOTIFIER_DISPATCH__LEASE", "3s"),
         ("NOTIFIER_SMTP__TIMEOUT", "20s"),
     ];
-    let mut a = RunProcess::spawn(&cfg, "a", &env);
-    let mut b = RunProcess::spawn(&cfg, "b", &env);
+    let mut a = deployment.spawn("a", &env);
+    let mut b = deployment.spawn("b", &env);
     a.wait_consuming().await;
     b.wait_consuming().await;
     let publisher =

@@ -4,17 +4,25 @@
 //! "nobody got this" notice for an event whose mail went out, and it takes
 //! back a pending `beheer.geen_ontvanger` once someone does get the mail.
 
-use crate::support::{TestApp, fresh_for, spawn_app, user, user_event};
+use crate::support::{fresh_for, spawn_app, user, user_event};
 
 const U1: &str = "50000000000001";
 const U2: &str = "50000000000002";
 
-async fn publish_user(app: &TestApp, data: serde_json::Value) {
-    let e = user_event(data);
-    app.publish(&e).await;
-    let id = e["id"].as_str().unwrap();
-    let row = app.wait_event(id).await;
-    assert_eq!(row.state, "applied", "{row:?}");
+/// U1, a member of `agb` with one right (no signer, no contact person).
+fn member(agb: &str, email: &str, right: &str, versie: i64) -> serde_json::Value {
+    user(U1, email, true, &[(agb, &[right], false, false)], versie)
+}
+
+/// U2, the contact person of `agb`, with `contracteren` only.
+fn contact_person(agb: &str) -> serde_json::Value {
+    user(
+        U2,
+        "cp@praktijk.example",
+        true,
+        &[(agb, &["contracteren"], false, true)],
+        1,
+    )
 }
 
 #[tokio::test]
@@ -35,16 +43,13 @@ async fn a_user_who_moved_inside_the_window_gets_the_mail_once() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "sent");
 
-    publish_user(
-        &app,
-        user(
-            U1,
-            "nieuw@praktijk.example",
-            true,
-            &[(agb, &["uitvragen"], true, true)],
-            2,
-        ),
-    )
+    app.publish_applied(&user_event(user(
+        U1,
+        "nieuw@praktijk.example",
+        true,
+        &[(agb, &["uitvragen"], true, true)],
+        2,
+    )))
     .await;
     let rows = app.deliveries(Some(&id)).await;
     assert_eq!(
@@ -61,20 +66,8 @@ async fn a_right_lost_after_the_mail_went_out_raises_no_notice_and_keeps_the_sta
     let app = spawn_app("").await;
     let agb = "04777002";
     app.import_users(&[
-        user(
-            U1,
-            "lid@praktijk.example",
-            true,
-            &[(agb, &["uitvragen"], false, false)],
-            1,
-        ),
-        user(
-            U2,
-            "cp@praktijk.example",
-            true,
-            &[(agb, &["contracteren"], false, true)],
-            1,
-        ),
+        member(agb, "lid@praktijk.example", "uitvragen", 1),
+        contact_person(agb),
     ])
     .await;
     let event = fresh_for("uitvraag.vragenlijst_klaargezet", agb);
@@ -84,16 +77,12 @@ async fn a_right_lost_after_the_mail_went_out_raises_no_notice_and_keeps_the_sta
     assert_eq!(rows[0].status, "sent");
 
     // The only holder of the right loses it inside the window.
-    publish_user(
-        &app,
-        user(
-            U1,
-            "lid@praktijk.example",
-            true,
-            &[(agb, &["contracteren"], false, false)],
-            2,
-        ),
-    )
+    app.publish_applied(&user_event(member(
+        agb,
+        "lid@praktijk.example",
+        "contracteren",
+        2,
+    )))
     .await;
     let rows = app.deliveries(Some(&id)).await;
     assert!(
@@ -108,14 +97,7 @@ async fn a_right_lost_after_the_mail_went_out_raises_no_notice_and_keeps_the_sta
 async fn a_pending_geen_ontvanger_is_cancelled_when_a_late_record_gets_the_mail() {
     let app = spawn_app("").await;
     let agb = "04777003";
-    app.import_users(&[user(
-        U2,
-        "cp@praktijk.example",
-        true,
-        &[(agb, &["contracteren"], false, true)],
-        1,
-    )])
-    .await;
+    app.import_users(&[contact_person(agb)]).await;
     // The contact person's server greylists: the notice stays pending.
     app.smtp
         .reply_for_rcpt("cp@", "450 4.2.0 Greylisted, try again later");
@@ -129,16 +111,12 @@ async fn a_pending_geen_ontvanger_is_cancelled_when_a_late_record_gets_the_mail(
     .await;
 
     // The record of a user with the right arrives late.
-    publish_user(
-        &app,
-        user(
-            U1,
-            "lid@praktijk.example",
-            true,
-            &[(agb, &["uitvragen"], false, false)],
-            1,
-        ),
-    )
+    app.publish_applied(&user_event(member(
+        agb,
+        "lid@praktijk.example",
+        "uitvragen",
+        1,
+    )))
     .await;
     let rows = app
         .wait_deliveries(Some(&id), "the module mail sent", |r| {

@@ -82,6 +82,20 @@ fn planned(address: &str, users: &[u32]) -> PlannedDelivery {
     }
 }
 
+/// Plans `p` for `event_id`, created and due at `due_ms`; returns the new delivery's id.
+async fn plan(
+    conn: &mut sqlx::AnyConnection,
+    event_id: &str,
+    p: &PlannedDelivery,
+    due_ms: i64,
+    deadline_ms: i64,
+) -> String {
+    dl::insert_planned(conn, event_id, p, due_ms, due_ms, deadline_ms)
+        .await
+        .unwrap()
+        .expect("a new delivery")
+}
+
 /// One event with a delivery to `u{i}@praktijk.example` for each user; returns the delivery ids.
 async fn event_with_deliveries(
     store: &Store,
@@ -94,12 +108,7 @@ async fn event_with_deliveries(
     let mut ids = Vec::new();
     for i in 0..users {
         let p = planned(&format!("u{i}@praktijk.example"), &[i]);
-        ids.push(
-            dl::insert_planned(&mut tx, event_id, &p, due_ms, due_ms, due_ms + 1_000_000)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
+        ids.push(plan(&mut tx, event_id, &p, due_ms, due_ms + 1_000_000).await);
     }
     tx.commit().await.unwrap();
     ids
@@ -237,106 +246,76 @@ async fn events_are_recorded_once_by_id(store: Store) {
 
 async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
-    let e = |id: &'static str, agb: Option<&'static str>, received: i64, state: &'static str| {
-        NewEvent {
-            id,
+    for (id, agb, received_at_ms, state) in [
+        ("e-1", Some(AGB), 100, "accepted"),
+        ("e-2", Some(AGB), 200, "unroutable"),
+        ("e-3", Some("04222222"), 300, "accepted"),
+        ("e-4", None, 400, "applied"),
+    ] {
+        let e = NewEvent {
             agb_code: agb,
-            received_at_ms: received,
+            received_at_ms,
             state,
             ..new_event(id)
-        }
-    };
-    ev::insert_event(&mut c, &e("e-1", Some(AGB), 100, "accepted"))
-        .await
-        .unwrap();
-    ev::insert_event(&mut c, &e("e-2", Some(AGB), 200, "unroutable"))
-        .await
-        .unwrap();
-    ev::insert_event(&mut c, &e("e-3", Some("04222222"), 300, "accepted"))
-        .await
-        .unwrap();
-    ev::insert_event(&mut c, &e("e-4", None, 400, "applied"))
-        .await
-        .unwrap();
+        };
+        ev::insert_event(&mut c, &e).await.unwrap();
+    }
     let ids = |v: Vec<ev::EventRow>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(ev::list_events(
-            &mut c,
-            &ev::EventFilter {
-                newest_first: true,
-                limit: Some(10),
-                ..Default::default()
-            }
-        )
-        .await
-        .unwrap()),
-        vec!["e-4", "e-3", "e-2", "e-1"]
-    );
-    assert_eq!(
-        ids(ev::list_events(
-            &mut c,
-            &ev::EventFilter {
+    // Each case lists newest first, at most ten unless it says otherwise.
+    let newest = |f: ev::EventFilter| ev::EventFilter {
+        newest_first: true,
+        limit: f.limit.or(Some(10)),
+        ..f
+    };
+    let cases = [
+        (
+            "everything",
+            ev::EventFilter::default(),
+            vec!["e-4", "e-3", "e-2", "e-1"],
+        ),
+        (
+            "one state",
+            ev::EventFilter {
                 states: vec!["unroutable".into()],
-                newest_first: true,
-                limit: Some(10),
                 ..Default::default()
-            }
-        )
-        .await
-        .unwrap()),
-        vec!["e-2"]
-    );
-    assert_eq!(
-        ids(ev::list_events(
-            &mut c,
-            &ev::EventFilter {
+            },
+            vec!["e-2"],
+        ),
+        (
+            "one AGB code",
+            ev::EventFilter {
                 agb_code: Some(AGB.into()),
-                newest_first: true,
-                limit: Some(10),
                 ..Default::default()
-            }
-        )
-        .await
-        .unwrap()),
-        vec!["e-2", "e-1"]
-    );
-    assert_eq!(
-        ids(ev::list_events(
-            &mut c,
-            &ev::EventFilter {
+            },
+            vec!["e-2", "e-1"],
+        ),
+        (
+            "state, type and AGB code together",
+            ev::EventFilter {
                 states: vec!["accepted".into()],
                 event_type: Some(MODULE.into()),
                 agb_code: Some(AGB.into()),
-                newest_first: true,
-                limit: Some(10),
                 ..Default::default()
-            }
-        )
-        .await
-        .unwrap()),
-        vec!["e-1"]
-    );
-    assert_eq!(
-        ids(ev::list_events(
-            &mut c,
-            &ev::EventFilter {
-                newest_first: true,
+            },
+            vec!["e-1"],
+        ),
+        (
+            "a limit",
+            ev::EventFilter {
                 limit: Some(1),
                 ..Default::default()
-            }
-        )
-        .await
-        .unwrap()),
-        vec!["e-4"]
-    );
-    assert_eq!(
-        ids(ev::recent_for_agb(&mut c, AGB, 150).await.unwrap()),
-        vec!["e-2"]
-    );
-    assert_eq!(
-        ids(ev::recent_for_agb(&mut c, AGB, 0).await.unwrap()),
-        vec!["e-1", "e-2"]
-    );
+            },
+            vec!["e-4"],
+        ),
+    ];
+    for (what, filter, want) in cases {
+        let got = ids(ev::list_events(&mut c, &newest(filter)).await.unwrap());
+        assert_eq!(got, want, "{what}");
+    }
+    for (since_ms, want) in [(150, vec!["e-2"]), (0, vec!["e-1", "e-2"])] {
+        let got = ids(ev::recent_for_agb(&mut c, AGB, since_ms).await.unwrap());
+        assert_eq!(got, want, "recent for the AGB code since {since_ms}");
+    }
     ev::append_detail(&mut c, "e-1", "first note")
         .await
         .unwrap();
@@ -531,61 +510,57 @@ async fn directory_applies_only_newer_versions(store: Store) {
 }
 
 async fn concurrent_directory_writes_never_overwrite_a_newer_version(store: Store) {
+    let email = |versie: i64| format!("v{versie}@praktijk.example");
     {
         let mut c = store.pool().acquire().await.unwrap();
-        dir::apply_user(&mut c, &user(1, "v1@praktijk.example", 1, false), 1)
+        dir::apply_user(&mut c, &user(1, &email(1), 1, false), 1)
             .await
             .unwrap();
     }
-    // Writer A (versie 3) holds its transaction open while writer B (versie 2)
-    // starts: on PostgreSQL B read versie 1 and waits on A's row lock; on
-    // SQLite B waits for the write lock. Either way B must not win.
-    let mut a = store.begin().await.unwrap();
-    let ra = dir::apply_user(&mut a, &user(1, "v3@praktijk.example", 3, false), 3)
-        .await
-        .unwrap();
-    assert_eq!(ra, VersionCheck::Newer);
-    let s2 = store.clone();
-    let b = tokio::spawn(async move {
-        let mut tx = s2.begin().await.unwrap();
-        let r = dir::apply_user(&mut tx, &user(1, "v2@praktijk.example", 2, false), 2)
+    // Writer A holds its transaction open while writer B starts: on
+    // PostgreSQL B read the versie before A's and waits on A's row lock; on
+    // SQLite B waits for the write lock. Either way the newer versie wins.
+    let races = [
+        (
+            "the older write waits and loses",
+            3,
+            2,
+            VersionCheck::Stale,
+            3,
+        ),
+        (
+            "the newer write waits and still wins",
+            4,
+            5,
+            VersionCheck::Newer,
+            5,
+        ),
+    ];
+    for (what, first, second, second_says, kept) in races {
+        let mut a = store.begin().await.unwrap();
+        let ra = dir::apply_user(&mut a, &user(1, &email(first), first, false), first)
             .await
             .unwrap();
-        tx.commit().await.unwrap();
-        r
-    });
-    wait_for_lock_waiter(&store).await;
-    a.commit().await.unwrap();
-    assert_eq!(
-        b.await.unwrap(),
-        VersionCheck::Stale,
-        "the older write lost"
-    );
-    let mut c = store.pool().acquire().await.unwrap();
-    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
-    assert_eq!((u.email.as_str(), u.versie), ("v3@praktijk.example", 3));
-
-    // The other way round: the newer write waits behind the older and still wins.
-    let mut a = store.begin().await.unwrap();
-    let u4 = user(1, "v4@praktijk.example", 4, false);
-    assert_eq!(
-        dir::apply_user(&mut a, &u4, 4).await.unwrap(),
-        VersionCheck::Newer
-    );
-    let s2 = store.clone();
-    let b = tokio::spawn(async move {
-        let mut tx = s2.begin().await.unwrap();
-        let r = dir::apply_user(&mut tx, &user(1, "v5@praktijk.example", 5, false), 5)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        r
-    });
-    wait_for_lock_waiter(&store).await;
-    a.commit().await.unwrap();
-    assert_eq!(b.await.unwrap(), VersionCheck::Newer);
-    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
-    assert_eq!((u.email.as_str(), u.versie), ("v5@praktijk.example", 5));
+        assert_eq!(ra, VersionCheck::Newer, "{what}");
+        let s2 = store.clone();
+        let later = user(1, &email(second), second, false);
+        let b = tokio::spawn(async move {
+            let mut tx = s2.begin().await.unwrap();
+            let r = dir::apply_user(&mut tx, &later, second).await.unwrap();
+            tx.commit().await.unwrap();
+            r
+        });
+        wait_for_lock_waiter(&store).await;
+        a.commit().await.unwrap();
+        assert_eq!(b.await.unwrap(), second_says, "{what}");
+        let mut c = store.pool().acquire().await.unwrap();
+        let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+        assert_eq!(
+            (u.email.to_string(), u.versie),
+            (email(kept), kept),
+            "{what}"
+        );
+    }
 }
 
 async fn address_changes_and_revocations_follow_the_versie_rule(store: Store) {
@@ -593,34 +568,29 @@ async fn address_changes_and_revocations_follow_the_versie_rule(store: Store) {
     dir::apply_user(&mut c, &user(1, "oud@praktijk.example", 2, true), 1)
         .await
         .unwrap();
+    // (user, versie of the change, outcome); user 9 does not exist.
     let new = EmailAddress::parse("nieuw@praktijk.example").unwrap();
-    assert_eq!(
-        dir::set_email(&mut c, &nr(1), &new, 2, 2).await.unwrap(),
-        UserChange::Stale
-    );
-    assert_eq!(
-        dir::set_email(&mut c, &nr(9), &new, 9, 2).await.unwrap(),
-        UserChange::UnknownUser
-    );
-    assert_eq!(
-        dir::set_email(&mut c, &nr(1), &new, 3, 2).await.unwrap(),
-        UserChange::Applied
-    );
+    for (who, versie, want) in [
+        (1, 2, UserChange::Stale),
+        (9, 9, UserChange::UnknownUser),
+        (1, 3, UserChange::Applied),
+    ] {
+        let got = dir::set_email(&mut c, &nr(who), &new, versie, 2)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "address change of user {who} at versie {versie}");
+    }
     let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
     assert_eq!((u.email.as_str(), u.versie), ("nieuw@praktijk.example", 3));
 
-    assert_eq!(
-        dir::revoke(&mut c, &nr(1), 3, 4).await.unwrap(),
-        UserChange::Stale
-    );
-    assert_eq!(
-        dir::revoke(&mut c, &nr(9), 9, 4).await.unwrap(),
-        UserChange::UnknownUser
-    );
-    assert_eq!(
-        dir::revoke(&mut c, &nr(1), 4, 4).await.unwrap(),
-        UserChange::Applied
-    );
+    for (who, versie, want) in [
+        (1, 3, UserChange::Stale),
+        (9, 9, UserChange::UnknownUser),
+        (1, 4, UserChange::Applied),
+    ] {
+        let got = dir::revoke(&mut c, &nr(who), versie, 4).await.unwrap();
+        assert_eq!(got, want, "revocation of user {who} at versie {versie}");
+    }
     let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
     assert_eq!((u.status.as_str(), u.versie), ("ingetrokken", 4));
 }
@@ -629,24 +599,16 @@ async fn organisations_follow_the_versie_rule(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
     let agb = AgbCode::parse(AGB).unwrap();
     assert_eq!(dir::organisation_name(&mut c, AGB).await.unwrap(), None);
-    assert_eq!(
-        dir::apply_organisation(&mut c, &agb, "Fysio Noord", 1, 1)
+    for (naam, versie, now_ms, want) in [
+        ("Fysio Noord", 1, 1, VersionCheck::New),
+        ("Oud", 1, 2, VersionCheck::Stale),
+        ("Fysio & Co", 2, 3, VersionCheck::Newer),
+    ] {
+        let got = dir::apply_organisation(&mut c, &agb, naam, versie, now_ms)
             .await
-            .unwrap(),
-        VersionCheck::New
-    );
-    assert_eq!(
-        dir::apply_organisation(&mut c, &agb, "Oud", 1, 2)
-            .await
-            .unwrap(),
-        VersionCheck::Stale
-    );
-    assert_eq!(
-        dir::apply_organisation(&mut c, &agb, "Fysio & Co", 2, 3)
-            .await
-            .unwrap(),
-        VersionCheck::Newer
-    );
+            .unwrap();
+        assert_eq!(got, want, "{naam} at versie {versie}");
+    }
     assert_eq!(
         dir::organisation_name(&mut c, AGB)
             .await
@@ -665,10 +627,7 @@ async fn planning_the_same_mail_twice_creates_one_delivery(store: Store) {
     add_event(&store, "e-1").await;
     let mut tx = store.begin().await.unwrap();
     let p = planned("u0@praktijk.example", &[0, 1]);
-    let id = dl::insert_planned(&mut tx, "e-1", &p, 1, 1, 99)
-        .await
-        .unwrap()
-        .unwrap();
+    let id = plan(&mut tx, "e-1", &p, 1, 99).await;
     assert_eq!(
         dl::insert_planned(&mut tx, "e-1", &p, 2, 2, 99)
             .await
@@ -1121,39 +1080,16 @@ async fn a_revocation_cancels_only_mails_without_another_active_user(store: Stor
     add_users(&store, 3).await;
     add_event(&store, "e-1").await;
     let mut tx = store.begin().await.unwrap();
-    let alone = dl::insert_planned(
-        &mut tx,
-        "e-1",
-        &planned("u1@praktijk.example", &[1]),
-        1,
-        1,
-        99,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let shared = dl::insert_planned(
+    let alone = plan(&mut tx, "e-1", &planned("u1@praktijk.example", &[1]), 1, 99).await;
+    let shared = plan(
         &mut tx,
         "e-1",
         &planned("gedeeld@praktijk.example", &[1, 2]),
         1,
-        1,
         99,
     )
-    .await
-    .unwrap()
-    .unwrap();
-    let other = dl::insert_planned(
-        &mut tx,
-        "e-1",
-        &planned("u0@praktijk.example", &[0]),
-        1,
-        1,
-        99,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    .await;
+    let other = plan(&mut tx, "e-1", &planned("u0@praktijk.example", &[0]), 1, 99).await;
     assert_eq!(
         dir::revoke(&mut tx, &nr(1), 2, 5).await.unwrap(),
         UserChange::Applied
@@ -1184,17 +1120,14 @@ async fn split_off_moves_users_to_their_own_delivery(store: Store) {
     add_users(&store, 3).await;
     add_event(&store, "e-1").await;
     let mut tx = store.begin().await.unwrap();
-    let from = dl::insert_planned(
+    let from = plan(
         &mut tx,
         "e-1",
         &planned("gedeeld@praktijk.example", &[0, 1, 2]),
         1,
-        1,
         99,
     )
-    .await
-    .unwrap()
-    .unwrap();
+    .await;
     plan::split_off(
         &mut tx,
         &from,
@@ -1379,103 +1312,98 @@ async fn listing_filters_by_event_status_agb_type_and_time(store: Store) {
     .unwrap();
     drop(c);
     let mut tx = store.begin().await.unwrap();
-    let d = dl::insert_planned(
+    let d = plan(
         &mut tx,
         "e-dir",
         &planned("u9@praktijk.example", &[]),
         300,
-        300,
         999,
     )
-    .await
-    .unwrap()
-    .unwrap();
+    .await;
     tx.commit().await.unwrap();
     claim(&store, "me", 150, 1_000, 1).await;
 
     let all = list(&store, DeliveryFilter::default()).await;
+    let ids = |rows: Vec<dl::DeliveryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
-        all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        ids(all.clone()),
         vec![a[0].clone(), a[1].clone(), d.clone()],
         "oldest first"
     );
-    let f = |f: DeliveryFilter| {
-        let s = store.clone();
-        async move {
-            list(&s, f)
-                .await
-                .into_iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(
-        f(DeliveryFilter {
-            event_id: Some("e-dir".into()),
-            ..Default::default()
-        })
-        .await,
-        vec![d.clone()]
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            status: Some(DeliveryStatus::Sending),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        1
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            agb_code: Some(AGB.into()),
-            ..Default::default()
-        })
-        .await,
-        a
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            event_type: Some("gebruiker.bijgewerkt".into()),
-            ..Default::default()
-        })
-        .await,
-        vec![d.clone()]
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            since_ms: Some(200),
-            ..Default::default()
-        })
-        .await,
-        vec![d.clone()]
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            until_ms: Some(200),
-            ..Default::default()
-        })
-        .await,
-        a
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            limit: Some(1),
-            ..Default::default()
-        })
-        .await,
-        vec![a[0].clone()]
-    );
-    assert_eq!(
-        f(DeliveryFilter {
-            status: Some(DeliveryStatus::Pending),
-            agb_code: Some(AGB.into()),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        1
-    );
+    let cases = [
+        (
+            "one event",
+            DeliveryFilter {
+                event_id: Some("e-dir".into()),
+                ..Default::default()
+            },
+            vec![d.clone()],
+        ),
+        (
+            "one AGB code",
+            DeliveryFilter {
+                agb_code: Some(AGB.into()),
+                ..Default::default()
+            },
+            a.clone(),
+        ),
+        (
+            "one event type",
+            DeliveryFilter {
+                event_type: Some("gebruiker.bijgewerkt".into()),
+                ..Default::default()
+            },
+            vec![d.clone()],
+        ),
+        (
+            "created since",
+            DeliveryFilter {
+                since_ms: Some(200),
+                ..Default::default()
+            },
+            vec![d.clone()],
+        ),
+        (
+            "created before",
+            DeliveryFilter {
+                until_ms: Some(200),
+                ..Default::default()
+            },
+            a.clone(),
+        ),
+        (
+            "a limit",
+            DeliveryFilter {
+                limit: Some(1),
+                ..Default::default()
+            },
+            vec![a[0].clone()],
+        ),
+    ];
+    for (what, filter, want) in cases {
+        assert_eq!(ids(list(&store, filter).await), want, "{what}");
+    }
+    // Which of `a` was claimed is the store's choice: count those.
+    let counted = [
+        (
+            "being sent",
+            DeliveryFilter {
+                status: Some(DeliveryStatus::Sending),
+                ..Default::default()
+            },
+        ),
+        (
+            "pending of one AGB code",
+            DeliveryFilter {
+                status: Some(DeliveryStatus::Pending),
+                agb_code: Some(AGB.into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, filter) in counted {
+        assert_eq!(list(&store, filter).await.len(), 1, "{what}");
+    }
     let dir_row = all.iter().find(|r| r.id == d).unwrap();
     assert_eq!(
         (dir_row.agb_code.as_deref(), dir_row.event_type.as_str()),
@@ -1520,10 +1448,7 @@ async fn a_recent_undeliverable_notice_is_found_by_user_and_time(store: Store) {
     p.about = nr(1).to_string();
     p.notice = Some(serde_json::json!({"agb_code": AGB}));
     let mut tx = store.begin().await.unwrap();
-    dl::insert_planned(&mut tx, "e-1", &p, 1_000, 1_000, 99_000)
-        .await
-        .unwrap()
-        .unwrap();
+    plan(&mut tx, "e-1", &p, 1_000, 99_000).await;
     tx.commit().await.unwrap();
     let mut c = store.pool().acquire().await.unwrap();
     assert!(

@@ -3,22 +3,14 @@
 //! and `notifier import` into PostgreSQL, start `run` there: pending mail is
 //! sent, sent mail is not sent again, and the history is intact.
 
-use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    RunProcess, TestDb, TopologyGuard, cli, fresh, parse_mail, sample_directory, test_toml,
-    wait_all_deliveries,
+    Deployment, RunProcess, TestBackend, TestDb, cli, fresh, install_sample_directory, parse_mail,
+    stderr, stdout, wait_all_deliveries,
 };
 use notifier::store::Store;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The binary with `config` and the database at `db_url`.
 fn notifier(config: &Path, db_url: &str, args: &[&str]) -> std::process::Output {
@@ -43,32 +35,22 @@ fn rows(file: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = TestSmtpServer::start().await;
-    let toml = test_toml(dir.path(), &smtp.url());
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    let _topology = TopologyGuard(s.amqp.clone());
+    let deployment = Deployment::new(TestBackend::Sqlite).await;
+    let (dir, smtp, cfg, s) = deployment.parts();
     let sqlite = s.database.url.clone();
 
     // A SQLite installation with history: one mail sent, a quarantined line,
     // and two mails being sent when the service was killed (one of them a
     // retry after a 450).
-    assert!(cli(&s, &["migrate"]).status.success());
-    let users = dir.path().join("directory.jsonl");
-    std::fs::write(&users, sample_directory()).unwrap();
-    assert!(
-        cli(&s, &["directory", "import", users.to_str().unwrap()])
-            .status
-            .success()
-    );
+    install_sample_directory(s, dir.path());
     let a = fresh("contract.voorstel_aangeboden");
     let a_id = a["id"].as_str().unwrap().to_owned();
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, format!("{a}\n{{ not json\n")).unwrap();
-    let out = cli(&s, &["ingest", events.to_str().unwrap()]);
+    let out = cli(s, &["ingest", events.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     smtp.reply_for_rcpt_times("j.devries", "450 4.2.0 try again later", 1);
-    let out = notifier(&cfg, &sqlite, &["dispatch", "--until-idle"]); // retry.schedule = 1s
+    let out = notifier(cfg, &sqlite, &["dispatch", "--until-idle"]); // retry.schedule = 1s
     assert!(
         stdout(&out).contains("sent 1, retry scheduled 1"),
         "{}",
@@ -79,7 +61,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     let b_id = b["id"].as_str().unwrap().to_owned();
     std::fs::write(&events, b.to_string()).unwrap();
     assert!(
-        cli(&s, &["ingest", events.to_str().unwrap()])
+        cli(s, &["ingest", events.to_str().unwrap()])
             .status
             .success()
     );
@@ -98,7 +80,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         },
     )
     .await;
-    let mut old = RunProcess::spawn(&cfg, "sqlite-run", &[]);
+    let mut old = RunProcess::spawn(cfg, "sqlite-run", &[]);
     wait_all_deliveries(
         &sqlite_store,
         Duration::from_secs(30),
@@ -119,7 +101,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     // 1. Export from SQLite.
     let file = dir.path().join("move.jsonl");
     let out = notifier(
-        &cfg,
+        cfg,
         &sqlite,
         &["export", "--output", file.to_str().unwrap()],
     );
@@ -137,13 +119,9 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
 
     // 2. Migrate and import into PostgreSQL.
     let pg = TestDb::postgres().await;
-    let out = notifier(&cfg, &pg.url, &["migrate"]);
+    let out = notifier(cfg, &pg.url, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = notifier(
-        &cfg,
-        &pg.url,
-        &["import", "--input", file.to_str().unwrap()],
-    );
+    let out = notifier(cfg, &pg.url, &["import", "--input", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("2 deliveries that were being sent are pending again"),
@@ -151,18 +129,14 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         stdout(&out)
     );
     // A second import is refused: the target is not empty any more.
-    let out = notifier(
-        &cfg,
-        &pg.url,
-        &["import", "--input", file.to_str().unwrap()],
-    );
+    let out = notifier(cfg, &pg.url, &["import", "--input", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
 
     // What PostgreSQL now holds is what SQLite held, leases aside.
     let back = dir.path().join("back.jsonl");
     let out = notifier(
-        &cfg,
+        cfg,
         &pg.url,
         &["export", "--output", back.to_str().unwrap()],
     );
@@ -184,7 +158,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     // 3. Start `run` on PostgreSQL.
     let pg_store = Store::connect(&pg.url, 2).await.unwrap();
     let mut new = RunProcess::spawn(
-        &cfg,
+        cfg,
         "pg-run",
         &[("NOTIFIER_DATABASE__URL", pg.url.as_str())],
     );
@@ -211,11 +185,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     );
 
     // History: `events show` on PostgreSQL tells the whole story.
-    let out = notifier(
-        &cfg,
-        &pg.url,
-        &["events", "show", &a_id, "--format", "json"],
-    );
+    let out = notifier(cfg, &pg.url, &["events", "show", &a_id, "--format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["final_state"], "done");
@@ -241,7 +211,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
 
     // New rows get new ids: the quarantine sequence moved past the imported id.
     std::fs::write(&events, "still { not json\n").unwrap();
-    let out = notifier(&cfg, &pg.url, &["ingest", events.to_str().unwrap()]);
+    let out = notifier(cfg, &pg.url, &["ingest", events.to_str().unwrap()]);
     assert!(
         stderr(&out).contains("quarantined as 2"),
         "{}",
@@ -258,16 +228,10 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_refuses_a_file_that_is_not_a_whole_export_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = test_toml(dir.path(), "");
-    let (cfg, s) = crate::support::config_file(dir.path(), &toml);
-    assert!(cli(&s, &["migrate"]).status.success());
-    let users = dir.path().join("directory.jsonl");
-    std::fs::write(&users, sample_directory()).unwrap();
-    assert!(
-        cli(&s, &["directory", "import", users.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let (cfg, s) = crate::support::TestConfig::new(dir.path())
+        .smtp("")
+        .config_file();
+    install_sample_directory(&s, dir.path());
     let file = dir.path().join("export.jsonl");
     let out = cli(&s, &["export", "--output", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -8,8 +8,8 @@ use super::model::{self, Directory, Rng};
 use crate::support::proxy::TcpProxy;
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{
-    AMQP_URL, RunProcess, TestBackend, TestDb, TopologyGuard, declare_topology, settings_from_toml,
-    test_toml_with_db,
+    AMQP_URL, RunProcess, TestBackend, TestConfig, TestDb, TopologyGuard, declare_topology,
+    import_directory,
 };
 use notifier::broker::publisher::Publisher;
 use notifier::config::Settings;
@@ -174,22 +174,19 @@ impl Scenario {
         let db = TestDb::new(o.backend).await;
         let dir = tempfile::tempdir().unwrap();
         let smtp = TestSmtpServer::start().await;
-        let base = test_toml_with_db(dir.path(), &smtp.url(), &db.url);
-        let direct = merge_toml(&merge_toml(&base, SUITE_TOML), &o.extra);
-        let settings = settings_from_toml(&direct);
+        let direct = TestConfig::new(dir.path())
+            .smtp(&smtp.url())
+            .database(&db.url)
+            .with(SUITE_TOML)
+            .with(&o.extra);
+        let settings = direct.settings();
         let guard = TopologyGuard(settings.amqp.clone());
         declare_topology(&settings.amqp).await;
 
         let mut worker_toml = direct.clone();
         let amqp_proxy = if o.amqp_proxy {
-            let p = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-            worker_toml = merge_toml(
-                &worker_toml,
-                &format!(
-                    "[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n",
-                    p.port()
-                ),
-            );
+            let p = TcpProxy::rabbitmq().await;
+            worker_toml = worker_toml.amqp(&p.amqp_url());
             Some(p)
         } else {
             None
@@ -200,24 +197,19 @@ impl Scenario {
                 TestBackend::Postgres,
                 "a database cut needs PostgreSQL"
             );
-            let p = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-            worker_toml = worker_toml.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", p.port()));
+            let p = TcpProxy::postgres().await;
+            worker_toml = worker_toml.database(&p.database_url(&db.url));
             Some(p)
         } else {
             None
         };
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, &worker_toml).unwrap();
+        let (config, _) = worker_toml.config_file();
 
         let store = db.store().await;
         let mut rng = Rng::new(o.seed);
         let mut directory = Directory::generate(&mut rng, o.practices);
         let probe_agb = directory.add_probe_practice();
-        notifier::pipeline::recovery::import_users(&store, &directory.jsonl(), &mut |n, r| {
-            panic!("generated directory line {n}: {r}")
-        })
-        .await
-        .unwrap();
+        import_directory(&store, &directory.jsonl()).await;
         let publisher = Publisher::connect(AMQP_URL, &settings.amqp.exchange)
             .await
             .unwrap();
@@ -968,20 +960,4 @@ fn proc_kb(pid: u32, field: &str) -> Option<u64> {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-/// TOML documents merged key by key (later wins), printed back as TOML, so
-/// a scenario can override one key of a section the base already has.
-fn merge_toml(base: &str, extra: &str) -> String {
-    let mut a: toml::Table = base.parse().expect("suite TOML");
-    let b: toml::Table = extra.parse().expect("scenario TOML");
-    for (section, v) in b {
-        match (a.get_mut(&section), v) {
-            (Some(toml::Value::Table(t)), toml::Value::Table(u)) => t.extend(u),
-            (_, v) => {
-                a.insert(section, v);
-            }
-        }
-    }
-    toml::to_string(&a).unwrap()
 }

@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// The machine's RabbitMQ.
+const RABBITMQ: &str = "127.0.0.1:5672";
+/// The machine's PostgreSQL (the default of [`super::pg_server`]).
+const POSTGRES: &str = "127.0.0.1:5432";
+
 /// A proxy from a local port to `target`.
 pub struct TcpProxy {
     addr: SocketAddr,
@@ -41,6 +46,31 @@ impl TcpProxy {
             }
         });
         Self { addr, cut, task }
+    }
+
+    /// A proxy to the machine's RabbitMQ ([`super::AMQP_URL`]).
+    pub async fn rabbitmq() -> Self {
+        Self::start(RABBITMQ.parse().unwrap()).await
+    }
+
+    /// A proxy to the machine's PostgreSQL.
+    pub async fn postgres() -> Self {
+        Self::start(POSTGRES.parse().unwrap()).await
+    }
+
+    /// `amqp.url` for the machine's RabbitMQ through this proxy.
+    pub fn amqp_url(&self) -> String {
+        super::AMQP_URL.replace(RABBITMQ, &format!("127.0.0.1:{}", self.port()))
+    }
+
+    /// `url`, a test database on the machine's PostgreSQL, through this proxy.
+    pub fn database_url(&self, url: &str) -> String {
+        let through = url.replace(POSTGRES, &format!("127.0.0.1:{}", self.port()));
+        assert_ne!(
+            through, url,
+            "a database behind a proxy needs TEST_PG_SERVER at {POSTGRES}"
+        );
+        through
     }
 
     /// The local port to connect to.
