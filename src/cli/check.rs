@@ -54,7 +54,7 @@ pub struct StuckLine {
     pub overdue_since: Option<String>,
     pub problem: String,
     pub received_at: String,
-    pub state: String,
+    pub state: crate::domain::event::EventState,
 }
 
 impl CheckReport {
@@ -82,7 +82,7 @@ impl CheckReport {
                     overdue_since: s.overdue_since.map(rfc3339),
                     problem: problem(s),
                     received_at: rfc3339(s.received_at),
-                    state: s.state.clone(),
+                    state: s.state,
                 })
                 .collect(),
             threshold_ms,

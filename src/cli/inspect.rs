@@ -89,7 +89,7 @@ pub struct EventLine {
     pub id: String,
     pub occurred_at: String,
     pub received_at: String,
-    pub state: String,
+    pub state: EventState,
     #[serde(rename = "type")]
     pub event_type: String,
 }
@@ -102,7 +102,7 @@ impl From<&ev::EventRow> for EventLine {
             id: e.id.clone(),
             occurred_at: rfc3339(e.occurred_at),
             received_at: rfc3339(e.received_at),
-            state: e.state.clone(),
+            state: e.state,
             event_type: e.event_type.clone(),
         }
     }
@@ -119,7 +119,7 @@ pub struct EventReport {
     pub id: String,
     pub occurred_at: String,
     pub received_at: String,
-    pub state: String,
+    pub state: EventState,
     #[serde(rename = "type")]
     pub event_type: String,
 }
@@ -181,7 +181,7 @@ pub async fn deliveries_list(
 /// `notifier events list`.
 pub async fn events_list(
     settings: Settings,
-    state: Option<String>,
+    state: Option<EventState>,
     event_type: Option<String>,
     agb: Option<String>,
     limit: i64,
@@ -279,8 +279,7 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
         agb_code: event.agb_code,
         deliveries,
         detail: event.detail,
-        final_state: EventState::parse(&e.state)
-            .map_or("unknown", |state| state.final_state(&statuses)),
+        final_state: e.state.final_state(&statuses),
         id: event.id,
         occurred_at: event.occurred_at,
         received_at: event.received_at,

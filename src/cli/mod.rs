@@ -148,8 +148,8 @@ pub enum EventsCommand {
     /// List events, newest first (e.g. `--state unroutable`: events nobody could be told about).
     List {
         /// accepted, unroutable, applied, stale or ignored.
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_parser = crate::domain::event::EventState::parse_arg)]
+        state: Option<crate::domain::event::EventState>,
         /// An event type, e.g. contract.voorstel_aangeboden.
         #[arg(long = "type")]
         event_type: Option<String>,

@@ -72,6 +72,14 @@ impl EventState {
         Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
 
+    /// Parses an operator's `--state` word, saying which words there are.
+    pub fn parse_arg(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| {
+            let words: Vec<&str> = Self::ALL.iter().map(|x| x.as_str()).collect();
+            format!("{s}: expected one of {}", words.join(", "))
+        })
+    }
+
     /// The event's final state as operators read it (`events show`), from
     /// its own state and its deliveries' statuses.
     pub fn final_state(self, statuses: &[DeliveryStatus]) -> &'static str {
@@ -93,6 +101,18 @@ impl EventState {
         } else {
             "done"
         }
+    }
+}
+
+impl std::fmt::Display for EventState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for EventState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

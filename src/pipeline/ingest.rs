@@ -7,6 +7,7 @@
 //! bad input. The caller acks only after [`Ingestor::ingest_batch`] returned Ok.
 
 use crate::domain::directory::{AgbSnapshot, DirectoryUser, UserRecord, UserStatus, VersionCheck};
+use crate::domain::event::EventState;
 use crate::domain::event::{
     EventBody, MAX_BODY_BYTES, ModuleEvent, PortalEvent, ValidationRules, envelope_hint,
     parse_event,
@@ -357,61 +358,13 @@ impl Ingestor {
         out: &mut Vec<(String, IngestOutcome)>,
     ) -> Result<(), StoreError> {
         let mut done: Vec<Option<(String, IngestOutcome)>> = vec![None; batch.len()];
-        for (i, (m, p)) in batch.iter().zip(parsed).enumerate() {
-            let Err(reason) = p else { continue };
-            let reason = reason.clone();
-            let hint = envelope_hint(&m.body);
-            let t = known_type_label(hint.event_type.as_deref()).to_owned();
-            if !m.quarantine_on_reject {
-                info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
-                done[i] = Some((t, IngestOutcome::Rejected { reason }));
-                continue;
-            }
-            let id = keep_in_quarantine(conn, m, &hint, &reason, now).await?;
-            warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
-            done[i] = Some((
-                t,
-                IngestOutcome::Quarantined {
-                    quarantine_id: id,
-                    reason,
-                },
-            ));
-        }
+        quarantine_rejected(conn, batch, parsed, now, &mut done).await?;
         let events: Vec<(usize, &PortalEvent)> = parsed
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().ok().map(|e| (i, e)))
             .collect();
-        // Module events are resolved before their rows are written, against
-        // one directory read for the whole segment, so that each row goes in
-        // with its final state and the deliveries of every new event take a
-        // few multi-row statements for the segment, not a few per event.
-        let modules: Vec<&ModuleEvent> = events.iter().filter_map(|(_, e)| module_of(e)).collect();
-        let (snapshots, actors) = if modules.is_empty() {
-            Default::default()
-        } else {
-            let codes: Vec<AgbCode> = modules.iter().map(|m| m.agb_code.clone()).collect();
-            let numbers: Vec<_> = modules.iter().filter_map(|m| m.actor.clone()).collect();
-            (
-                dir::agb_snapshots(conn, &codes).await?,
-                dir::get_users(conn, &numbers).await?,
-            )
-        };
-        let mut resolved: Vec<Option<(recipients::Resolution, Option<String>)>> =
-            Vec::with_capacity(events.len());
-        for (_, event) in &events {
-            let Some(m) = module_of(event) else {
-                resolved.push(None);
-                continue;
-            };
-            let snapshot = snapshots.get(&m.agb_code).ok_or_else(|| {
-                StoreError::Corrupt("directory snapshot missing for an AGB code".into())
-            })?;
-            let actor = m.actor.as_ref().and_then(|a| actors.get(a));
-            let res = recipients::resolve_module(m, event.id.as_str(), snapshot, actor);
-            let detail = event_detail(m, &res);
-            resolved.push(Some((res, detail)));
-        }
+        let resolved = resolve_modules(conn, &events).await?;
         let payloads: Vec<_> = events
             .iter()
             .map(|(i, _)| String::from_utf8_lossy(&batch[*i].body))
@@ -429,26 +382,21 @@ impl Ingestor {
                 payload,
                 state: r
                     .as_ref()
-                    .map_or("accepted", |(res, _)| res.routing.event_state().as_str()),
+                    .map_or(EventState::Accepted, |(res, _)| res.routing.event_state()),
                 detail: r.as_ref().and_then(|(_, d)| d.as_deref()),
             })
             .collect();
         let inserted = ev::insert_events(conn, &rows).await?;
         let mut firsts: Vec<(usize, &PortalEvent, plan::First<'_>)> = Vec::new();
         for (((i, event), new), r) in events.iter().zip(inserted).zip(&resolved) {
-            let i = *i;
-            if !new {
-                info!(event_id = %event.id, event_type = event.event_type.as_str(),
-                    "duplicate event id: nothing new");
-                done[i] = Some((
-                    event.event_type.as_str().to_owned(),
-                    IngestOutcome::Duplicate {
-                        event_id: event.id.to_string(),
-                    },
-                ));
-                continue;
-            }
+            let (i, label) = (*i, event.event_type.as_str().to_owned());
             match r {
+                _ if !new => {
+                    info!(event_id = %event.id, event_type = event.event_type.as_str(),
+                        "duplicate event id: nothing new");
+                    let event_id = event.id.to_string();
+                    done[i] = Some((label, IngestOutcome::Duplicate { event_id }));
+                }
                 Some((res, _)) => firsts.push((
                     i,
                     event,
@@ -461,24 +409,11 @@ impl Ingestor {
                 None => {
                     let span = info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
                     let outcome = self.apply(conn, event, now).instrument(span).await?;
-                    done[i] = Some((event.event_type.as_str().to_owned(), outcome));
+                    done[i] = Some((label, outcome));
                 }
             }
         }
-        let plans: Vec<plan::First<'_>> = firsts.iter().map(|(_, _, f)| *f).collect();
-        let added = plan::plan_first_many(conn, &plans).await?;
-        for ((i, event, first), n) in firsts.into_iter().zip(added) {
-            let res = first.resolution;
-            let span =
-                info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
-            let outcome = span.in_scope(|| {
-                if res.routing == Routing::Unroutable || res.unroutable_notice {
-                    warn!(agb_code = ?event.agb_code().map(|a| a.as_str()), "unroutable: no recipient and no active contact person");
-                }
-                accepted(event.id.to_string(), n, res)
-            });
-            done[i] = Some((event.event_type.as_str().to_owned(), outcome));
-        }
+        plan_firsts(conn, firsts, &mut done).await?;
         for d in done {
             out.push(d.ok_or_else(|| {
                 StoreError::Corrupt("a message of the batch got no outcome".into())
@@ -622,7 +557,7 @@ impl Ingestor {
                             planned.retain(|p| p.users.is_empty());
                         }
                         let n = self.plan(conn, event, &planned, now).await?;
-                        ev::set_event_state(conn, &id, "applied", None).await?;
+                        ev::set_event_state(conn, &id, EventState::Applied, None).await?;
                         Ok(IngestOutcome::Applied {
                             event_id: id,
                             deliveries: n,
@@ -681,7 +616,7 @@ impl Ingestor {
                                 )
                             }
                         );
-                        ev::set_event_state(conn, &id, "applied", Some(&detail)).await?;
+                        ev::set_event_state(conn, &id, EventState::Applied, Some(&detail)).await?;
                         if !no_cp.is_empty() {
                             warn!("revocation notice unroutable: no active contact person");
                         }
@@ -712,7 +647,7 @@ impl Ingestor {
             ev::set_event_state(
                 conn,
                 id,
-                "stale",
+                EventState::Stale,
                 Some("versie not higher than stored: ignored"),
             )
             .await?;
@@ -722,7 +657,7 @@ impl Ingestor {
                 event_id: id.to_owned(),
             })
         } else {
-            ev::set_event_state(conn, id, "applied", None).await?;
+            ev::set_event_state(conn, id, EventState::Applied, None).await?;
             Ok(IngestOutcome::Applied {
                 event_id: id.to_owned(),
                 deliveries: 0,
@@ -744,7 +679,7 @@ impl Ingestor {
                 ev::set_event_state(
                     conn,
                     id,
-                    "ignored",
+                    EventState::Ignored,
                     Some("user unknown to the directory: nothing sent"),
                 )
                 .await?;
@@ -758,7 +693,7 @@ impl Ingestor {
                 ev::set_event_state(
                     conn,
                     id,
-                    "stale",
+                    EventState::Stale,
                     Some("versie not higher than stored: ignored"),
                 )
                 .await?;
@@ -797,13 +732,7 @@ impl Ingestor {
             return Ok((n, res));
         }
         let detail = event_detail(m, &res);
-        ev::set_event_state(
-            conn,
-            id,
-            res.routing.event_state().as_str(),
-            detail.as_deref(),
-        )
-        .await?;
+        ev::set_event_state(conn, id, res.routing.event_state(), detail.as_deref()).await?;
         if res.routing == Routing::Unroutable || res.unroutable_notice {
             warn!(agb_code = %m.agb_code, "unroutable: no recipient and no active contact person");
         }
@@ -931,6 +860,98 @@ fn module_of(e: &PortalEvent) -> Option<&ModuleEvent> {
         EventBody::Module(m) => Some(m),
         _ => None,
     }
+}
+
+/// Bad input of a segment: kept in quarantine with its reason (or, for a
+/// redrive, reported and left where it is).
+async fn quarantine_rejected(
+    conn: &mut AnyConnection,
+    batch: &[Incoming],
+    parsed: &[Result<PortalEvent, String>],
+    now: DateTime<Utc>,
+    done: &mut [Option<(String, IngestOutcome)>],
+) -> Result<(), StoreError> {
+    for (i, (m, p)) in batch.iter().zip(parsed).enumerate() {
+        let Err(reason) = p else { continue };
+        let reason = reason.clone();
+        let hint = envelope_hint(&m.body);
+        let t = known_type_label(hint.event_type.as_deref()).to_owned();
+        if !m.quarantine_on_reject {
+            info!(event_id = hint.id.as_deref(), %reason, "redriven message still bad input");
+            done[i] = Some((t, IngestOutcome::Rejected { reason }));
+            continue;
+        }
+        let id = keep_in_quarantine(conn, m, &hint, &reason, now).await?;
+        warn!(quarantine_id = id, event_id = hint.id.as_deref(), %reason, "bad input quarantined");
+        done[i] = Some((
+            t,
+            IngestOutcome::Quarantined {
+                quarantine_id: id,
+                reason,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// The module events of a segment resolved against one directory read
+/// (before their rows are written, so that each row goes in with its final
+/// state, and the deliveries of every new event take a few multi-row
+/// statements for the segment); `None` for the other events.
+async fn resolve_modules(
+    conn: &mut AnyConnection,
+    events: &[(usize, &PortalEvent)],
+) -> Result<Vec<Option<(recipients::Resolution, Option<String>)>>, StoreError> {
+    let modules: Vec<&ModuleEvent> = events.iter().filter_map(|(_, e)| module_of(e)).collect();
+    let (snapshots, actors) = if modules.is_empty() {
+        Default::default()
+    } else {
+        let codes: Vec<AgbCode> = modules.iter().map(|m| m.agb_code.clone()).collect();
+        let numbers: Vec<_> = modules.iter().filter_map(|m| m.actor.clone()).collect();
+        (
+            dir::agb_snapshots(conn, &codes).await?,
+            dir::get_users(conn, &numbers).await?,
+        )
+    };
+    let mut resolved = Vec::with_capacity(events.len());
+    for (_, event) in events {
+        let Some(m) = module_of(event) else {
+            resolved.push(None);
+            continue;
+        };
+        let snapshot = snapshots.get(&m.agb_code).ok_or_else(|| {
+            StoreError::Corrupt("directory snapshot missing for an AGB code".into())
+        })?;
+        let actor = m.actor.as_ref().and_then(|a| actors.get(a));
+        let res = recipients::resolve_module(m, event.id.as_str(), snapshot, actor);
+        let detail = event_detail(m, &res);
+        resolved.push(Some((res, detail)));
+    }
+    Ok(resolved)
+}
+
+/// Plans the deliveries of a segment's new module events together, and
+/// gives each its outcome.
+async fn plan_firsts(
+    conn: &mut AnyConnection,
+    firsts: Vec<(usize, &PortalEvent, plan::First<'_>)>,
+    done: &mut [Option<(String, IngestOutcome)>],
+) -> Result<(), StoreError> {
+    let plans: Vec<plan::First<'_>> = firsts.iter().map(|(_, _, f)| *f).collect();
+    let added = plan::plan_first_many(conn, &plans).await?;
+    for ((i, event, first), n) in firsts.into_iter().zip(added) {
+        let res = first.resolution;
+        let span =
+            info_span!("event", event_id = %event.id, event_type = event.event_type.as_str());
+        let outcome = span.in_scope(|| {
+            if res.routing == Routing::Unroutable || res.unroutable_notice {
+                warn!(agb_code = ?event.agb_code().map(|a| a.as_str()), "unroutable: no recipient and no active contact person");
+            }
+            accepted(event.id.to_string(), n, res)
+        });
+        done[i] = Some((event.event_type.as_str().to_owned(), outcome));
+    }
+    Ok(())
 }
 
 /// What an event's row says about its resolution, when there is something

@@ -1012,7 +1012,7 @@ pub struct StuckEvent {
     pub event_type: String,
     pub agb_code: Option<String>,
     pub received_at: i64,
-    pub state: String,
+    pub state: crate::domain::event::EventState,
     /// Deliveries overdue by more than the threshold (0: the event has no deliveries).
     pub overdue: i64,
     /// The earliest time an overdue delivery should have moved on
@@ -1050,7 +1050,7 @@ pub async fn stuck_events(
                 event_type: r.try_get("type")?,
                 agb_code: r.try_get("agb_code")?,
                 received_at: r.try_get("received_at")?,
-                state: r.try_get("state")?,
+                state: super::events::event_state_of(r.try_get("state")?)?,
                 overdue: r.try_get("overdue")?,
                 overdue_since: r.try_get("since")?,
             })
@@ -1084,7 +1084,7 @@ pub async fn stuck_events(
             event_type: r.try_get("type")?,
             agb_code: r.try_get("agb_code")?,
             received_at: r.try_get("received_at")?,
-            state: r.try_get("state")?,
+            state: super::events::event_state_of(r.try_get("state")?)?,
             overdue: 0,
             overdue_since: None,
         });

@@ -2,6 +2,7 @@
 //! `quarantine` table (bad input kept with its reason for operators).
 
 use super::{StoreError, storable};
+use crate::domain::event::EventState;
 use sqlx::{AnyConnection, Row};
 
 /// How much of a bad message's bytes quarantine keeps.
@@ -15,7 +16,7 @@ pub struct NewEvent<'a> {
     pub occurred_at_ms: i64,
     pub received_at_ms: i64,
     pub payload: &'a str,
-    pub state: &'a str,
+    pub state: EventState,
     /// Why the event is in `state`, when that needs saying (unroutable, notes).
     pub detail: Option<&'a str>,
 }
@@ -56,7 +57,7 @@ pub async fn insert_events(
                 .bind(e.occurred_at_ms)
                 .bind(e.received_at_ms)
                 .bind(storable(e.payload))
-                .bind(e.state.to_owned())
+                .bind(e.state.as_str())
                 .bind(e.detail.map(storable));
         }
         inserted.extend(q.fetch_all(&mut *conn).await?);
@@ -72,11 +73,11 @@ pub async fn insert_events(
 pub async fn set_event_state(
     conn: &mut AnyConnection,
     id: &str,
-    state: &str,
+    state: EventState,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE events SET state = $1, detail = $2 WHERE id = $3")
-        .bind(state)
+        .bind(state.as_str())
         .bind(detail.map(storable))
         .bind(id)
         .execute(&mut *conn)
@@ -109,7 +110,7 @@ pub struct EventRow {
     pub occurred_at: i64,
     pub received_at: i64,
     pub payload: String,
-    pub state: String,
+    pub state: EventState,
     pub detail: Option<String>,
 }
 
@@ -173,7 +174,7 @@ fn event_row(r: &sqlx::any::AnyRow) -> Result<EventRow, StoreError> {
         occurred_at: r.try_get("occurred_at")?,
         received_at: r.try_get("received_at")?,
         payload: r.try_get("payload")?,
-        state: r.try_get("state")?,
+        state: event_state_of(r.try_get("state")?)?,
         detail: r.try_get("detail")?,
     })
 }
@@ -337,7 +338,7 @@ pub struct EventFilter {
     /// On `received_at`, exclusive.
     pub until_ms: Option<i64>,
     /// Event states to include; empty: any.
-    pub states: Vec<String>,
+    pub states: Vec<EventState>,
     /// Newest received first (default: oldest first).
     pub newest_first: bool,
     /// At most this many.
@@ -365,7 +366,7 @@ pub async fn list_events(
     if let Some(v) = f.until_ms {
         w.int("received_at", "<", v);
     }
-    let states: Vec<&str> = f.states.iter().map(String::as_str).collect();
+    let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
     w.any_of("state", &states);
     let order = if f.newest_first {
         " ORDER BY received_at DESC, id DESC"
@@ -393,4 +394,13 @@ pub async fn unroutable_count(conn: &mut AnyConnection, since_ms: i64) -> Result
     .bind(since_ms)
     .fetch_one(&mut *conn)
     .await?)
+}
+
+/// A stored event state as an [`EventState`].
+pub(crate) fn event_state_of(word: String) -> Result<EventState, StoreError> {
+    EventState::parse(&word).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "event state {word:?} is not one this version knows (written by a newer version?)"
+        ))
+    })
 }

@@ -263,9 +263,9 @@ async fn directory_events_follow_the_versie_rule() {
     org["data"]["naam"] = "Fysio & Co <Noord>".into();
     app.publish(&org).await;
     let e = app.wait_event(stale["id"].as_str().unwrap()).await;
-    assert_eq!(e.state, "stale");
+    assert_eq!(e.state, notifier::domain::event::EventState::Stale);
     let e = app.wait_event(org["id"].as_str().unwrap()).await;
-    assert_eq!(e.state, "applied");
+    assert_eq!(e.state, notifier::domain::event::EventState::Applied);
 
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")

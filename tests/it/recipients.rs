@@ -67,7 +67,7 @@ async fn an_address_change_confirms_to_the_new_and_warns_the_old_address() {
     unknown["data"]["gebruikersnummer"] = "19999999999999".into();
     app.publish(&unknown).await;
     let ev = app.wait_event(unknown["id"].as_str().unwrap()).await;
-    assert_eq!(ev.state, "ignored");
+    assert_eq!(ev.state, notifier::domain::event::EventState::Ignored);
     assert!(
         app.deliveries(Some(unknown["id"].as_str().unwrap()))
             .await
@@ -203,7 +203,7 @@ async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_un
     let rows = app.publish_and_settle(&e).await;
     assert!(rows.is_empty());
     let ev = app.wait_event(&id).await;
-    assert_eq!(ev.state, "unroutable");
+    assert_eq!(ev.state, notifier::domain::event::EventState::Unroutable);
     assert!(ev.detail.unwrap().contains("no active contact person"));
     let metrics = app.metrics().await;
     assert!(
@@ -321,7 +321,10 @@ async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() 
     let e = fresh_for("contract.administratief_vastgelegd", agb);
     let id = e["id"].as_str().unwrap().to_owned();
     app.publish(&e).await;
-    assert_eq!(app.wait_event(&id).await.state, "unroutable");
+    assert_eq!(
+        app.wait_event(&id).await.state,
+        notifier::domain::event::EventState::Unroutable
+    );
     // The user's record follows a moment later.
     let u = active_user(
         "32000000000001",
@@ -337,7 +340,10 @@ async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() 
         })
         .await;
     assert_eq!(rows[0].recipient, "nieuw@praktijk8.example");
-    assert_eq!(app.wait_event(&id).await.state, "accepted");
+    assert_eq!(
+        app.wait_event(&id).await.state,
+        notifier::domain::event::EventState::Accepted
+    );
     // A later update of the same user adds nothing: it already got the mail.
     let u = user(
         "32000000000001",

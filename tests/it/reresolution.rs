@@ -89,7 +89,10 @@ async fn a_right_lost_after_the_mail_went_out_raises_no_notice_and_keeps_the_sta
         rows.iter().all(|d| d.kind != "beheer.geen_ontvanger"),
         "no false 'nobody got this' to the contact person: {rows:#?}"
     );
-    assert_eq!(app.wait_event(&id).await.state, "accepted");
+    assert_eq!(
+        app.wait_event(&id).await.state,
+        notifier::domain::event::EventState::Accepted
+    );
     app.stop().await;
 }
 
@@ -129,7 +132,10 @@ async fn a_pending_geen_ontvanger_is_cancelled_when_a_late_record_gets_the_mail(
         .find(|d| d.kind == "beheer.geen_ontvanger")
         .unwrap();
     assert_eq!(notice.status, "cancelled", "{notice:#?}");
-    assert_eq!(app.wait_event(&id).await.state, "accepted");
+    assert_eq!(
+        app.wait_event(&id).await.state,
+        notifier::domain::event::EventState::Accepted
+    );
     assert!(
         app.smtp
             .messages()

@@ -59,7 +59,7 @@ fn new_event(id: &str) -> NewEvent<'_> {
         occurred_at_ms: 1_000,
         received_at_ms: 2_000,
         payload: "{}",
-        state: "accepted",
+        state: notifier::domain::event::EventState::Accepted,
         detail: None,
     }
 }
@@ -231,15 +231,20 @@ async fn events_are_recorded_once_by_id(store: Store) {
         !ev::insert_event(&mut c, &again).await.unwrap(),
         "a repeat is a duplicate"
     );
-    ev::set_event_state(&mut c, "e-1", "unroutable", Some("no contact person"))
-        .await
-        .unwrap();
+    ev::set_event_state(
+        &mut c,
+        "e-1",
+        notifier::domain::event::EventState::Unroutable,
+        Some("no contact person"),
+    )
+    .await
+    .unwrap();
     let e = ev::get_event(&mut c, "e-1").await.unwrap().unwrap();
     assert_eq!(e.payload, "{}", "the first copy is kept");
     assert_eq!(e.event_type, MODULE);
     assert_eq!(e.agb_code.as_deref(), Some(AGB));
     assert_eq!((e.occurred_at, e.received_at), (1_000, 2_000));
-    assert_eq!(e.state, "unroutable");
+    assert_eq!(e.state, notifier::domain::event::EventState::Unroutable);
     assert_eq!(e.detail.as_deref(), Some("no contact person"));
     assert!(ev::get_event(&mut c, "nope").await.unwrap().is_none());
 }
@@ -255,7 +260,7 @@ async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Sto
         let e = NewEvent {
             agb_code: agb,
             received_at_ms,
-            state,
+            state: notifier::domain::event::EventState::parse(state).unwrap(),
             ..new_event(id)
         };
         ev::insert_event(&mut c, &e).await.unwrap();
@@ -276,7 +281,7 @@ async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Sto
         (
             "one state",
             ev::EventFilter {
-                states: vec!["unroutable".into()],
+                states: vec![notifier::domain::event::EventState::Unroutable],
                 ..Default::default()
             },
             vec!["e-2"],
@@ -292,7 +297,7 @@ async fn events_are_listed_by_state_type_and_agb_and_keep_their_notes(store: Sto
         (
             "state, type and AGB code together",
             ev::EventFilter {
-                states: vec!["accepted".into()],
+                states: vec![notifier::domain::event::EventState::Accepted],
                 event_type: Some(MODULE.into()),
                 agb_code: Some(AGB.into()),
                 ..Default::default()
@@ -1669,7 +1674,7 @@ async fn fan_out_to_5000_gives_5000_deliveries_each_with_its_user(store: Store) 
     }
     assert_eq!(seen.len(), N as usize);
     let ev = ev::get_event(&mut c, &id).await.unwrap().unwrap();
-    assert_eq!(ev.state, "accepted");
+    assert_eq!(ev.state, notifier::domain::event::EventState::Accepted);
     // Ingesting it again adds nothing.
     drop(c);
     let again = ingestor(&store, std::time::Duration::ZERO)

@@ -5,6 +5,7 @@
 //! directory was wrong).
 
 use super::{Audit, Mode, SAMPLE, Scope, opt_id_text, record, rfc3339};
+use crate::domain::event::EventState;
 use crate::domain::event::{EventBody, ModuleEvent, ValidationRules, parse_event};
 use crate::domain::recipients::{self, Resolution};
 use crate::pipeline::plan::{self, Deadline, PlanReport, Timing};
@@ -100,7 +101,7 @@ pub async fn replay_events(
         agb_code: scope.agb.as_ref().map(|a| a.as_str().to_owned()),
         since_ms: scope.since_ms,
         until_ms: scope.until_ms,
-        states: vec!["accepted".into(), "unroutable".into()],
+        states: vec![EventState::Accepted, EventState::Unroutable],
         ..Default::default()
     };
     let filters = EventsFilters {
@@ -200,11 +201,11 @@ impl Again<'_> {
             rfc3339(ms(self.now))
         );
         let detail = match &e.detail {
-            Some(d) if e.state == "unroutable" => format!("{note}; was unroutable: {d}"),
+            Some(d) if e.state == EventState::Unroutable => format!("{note}; was unroutable: {d}"),
             Some(d) => format!("{d}; {note}"),
             None => note,
         };
-        ev::set_event_state(conn, &e.id, "accepted", Some(&detail)).await
+        ev::set_event_state(conn, &e.id, EventState::Accepted, Some(&detail)).await
     }
 }
 
@@ -268,7 +269,7 @@ impl Tally {
             }));
         if n > 0 {
             self.events_with_additions += 1;
-            if e.state == "unroutable" {
+            if e.state == EventState::Unroutable {
                 self.rerouted += 1;
             }
         }

@@ -148,7 +148,11 @@ impl TestApp {
     pub async fn publish_applied(&self, event: &serde_json::Value) {
         self.publish(event).await;
         let row = self.wait_event(event["id"].as_str().unwrap()).await;
-        assert_eq!(row.state, "applied", "{row:?}");
+        assert_eq!(
+            row.state,
+            notifier::domain::event::EventState::Applied,
+            "{row:?}"
+        );
     }
 
     /// Publishes and waits until every delivery of the event is final.
