@@ -168,6 +168,15 @@ pub enum Routing {
 }
 
 impl Routing {
+    /// The outcome as logs and reports name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::NoRecipientNotice => "no_recipient_notice",
+            Self::Unroutable => "unroutable",
+        }
+    }
+
     /// The event state stored for this outcome.
     pub fn event_state(self) -> EventState {
         match self {

@@ -109,7 +109,7 @@ pub enum IngestOutcome {
     Accepted {
         event_id: String,
         deliveries: usize,
-        routing: &'static str,
+        routing: Routing,
         /// A notice was due but nobody could get it (no active contact person).
         unroutable_notice: bool,
     },
@@ -288,7 +288,9 @@ impl Ingestor {
                     routing,
                     unroutable_notice,
                     ..
-                } if *routing == "unroutable" || *unroutable_notice => self.metrics.unroutable(),
+                } if *routing == Routing::Unroutable || *unroutable_notice => {
+                    self.metrics.unroutable()
+                }
                 IngestOutcome::Applied {
                     unroutable_notice: true,
                     ..
@@ -844,8 +846,8 @@ pub struct Ingested {
 /// A module event's outcome once its deliveries are planned (logged in the
 /// caller's event span).
 fn accepted(event_id: String, deliveries: usize, res: &recipients::Resolution) -> IngestOutcome {
-    let routing = routing_label(res.routing);
-    info!(deliveries, routing, "event accepted");
+    let routing = res.routing;
+    info!(deliveries, routing = routing.as_str(), "event accepted");
     IngestOutcome::Accepted {
         event_id,
         deliveries,
@@ -990,14 +992,6 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// The same data error again (a batch of one is not tried twice).
 fn err_again(e: &StoreError) -> StoreError {
     StoreError::BadMessage(e.to_string())
-}
-
-fn routing_label(r: Routing) -> &'static str {
-    match r {
-        Routing::Routed => "routed",
-        Routing::NoRecipientNotice => "no_recipient_notice",
-        Routing::Unroutable => "unroutable",
-    }
 }
 
 fn event_versie(e: &PortalEvent) -> i64 {

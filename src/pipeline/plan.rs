@@ -14,6 +14,7 @@
 //! mail is on its way or sent; a pending `beheer.geen_ontvanger` is
 //! cancelled as soon as a module mail is added.
 
+use crate::domain::delivery::DeliveryStatus::{self, Pending, Sending, Sent};
 use crate::domain::delivery::MailKind;
 use crate::domain::recipients::{PlannedDelivery, Resolution};
 use crate::store::{StoreError, deliveries as dl, ms, planning as pl};
@@ -34,7 +35,7 @@ pub enum Planned {
     AlreadyServed,
     /// The same planned row exists in this final status (`failed`,
     /// `cancelled`): `notifier replay deliveries` sends such a one again.
-    Exists(String),
+    Exists(DeliveryStatus),
 }
 
 /// Times for new deliveries, in epoch milliseconds.
@@ -282,7 +283,7 @@ async fn plan_again(
         return Ok(match conflict {
             // The very row exists: nothing to add unless a user is new to it.
             dl::ReplayConflict::Exists(status) => {
-                if matches!(status.as_str(), "sent" | "pending" | "sending") {
+                if matches!(status, Sent | Pending | Sending) {
                     match join(conn, event_id, p, insert, served).await? {
                         Planned::AlreadyServed => Planned::Exists(status),
                         other => other,
@@ -454,15 +455,15 @@ pub async fn split_off(
     let (target, status) = match dl::holder_of_address(conn, from, address).await? {
         Some(held) => held,
         None => match dl::revive_at_address(conn, from, address, t.now_ms).await? {
-            Some(id) => (id, "pending".to_owned()),
+            Some(id) => (id, Pending),
             None => match pl::insert_split(conn, from, address, t.now_ms, t.due_ms, t.deadline_ms)
                 .await?
             {
-                Some(id) => (id, "pending".to_owned()),
+                Some(id) => (id, Pending),
                 None => return Ok(None),
             },
         },
     };
     dl::move_users(conn, from, &target, users).await?;
-    Ok(matches!(status.as_str(), "pending" | "sending").then_some(target))
+    Ok(matches!(status, Pending | Sending).then_some(target))
 }

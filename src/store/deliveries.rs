@@ -249,15 +249,26 @@ pub async fn holder_of_address(
     conn: &mut AnyConnection,
     from: &str,
     address: &str,
-) -> Result<Option<(String, String)>, StoreError> {
-    Ok(sqlx::query_as(
+) -> Result<Option<(String, DeliveryStatus)>, StoreError> {
+    let held: Option<(String, String)> = sqlx::query_as(
         "SELECT d.id, d.status FROM deliveries d JOIN deliveries o ON o.event_id = d.event_id AND o.kind = d.kind AND o.about = d.about \
          WHERE o.id = $1 AND d.claimed_address = $2",
     )
     .bind(from)
     .bind(address)
     .fetch_optional(&mut *conn)
-    .await?)
+    .await?;
+    held.map(|(id, status)| Ok((id, status_of(&status)?)))
+        .transpose()
+}
+
+/// A stored delivery status as a [`DeliveryStatus`].
+pub(crate) fn status_of(word: &str) -> Result<DeliveryStatus, StoreError> {
+    DeliveryStatus::parse(word).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "delivery status {word:?} is not one this version knows (written by a newer version?)"
+        ))
+    })
 }
 
 /// Makes the cancelled delivery of the same event, kind and about as `from`
@@ -954,10 +965,10 @@ pub async fn replay(
 pub enum ReplayConflict {
     /// The same (event, kind, address, about) row exists, in this status
     /// (`notifier replay deliveries` is the way to send a failed one again).
-    Exists(String),
+    Exists(DeliveryStatus),
     /// Another delivery of this event and kind was sent to this address, or
     /// is on its way there (the status; the address finally used counts).
-    Served(String),
+    Served(DeliveryStatus),
 }
 
 /// Whether a planned delivery of a stored event would duplicate one that
@@ -976,7 +987,7 @@ pub async fn replay_conflict(
     )
     .await?;
     if let Some(status) = same {
-        return Ok(Some(ReplayConflict::Exists(status)));
+        return Ok(Some(ReplayConflict::Exists(status_of(&status)?)));
     }
     // The delivery that has taken the address, whatever it was planned for.
     let served = text_for_mail(
@@ -986,7 +997,9 @@ pub async fn replay_conflict(
         (event_id, kind, about, address),
     )
     .await?;
-    Ok(served.map(ReplayConflict::Served))
+    served
+        .map(|s| status_of(&s).map(ReplayConflict::Served))
+        .transpose()
 }
 
 /// The text `sql` selects for one mail: `$1` event id, `$2` kind, `$3`

@@ -1184,7 +1184,9 @@ async fn split_off_moves_users_to_their_own_delivery(store: Store) {
         dl::replay_conflict(&mut c, "e-1", MODULE, "u1@praktijk.example", "")
             .await
             .unwrap(),
-        Some(dl::ReplayConflict::Exists("pending".into())),
+        Some(dl::ReplayConflict::Exists(
+            notifier::domain::delivery::DeliveryStatus::Pending
+        )),
         "the split-off delivery has taken its address"
     );
     assert_eq!(
@@ -1625,7 +1627,7 @@ async fn fan_out_to_5000_gives_5000_deliveries_each_with_its_user(store: Store) 
         vec![IngestOutcome::Accepted {
             event_id: id.clone(),
             deliveries: N as usize,
-            routing: "routed",
+            routing: notifier::domain::recipients::Routing::Routed,
             unroutable_notice: false,
         }]
     );

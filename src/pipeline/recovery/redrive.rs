@@ -189,7 +189,8 @@ fn outcome(o: IngestOutcome) -> RedriveOutcome {
             routing,
             ..
         } => redriven(format!(
-            "accepted event {event_id} ({deliveries} deliveries, {routing})"
+            "accepted event {event_id} ({deliveries} deliveries, {})",
+            routing.as_str()
         )),
         IngestOutcome::Applied {
             event_id,
