@@ -29,7 +29,7 @@ pub struct DeliveryLine {
     pub recipient: String,
     pub rule: String,
     pub sent_at: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<UserLine>>,
 }
@@ -50,9 +50,9 @@ impl From<&DeliveryRow> for DeliveryLine {
             last_error: d.last_error.clone(),
             message_id: d.message_id.clone(),
             recipient: d.recipient.clone(),
-            rule: d.rule.clone(),
+            rule: d.rule.label(),
             sent_at: d.sent_at.map(rfc3339),
-            status: d.status.clone(),
+            status: d.status,
             users: None,
         }
     }
@@ -76,7 +76,7 @@ pub struct AttemptLine {
     pub duration_ms: i64,
     pub enhanced_code: Option<String>,
     pub n: i64,
-    pub outcome: String,
+    pub outcome: crate::domain::delivery::AttemptOutcome,
     pub smtp_code: Option<i64>,
     pub started_at: String,
 }
@@ -270,10 +270,7 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
         );
         deliveries.push(line);
     }
-    let statuses: Vec<DeliveryStatus> = rows
-        .iter()
-        .filter_map(|d| DeliveryStatus::parse(&d.status))
-        .collect();
+    let statuses: Vec<DeliveryStatus> = rows.iter().map(|d| d.status).collect();
     let event = EventLine::from(&e);
     let report = EventReport {
         agb_code: event.agb_code,
@@ -325,7 +322,7 @@ impl EventReport {
                     "    attempt {} at {}: {} {}",
                     a.n,
                     a.started_at,
-                    a.outcome,
+                    a.outcome.as_str(),
                     a.detail.as_deref().unwrap_or("")
                 );
             }

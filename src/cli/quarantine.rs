@@ -56,7 +56,7 @@ impl<'a> Entry<'a> {
             event_type: q.event_type.as_deref(),
             reason: &q.reason,
             size: q.size,
-            state: &q.state,
+            state: q.state.as_str(),
             redrives: q.redrives,
             last_redrive_at: q.last_redrive_at.map(rfc3339),
         }

@@ -719,6 +719,10 @@ pub async fn cancel_for_revoked(
     .rows_affected())
 }
 
+fn rules_label<S: serde::Serializer>(r: &Rules, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&r.label())
+}
+
 /// A delivery as listed for operators.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeliveryRow {
@@ -728,8 +732,10 @@ pub struct DeliveryRow {
     pub kind: String,
     pub agb_code: Option<String>,
     pub recipient: String,
-    pub rule: String,
-    pub status: String,
+    /// The rules that chose the address; displayed as `Rules::label`.
+    #[serde(serialize_with = "rules_label")]
+    pub rule: Rules,
+    pub status: DeliveryStatus,
     pub attempts: i64,
     pub message_id: String,
     pub created_at: i64,
@@ -794,8 +800,13 @@ pub async fn list(
                 kind: r.try_get("kind")?,
                 agb_code: r.try_get("agb_code")?,
                 recipient: r.try_get("recipient")?,
-                rule: r.try_get("rule")?,
-                status: r.try_get("status")?,
+                rule: Rules::parse(r.try_get("rule")?).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "delivery rule {:?} is not one this version knows",
+                        r.get::<String, _>("rule")
+                    ))
+                })?,
+                status: status_of(r.try_get("status")?)?,
                 attempts: r.try_get("attempts")?,
                 message_id: r.try_get("message_id")?,
                 created_at: r.try_get("created_at")?,
@@ -815,7 +826,7 @@ pub struct AttemptRow {
     pub n: i64,
     pub started_at: i64,
     pub duration_ms: i64,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub smtp_code: Option<i64>,
     pub enhanced_code: Option<String>,
     pub detail: Option<String>,
@@ -839,7 +850,14 @@ pub async fn attempts(
                 n: r.try_get("n")?,
                 started_at: r.try_get("started_at")?,
                 duration_ms: r.try_get("duration_ms")?,
-                outcome: r.try_get("outcome")?,
+                outcome: {
+                    let word: String = r.try_get("outcome")?;
+                    AttemptOutcome::parse(&word).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "attempt outcome {word:?} is not one this version knows"
+                        ))
+                    })?
+                },
                 smtp_code: r.try_get("smtp_code")?,
                 enhanced_code: r.try_get("enhanced_code")?,
                 detail: r.try_get("detail")?,

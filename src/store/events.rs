@@ -2,7 +2,7 @@
 //! `quarantine` table (bad input kept with its reason for operators).
 
 use super::{StoreError, storable};
-use crate::domain::event::EventState;
+use crate::domain::event::{EventState, QuarantineState};
 use sqlx::{AnyConnection, Row};
 
 /// How much of a bad message's bytes quarantine keeps.
@@ -232,7 +232,7 @@ pub struct QuarantineRow {
     pub size: i64,
     #[serde(skip)]
     pub raw: Vec<u8>,
-    pub state: String,
+    pub state: QuarantineState,
     pub redrives: i64,
     pub last_redrive_at: Option<i64>,
 }
@@ -248,7 +248,14 @@ fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
         reason: r.try_get("reason")?,
         size: r.try_get("size")?,
         raw: r.try_get("raw")?,
-        state: r.try_get("state")?,
+        state: {
+            let word: String = r.try_get("state")?;
+            QuarantineState::parse(&word).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "quarantine state {word:?} is not one this version knows"
+                ))
+            })?
+        },
         redrives: r.try_get("redrives")?,
         last_redrive_at: r.try_get("last_redrive_at")?,
     })

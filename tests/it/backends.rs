@@ -7,6 +7,7 @@ use crate::support::{
     Deployment, RunProcess, TestBackend, TestDb, cli, event_for, many_users, stderr, stdout,
     wait_all_deliveries,
 };
+use notifier::domain::delivery::DeliveryStatus;
 use std::time::Duration;
 
 /// Runs the binary to its end, killing it if it is still running after
@@ -78,7 +79,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
         .await
         .unwrap();
     wait_all_deliveries(&store, Duration::from_secs(120), "600 sent", |r| {
-        r.len() == 600 && r.iter().all(|d| d.status == "sent")
+        r.len() == 600 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     assert_eq!(smtp.count(), 600, "the running service sent each once");

@@ -1,6 +1,7 @@
 //! The delivery engine against a scriptable SMTP server over TCP.
 
 use crate::support::{Deployment, TestBackend, fresh, sample_directory, spawn_app};
+use notifier::domain::delivery::DeliveryStatus;
 
 #[tokio::test]
 async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
@@ -14,14 +15,14 @@ async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
             r.len() >= 2
                 && r.iter()
                     .filter(|d| d.kind == "contract.voorstel_aangeboden")
-                    .all(|d| d.status == "sent" || d.status == "failed")
+                    .all(|d| d.status == DeliveryStatus::Sent || d.status == DeliveryStatus::Failed)
         })
         .await;
     let failed = rows
         .iter()
         .find(|d| d.recipient == "p.jansen@fysio-noord.example")
         .unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, DeliveryStatus::Failed);
     assert_eq!(failed.attempts, 1);
     assert!(
         failed.last_error.as_deref().unwrap().contains("550"),
@@ -34,7 +35,7 @@ async fn a_rejected_address_fails_at_once_and_others_still_get_their_mail() {
                 && d.kind == "contract.voorstel_aangeboden"
         })
         .unwrap();
-    assert_eq!(ok.status, "sent");
+    assert_eq!(ok.status, DeliveryStatus::Sent);
     app.stop().await;
 }
 
@@ -51,14 +52,14 @@ async fn a_transient_reply_is_retried_and_delivered() {
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent after a retry", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     assert_eq!(rows[0].attempts, 2);
     let attempts = app.attempts(&rows[0].id).await;
-    assert_eq!(attempts[0].outcome, "transient");
+    assert_eq!(attempts[0].outcome.as_str(), "transient");
     assert_eq!(attempts[0].smtp_code, Some(450));
-    assert_eq!(attempts[1].outcome, "sent");
+    assert_eq!(attempts[1].outcome.as_str(), "sent");
     let waited = attempts[1].started_at - (attempts[0].started_at + attempts[0].duration_ms);
     assert!(
         waited >= 2000,
@@ -75,7 +76,9 @@ async fn a_drop_after_the_data_is_unknown_and_resent_with_the_same_message_id() 
     app.smtp.drop_after_data_times(1);
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
-        .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .wait_deliveries(Some(&id), "sent", |r| {
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
+        })
         .await;
     let attempts = app.attempts(&rows[0].id).await;
     assert_eq!(
@@ -105,12 +108,12 @@ async fn a_relay_fault_opens_the_circuit_without_failing_deliveries() {
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "sent once the relay works", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     let attempts = app.attempts(&rows[0].id).await;
-    assert_eq!(attempts[0].outcome, "relay_fault");
-    assert_eq!(attempts.last().unwrap().outcome, "sent");
+    assert_eq!(attempts[0].outcome.as_str(), "relay_fault");
+    assert_eq!(attempts.last().unwrap().outcome.as_str(), "sent");
     app.stop().await;
 }
 
@@ -125,14 +128,14 @@ async fn a_revoked_user_gets_nothing_even_for_events_already_accepted() {
     let rows = app
         .wait_deliveries(Some(&id), "final", |r| {
             r.iter()
-                .all(|d| d.status == "sent" || d.status == "cancelled")
+                .all(|d| d.status == DeliveryStatus::Sent || d.status == DeliveryStatus::Cancelled)
         })
         .await;
     let jansen = rows
         .iter()
         .find(|d| d.recipient == "p.jansen@fysio-noord.example")
         .unwrap();
-    assert_eq!(jansen.status, "cancelled");
+    assert_eq!(jansen.status, DeliveryStatus::Cancelled);
     assert!(jansen.last_error.as_deref().unwrap().contains("revoked"));
     // The contact person (J. de Vries) got the module mail and the revocation confirmation.
     let mails = app.wait_mails(2).await;
@@ -156,14 +159,14 @@ async fn other_transient_replies_are_retried() {
     let id = app.publish_fresh("uitvraag.beoordeeld").await;
     let rows = app
         .wait_deliveries(Some(&id), "both sent", |r| {
-            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+            r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     for d in &rows {
         let a = app.attempts(&d.id).await;
-        assert_eq!(a[0].outcome, "transient", "{d:?}");
+        assert_eq!(a[0].outcome.as_str(), "transient", "{d:?}");
         assert!(matches!(a[0].smtp_code, Some(452) | Some(552)));
-        assert_eq!(a.last().unwrap().outcome, "sent");
+        assert_eq!(a.last().unwrap().outcome.as_str(), "sent");
     }
     // A 421 on a pooled connection is retried once at once on a fresh one (the relay
     // may just have closed an idle session); a second 421 is a recorded transient attempt.
@@ -171,10 +174,12 @@ async fn other_transient_replies_are_retried() {
         .reply_for_command_times("MAIL", "421 4.3.0 closing, try later", 2);
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
-        .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .wait_deliveries(Some(&id), "sent", |r| {
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
+        })
         .await;
     let a = app.attempts(&rows[0].id).await;
-    assert_eq!(a[0].outcome, "transient");
+    assert_eq!(a[0].outcome.as_str(), "transient");
     assert_eq!(a[0].smtp_code, Some(421));
     app.stop().await;
 }
@@ -188,7 +193,7 @@ async fn content_rejected_after_the_data_fails_permanently() {
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "failed", |r| {
-            r.iter().any(|d| d.status == "failed")
+            r.iter().any(|d| d.status == DeliveryStatus::Failed)
         })
         .await;
     let d = rows
@@ -214,13 +219,15 @@ async fn a_stalled_reply_to_the_data_is_bounded_and_counted_as_unknown() {
         .await;
     app.smtp.stall_after_data(None);
     let rows = app
-        .wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
+        .wait_deliveries(Some(&id), "sent", |r| {
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
+        })
         .await
         .into_iter()
         .chain(rows)
         .collect::<Vec<_>>();
     let a = app.attempts(&rows[0].id).await;
-    assert_eq!(a[0].outcome, "unknown");
+    assert_eq!(a[0].outcome.as_str(), "unknown");
     assert!(
         a[0].detail.as_deref().unwrap().contains("smtp.timeout"),
         "{a:?}"
@@ -276,7 +283,7 @@ async fn a_relay_outage_with_a_backlog_drains_at_the_configured_rate() {
         .unwrap();
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
-            r.iter().all(|d| d.status == "sent")
+            r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert_eq!(rows.len(), 1000);
@@ -314,7 +321,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
         .stall_after_data(Some(std::time::Duration::from_millis(700)));
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&id), "the send in flight", |r| {
-        r.len() == 1 && r[0].status == "sending"
+        r.len() == 1 && r[0].status == DeliveryStatus::Sending
     })
     .await;
     // `sending` is set at the claim, before the re-check and rendering: a
@@ -327,7 +334,7 @@ async fn shutdown_lets_an_in_flight_send_finish_within_the_grace() {
     let store = app.store.clone();
     let _db = app.stop().await; // asserts a clean exit; the database is kept for the check below
     wait_for_event(&store, &id, "sent", |r| {
-        r[0].status == "sent" && r[0].attempts == 1
+        r[0].status == DeliveryStatus::Sent && r[0].attempts == 1
     })
     .await;
 }
@@ -373,7 +380,7 @@ async fn kill_9_mid_batch_loses_nothing_and_duplicates_only_in_flight_mails() {
 
     let mut second = deployment.spawn("second", &env);
     wait_for_event(&store, &id, "every delivery sent", |r| {
-        r.len() == 300 && r.iter().all(|d| d.status == "sent")
+        r.len() == 300 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     assert!(second.terminate(), "SIGTERM ends the worker with exit 0");
@@ -422,7 +429,7 @@ async fn an_address_change_before_the_send_is_used_and_a_shared_address_is_split
     app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
-            r.len() == 3 && r.iter().all(|d| d.status == "sent")
+            r.len() == 3 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     let mut to: Vec<_> = rows.iter().map(|d| d.recipient.as_str()).collect();
@@ -461,7 +468,7 @@ async fn a_shared_address_still_serving_an_active_user_is_still_sent_after_a_rev
     app.release_sending().await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
-            r.iter().all(|d| d.status == "sent")
+            r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert!(
@@ -501,7 +508,8 @@ async fn logs_name_ids_never_addresses() {
         }
     };
     let final_ = |r: &[notifier::store::deliveries::DeliveryRow]| {
-        r.iter().all(|d| d.status == "sent" || d.status == "failed")
+        r.iter()
+            .all(|d| d.status == DeliveryStatus::Sent || d.status == DeliveryStatus::Failed)
     };
     // A rejected mail (and its escalation), an actor copy, and bad input naming an address.
     let first = fresh("contract.voorstel_aangeboden");
@@ -622,8 +630,10 @@ async fn a_delivery_this_version_cannot_send_ends_failed_instead_of_looping() {
     let app = spawn_app("").await;
     app.import_directory(&sample_directory()).await;
     let id = app.publish_fresh("naleving.aanleververzoek").await;
-    app.wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
-        .await;
+    app.wait_deliveries(Some(&id), "sent", |r| {
+        r.len() == 1 && r[0].status == DeliveryStatus::Sent
+    })
+    .await;
     // A row as a newer version might write it: a mail kind this one does not know.
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, kind, about, address, rule, status, due_at, deadline, message_id, created_at) \
@@ -636,7 +646,8 @@ async fn a_delivery_this_version_cannot_send_ends_failed_instead_of_looping() {
     .unwrap();
     let rows = app
         .wait_deliveries(Some(&id), "the unknown kind failed", |r| {
-            r.iter().any(|d| d.id == "future-1" && d.status == "failed")
+            r.iter()
+                .any(|d| d.id == "future-1" && d.status == DeliveryStatus::Failed)
         })
         .await;
     let d = rows.iter().find(|d| d.id == "future-1").unwrap();

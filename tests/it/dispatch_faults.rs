@@ -7,6 +7,7 @@ use crate::support::proxy::TcpProxy;
 use crate::support::{
     TestBackend, WAIT, event_for, many_users, sample_directory, spawn_app, spawn_app_with,
 };
+use notifier::domain::delivery::DeliveryStatus;
 use notifier::store::deliveries as dl;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
     proxy.restore();
     let rows = app
         .wait_deliveries(Some(&id), "the outcome recorded", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     assert_eq!(rows[0].attempts, 1, "one attempt, recorded once");
@@ -60,10 +61,13 @@ async fn a_stop_lets_sends_on_the_wire_finish_and_starts_no_new_ones() {
     let _stopped = app.stop().await;
 
     let rows = crate::support::deliveries(&store, None).await;
-    let sent: Vec<_> = rows.iter().filter(|d| d.status == "sent").collect();
+    let sent: Vec<_> = rows
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Sent)
+        .collect();
     let untried: Vec<_> = rows
         .iter()
-        .filter(|d| d.status == "pending" && d.attempts == 0)
+        .filter(|d| d.status == DeliveryStatus::Pending && d.attempts == 0)
         .collect();
     assert_eq!(sent.len(), 1, "the send on the wire finished: {rows:#?}");
     assert_eq!(
@@ -92,10 +96,10 @@ async fn a_send_running_past_the_grace_is_recorded_as_unknown() {
     assert_eq!(rows.len(), 2);
     let mut c = store.pool().acquire().await.unwrap();
     for d in &rows {
-        assert_eq!(d.status, "pending", "{d:#?}");
+        assert_eq!(d.status, DeliveryStatus::Pending, "{d:#?}");
         let attempts = dl::attempts(&mut c, &d.id).await.unwrap();
         assert_eq!(attempts.len(), 1, "{attempts:#?}");
-        assert_eq!(attempts[0].outcome, "unknown");
+        assert_eq!(attempts[0].outcome.as_str(), "unknown");
         assert!(
             attempts[0]
                 .detail
@@ -129,7 +133,9 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
     app.wait_deliveries(Some(&id), "both tried once", |r| {
-        r.len() == 2 && r.iter().all(|d| d.status == "pending" && d.attempts == 1)
+        r.len() == 2
+            && r.iter()
+                .all(|d| d.status == DeliveryStatus::Pending && d.attempts == 1)
     })
     .await;
     app.import_users(&[
@@ -141,8 +147,9 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
     let rows = app
         .wait_deliveries(Some(&id), "both final", |r| {
             r.len() == 2
-                && r.iter()
-                    .all(|d| d.status == "sent" || d.status == "cancelled")
+                && r.iter().all(|d| {
+                    d.status == DeliveryStatus::Sent || d.status == DeliveryStatus::Cancelled
+                })
         })
         .await;
     let to_shared = app
@@ -152,8 +159,16 @@ async fn two_deliveries_racing_for_a_shared_address_send_it_once() {
         .filter(|m| m.rcpt_to[0] == "gedeeld@praktijk.example")
         .count();
     assert_eq!(to_shared, 1, "{rows:#?}");
-    assert_eq!(rows.iter().filter(|d| d.status == "sent").count(), 1);
-    let cancelled = rows.iter().find(|d| d.status == "cancelled").unwrap();
+    assert_eq!(
+        rows.iter()
+            .filter(|d| d.status == DeliveryStatus::Sent)
+            .count(),
+        1
+    );
+    let cancelled = rows
+        .iter()
+        .find(|d| d.status == DeliveryStatus::Cancelled)
+        .unwrap();
     assert!(
         cancelled
             .last_error
@@ -206,7 +221,7 @@ async fn a_relay_that_greets_and_then_hangs_opens_the_circuit() {
     app.smtp.stall_command("MAIL", None);
     let rows = app
         .wait_deliveries(Some(&id), "all sent once the relay answers", |r| {
-            r.len() == 6 && r.iter().all(|d| d.status == "sent")
+            r.len() == 6 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert_eq!(app.smtp.count(), 6, "{rows:#?}");

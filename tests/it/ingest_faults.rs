@@ -7,6 +7,7 @@ use crate::support::{
     spawn_app_with,
 };
 use notifier::broker::publisher::Publisher;
+use notifier::domain::delivery::DeliveryStatus;
 use notifier::store::Store;
 use notifier::store::events::QuarantineRow;
 use std::time::Duration;
@@ -54,7 +55,7 @@ async fn nul_in_the_envelope_is_quarantined_and_ingest_goes_on(backend: TestBack
     // Published after the bad ones: it must not wait behind them.
     let good = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&good), "the good event sent", |r| {
-        !r.is_empty() && r.iter().all(|d| d.status == "sent")
+        !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
 
@@ -155,7 +156,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
     .await;
     for id in &good {
         app.wait_deliveries(Some(id), "the good events of the batch sent", |r| {
-            !r.is_empty() && r.iter().all(|d| d.status == "sent")
+            !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     }
@@ -172,7 +173,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
     // And nothing is left unacked: a later event goes through at once.
     let later = app.publish_fresh("naleving.aanleververzoek").await;
     app.wait_deliveries(Some(&later), "a later event sent", |r| {
-        !r.is_empty() && r.iter().all(|d| d.status == "sent")
+        !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     app.stop().await;
@@ -203,7 +204,7 @@ async fn a_charset_parameter_on_the_media_type_is_accepted() {
     app.publish(&other).await;
 
     app.wait_deliveries(ok["id"].as_str(), "the utf-8 event sent", |r| {
-        !r.is_empty() && r.iter().all(|d| d.status == "sent")
+        !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     let rows = wait_quarantine(&app, 2).await;

@@ -8,6 +8,7 @@ use crate::support::{
     wait_all_deliveries,
 };
 use notifier::broker::publisher::Publisher;
+use notifier::domain::delivery::DeliveryStatus;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,7 @@ async fn three_instances_send_each_delivery_once_and_survive_a_kill_9() {
         &store,
         Duration::from_secs(180),
         "every delivery sent",
-        |r| r.iter().all(|d| d.status == "sent"),
+        |r| r.iter().all(|d| d.status == DeliveryStatus::Sent),
     )
     .await;
     let total_time = started.elapsed();
@@ -264,7 +265,7 @@ async fn an_ingesting_instance_wakes_a_sending_instance_through_the_database() {
             .wait_deliveries(
                 Some(&id),
                 "both deliveries sent by the other instance",
-                |r| r.len() == 2 && r.iter().all(|d| d.status == "sent"),
+                |r| r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent),
             )
             .await;
     }

@@ -12,6 +12,7 @@ use crate::support::{
     replay_executed, sample_directory, spawn_app, stderr, stdout,
 };
 use notifier::config::Settings;
+use notifier::domain::delivery::DeliveryStatus;
 use notifier::store::Store;
 use notifier::store::deliveries::{self as dl, DeliveryRow};
 use serde_json::Value;
@@ -99,7 +100,7 @@ async fn assert_each_sent_delivery_mailed_once(s: &Settings, smtp: &TestSmtpServ
     let sent: BTreeSet<String> = deliveries(s, None)
         .await
         .into_iter()
-        .filter(|d| d.status == "sent")
+        .filter(|d| d.status == DeliveryStatus::Sent)
         .map(|d| d.message_id)
         .collect();
     let got: BTreeSet<String> = seen.into_keys().collect();
@@ -133,7 +134,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
     let failed: Vec<DeliveryRow> = deliveries(&s, None)
         .await
         .into_iter()
-        .filter(|d| d.status == "failed")
+        .filter(|d| d.status == DeliveryStatus::Failed)
         .collect();
     // 4 module mails, and the undeliverable notice to the contact person
     // (at most one a day about the same user): all failed at the same relay.
@@ -231,7 +232,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
             .collect();
         assert_eq!(module.len(), 2);
         for d in module {
-            assert_eq!(d.status, "sent");
+            assert_eq!(d.status, DeliveryStatus::Sent);
             let n = mails
                 .iter()
                 .filter(|m| {
@@ -747,7 +748,7 @@ async fn a_dead_lettered_message_shows_up_in_quarantine_and_redrives() {
     let mails = app.wait_mails(1).await;
     assert_eq!(mails[0].rcpt_to, vec!["praktijk@fysio-noord.example"]);
     app.wait_deliveries(Some(&id_of(&e)), "sent", |r| {
-        r.len() == 1 && r[0].status == "sent"
+        r.len() == 1 && r[0].status == DeliveryStatus::Sent
     })
     .await;
     assert_eq!(app.smtp.count(), 1);
@@ -1025,7 +1026,10 @@ async fn replay_ingest_and_redrive_together_never_mail_twice() {
     ok(&cli_env(&s, &["dispatch", "--until-idle"], &[ALLOW_OTHER]));
 
     let all = deliveries(&s, None).await;
-    assert!(all.iter().all(|d| d.status == "sent"), "{all:#?}");
+    assert!(
+        all.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{all:#?}"
+    );
     assert_each_sent_delivery_mailed_once(&s, &smtp).await;
     // e1 to both, e2 to both, and the one undeliverable notice.
     let got = per_recipient(&smtp.messages());

@@ -3,6 +3,7 @@
 
 use crate::support::proxy::TcpProxy;
 use crate::support::{TestBackend, fresh, sample_directory, spawn_app, spawn_app_with};
+use notifier::domain::delivery::DeliveryStatus;
 use std::time::Duration;
 
 /// Outages take a reconnect backoff or two: longer than [`crate::support::WAIT`].
@@ -38,7 +39,7 @@ async fn a_broker_outage_is_survived_and_reported() {
     wait_http(&ready, "the consumer back", |b| b.contains("\"consuming\"")).await;
     let rows = app
         .wait_deliveries(Some(&id), "sent after the outage", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     assert_eq!(rows.len(), 1);
@@ -74,7 +75,7 @@ async fn a_database_outage_holds_messages_and_resumes() {
     proxy.restore();
     let rows = app
         .wait_deliveries(Some(&id), "sent after the outage", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     assert_eq!(rows[0].attempts, 1);
@@ -105,7 +106,7 @@ async fn a_bad_template_fails_deliveries_that_replay_sends_after_the_fix() {
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "failed", |r| {
-            r.len() == 1 && r[0].status == "failed"
+            r.len() == 1 && r[0].status == DeliveryStatus::Failed
         })
         .await;
     assert!(

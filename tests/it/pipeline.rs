@@ -1,6 +1,7 @@
 //! End to end: portal events published to RabbitMQ become the right mails.
 
 use crate::support::{fresh, parse_mail, sample_directory, spawn_app};
+use notifier::domain::delivery::DeliveryStatus;
 use std::collections::BTreeSet;
 
 fn recipients(mails: &[crate::support::smtp_server::ReceivedMail]) -> BTreeSet<String> {
@@ -15,7 +16,7 @@ async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() 
 
     let rows = app
         .wait_deliveries(Some(&id), "both deliveries sent", |r| {
-            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+            r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     let mails = app.wait_mails(2).await;
@@ -63,7 +64,7 @@ async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() 
             "Message-ID derived from the delivery id"
         );
         assert!(d.message_id.starts_with(&d.id));
-        assert_eq!(d.rule, "U(contracteren)");
+        assert_eq!(d.rule.label(), "U(contracteren)");
         assert_eq!(d.attempts, 1);
     }
     app.stop().await;
@@ -78,7 +79,7 @@ async fn ingest_wakes_the_dispatcher_instead_of_waiting_for_the_poll() {
     for _ in 0..3 {
         let id = app.publish_fresh("contract.voorstel_aangeboden").await;
         app.wait_deliveries(Some(&id), "both deliveries sent", |r| {
-            r.len() == 2 && r.iter().all(|d| d.status == "sent")
+            r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     }
@@ -156,7 +157,7 @@ async fn bad_input_is_quarantined_and_the_next_good_message_still_delivered() {
     let id = good["id"].as_str().unwrap().to_owned();
     app.publish(&good).await;
     app.wait_deliveries(Some(&id), "the good event sent", |r| {
-        r.len() == 1 && r[0].status == "sent"
+        r.len() == 1 && r[0].status == DeliveryStatus::Sent
     })
     .await;
 
@@ -207,12 +208,12 @@ async fn a_repeated_event_id_causes_nothing_new() {
     app.publish(&marker).await;
     // Messages are consumed in order: once the marker is done, the repeat was handled.
     app.wait_deliveries(Some(&marker_id), "marker sent", |r| {
-        r.iter().all(|d| d.status == "sent") && !r.is_empty()
+        r.iter().all(|d| d.status == DeliveryStatus::Sent) && !r.is_empty()
     })
     .await;
     let rows = app
         .wait_deliveries(Some(&id), "first copy sent", |r| {
-            r.iter().all(|d| d.status == "sent")
+            r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert_eq!(rows.len(), 2, "U(uitvragen): J. de Vries and P. Jansen");
@@ -229,7 +230,7 @@ async fn a_shared_address_gets_one_mail_and_the_actor_is_not_doubled() {
     let id = app.publish_fresh("onderhandeling.voorstel_gedaan").await;
     let rows = app
         .wait_deliveries(Some(&id), "all sent", |r| {
-            !r.is_empty() && r.iter().all(|d| d.status == "sent")
+            !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert_eq!(rows.len(), 2, "{rows:#?}");
@@ -237,7 +238,7 @@ async fn a_shared_address_gets_one_mail_and_the_actor_is_not_doubled() {
         .iter()
         .find(|d| d.recipient == "praktijk@fysio-noord.example")
         .expect("shared address");
-    assert_eq!(shared.rule, "U(onderhandelen)+ACTOR");
+    assert_eq!(shared.rule.label(), "U(onderhandelen)+ACTOR");
     let mails = app.wait_mails(2).await;
     assert_eq!(
         recipients(&mails),
@@ -268,8 +269,10 @@ async fn directory_events_follow_the_versie_rule() {
     assert_eq!(e.state, notifier::domain::event::EventState::Applied);
 
     let id = app.publish_fresh("naleving.aanleververzoek").await;
-    app.wait_deliveries(Some(&id), "sent", |r| r.len() == 1 && r[0].status == "sent")
-        .await;
+    app.wait_deliveries(Some(&id), "sent", |r| {
+        r.len() == 1 && r[0].status == DeliveryStatus::Sent
+    })
+    .await;
     let mails = app.wait_mails(1).await;
     let p = crate::support::parse_mail(&mails[0]);
     assert_eq!(
@@ -296,7 +299,7 @@ async fn event_data_is_escaped_and_cannot_end_the_smtp_data() {
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
     app.wait_deliveries(Some(&id), "sent", |r| {
-        !r.is_empty() && r.iter().all(|d| d.status == "sent")
+        !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     let mails = app.wait_mails(2).await;

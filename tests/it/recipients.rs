@@ -4,13 +4,14 @@
 use crate::support::{
     Role, active_user, fresh, fresh_for, sample_directory, spawn_app, user, user_event,
 };
+use notifier::domain::delivery::DeliveryStatus;
 
 const ALL: &[&str] = &["uitvragen", "contracteren", "onderhandelen", "naleving"];
 
 fn kinds(rows: &[notifier::store::deliveries::DeliveryRow]) -> Vec<(String, String, String)> {
     let mut v: Vec<_> = rows
         .iter()
-        .map(|d| (d.kind.clone(), d.recipient.clone(), d.status.clone()))
+        .map(|d| (d.kind.clone(), d.recipient.clone(), d.status.to_string()))
         .collect();
     v.sort();
     v
@@ -59,8 +60,9 @@ async fn an_address_change_confirms_to_the_new_and_warns_the_old_address() {
     // Module mail now goes to the new address.
     let rows = app.publish_and_settle(&fresh("uitvraag.beoordeeld")).await;
     assert!(
-        rows.iter()
-            .any(|d| d.recipient == "piet.jansen@elders.example" && d.status == "sent")
+        rows.iter().any(
+            |d| d.recipient == "piet.jansen@elders.example" && d.status == DeliveryStatus::Sent
+        )
     );
     // A change for an unknown user sends nothing and is recorded.
     let mut unknown = fresh("gebruiker.emailadres_gewijzigd");
@@ -239,7 +241,7 @@ async fn an_undeliverable_module_mail_is_escalated_once_a_day_without_the_addres
         .iter()
         .find(|d| d.recipient == "p.jansen@fysio-noord.example")
         .unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, DeliveryStatus::Failed);
     let n = app.wait_sent(&failed.event_id, "beheer.onbestelbaar").await;
     assert_eq!(
         n.recipient, "j.devries@fysio-noord.example",
@@ -259,7 +261,7 @@ async fn an_undeliverable_module_mail_is_escalated_once_a_day_without_the_addres
     let second = fresh("uitvraag.vragenlijst_klaargezet");
     let second_id = second["id"].as_str().unwrap().to_owned();
     let rows = app.publish_and_settle(&second).await;
-    assert!(rows.iter().any(|d| d.status == "failed"));
+    assert!(rows.iter().any(|d| d.status == DeliveryStatus::Failed));
     // A graceful stop finishes the dispatch round, escalation included: only
     // then is the absence of a notice a fact.
     let store = app.store.clone();
@@ -336,7 +338,7 @@ async fn an_event_that_arrives_before_the_users_record_still_reaches_the_user() 
     app.publish(&user_event(u)).await;
     let rows = app
         .wait_deliveries(Some(&id), "late recipient sent", |r| {
-            r.len() == 1 && r[0].status == "sent"
+            r.len() == 1 && r[0].status == DeliveryStatus::Sent
         })
         .await;
     assert_eq!(rows[0].recipient, "nieuw@praktijk8.example");
@@ -438,7 +440,7 @@ async fn an_actor_of_another_practice_raises_no_notice_here() {
     let rows = app.publish_and_settle(&e).await;
     assert!(
         rows.iter()
-            .any(|d| d.recipient == "actor@elders.example" && d.status == "failed"),
+            .any(|d| d.recipient == "actor@elders.example" && d.status == DeliveryStatus::Failed),
         "{rows:#?}"
     );
     let store = app.store.clone();
@@ -495,7 +497,7 @@ async fn a_stored_address_the_sender_cannot_use_is_undeliverable_and_escalated()
         .iter()
         .find(|d| d.kind == "uitvraag.vragenlijst_klaargezet")
         .unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, DeliveryStatus::Failed);
     assert!(
         failed
             .last_error

@@ -3,12 +3,10 @@
 //! scriptable SMTP server over TCP, the real RabbitMQ and the database.
 
 use crate::support::{event_for, many_users, sample_directory, spawn_app};
+use notifier::domain::delivery::DeliveryStatus;
 
 fn all_final(rows: &[notifier::store::deliveries::DeliveryRow]) -> bool {
-    !rows.is_empty()
-        && rows
-            .iter()
-            .all(|d| matches!(d.status.as_str(), "sent" | "failed" | "cancelled"))
+    !rows.is_empty() && rows.iter().all(|d| d.status.is_final())
 }
 
 #[tokio::test]
@@ -23,7 +21,7 @@ async fn an_absurd_retry_hint_means_one_more_try_at_the_deadline_and_crashes_not
     let id = app.publish_fresh("naleving.aanleververzoek").await;
     let rows = app
         .wait_deliveries(Some(&id), "the retry planned", |r| {
-            r.len() == 1 && r[0].status == "pending" && r[0].attempts == 1
+            r.len() == 1 && r[0].status == DeliveryStatus::Pending && r[0].attempts == 1
         })
         .await;
     assert_eq!(
@@ -31,14 +29,17 @@ async fn an_absurd_retry_hint_means_one_more_try_at_the_deadline_and_crashes_not
         "a hint past the deadline means one more try at the deadline"
     );
     let attempts = app.attempts(&rows[0].id).await;
-    assert_eq!(attempts[0].outcome, "transient");
+    assert_eq!(attempts[0].outcome.as_str(), "transient");
 
     // The worker is still there: the next event's mails go out.
     let next = app.publish_fresh("uitvraag.vragenlijst_klaargezet").await;
     let sent = app
         .wait_deliveries(Some(&next), "the next event sent", all_final)
         .await;
-    assert!(sent.iter().all(|d| d.status == "sent"), "{sent:#?}");
+    assert!(
+        sent.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{sent:#?}"
+    );
     // And it stops cleanly (a panic in a task would fail this).
     app.stop().await;
 }
@@ -57,14 +58,17 @@ async fn one_recipients_policy_refusal_is_retried_twice_then_escalated_without_p
     let others = app
         .wait_deliveries(Some(&other), "the other event sent", all_final)
         .await;
-    assert!(others.iter().all(|d| d.status == "sent"), "{others:#?}");
+    assert!(
+        others.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{others:#?}"
+    );
 
     let rows = app
         .wait_deliveries(Some(&id), "the refused mail failed and escalated", |r| {
             r.iter()
-                .any(|d| d.kind == "naleving.aanleververzoek" && d.status == "failed")
+                .any(|d| d.kind == "naleving.aanleververzoek" && d.status == DeliveryStatus::Failed)
                 && r.iter()
-                    .any(|d| d.kind == "beheer.onbestelbaar" && d.status == "sent")
+                    .any(|d| d.kind == "beheer.onbestelbaar" && d.status == DeliveryStatus::Sent)
         })
         .await;
     let refused = rows
@@ -104,23 +108,25 @@ async fn distinct_recipients_refused_in_a_row_are_the_relay_refusing_us() {
     // waiting for the probe.
     let rows = app
         .wait_deliveries(Some(id), "every mail tried and waiting", |r| {
-            r.len() == 4 && r.iter().all(|d| d.status == "pending" && d.attempts >= 1)
+            r.len() == 4
+                && r.iter()
+                    .all(|d| d.status == DeliveryStatus::Pending && d.attempts >= 1)
         })
         .await;
     // The relay works again: every mail goes out, no notice is raised.
     app.smtp.reset_script();
     let rows_after = app
         .wait_deliveries(Some(id), "all sent after the relay accepts again", |r| {
-            r.len() == 4 && r.iter().all(|d| d.status == "sent")
+            r.len() == 4 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
         })
         .await;
     assert_eq!(rows_after.len(), rows.len());
     for d in &rows_after {
         let attempts = app.attempts(&d.id).await;
         let (last, before) = attempts.split_last().unwrap();
-        assert_eq!(last.outcome, "sent");
+        assert_eq!(last.outcome.as_str(), "sent");
         assert!(
-            before.iter().all(|a| a.outcome == "relay_fault"),
+            before.iter().all(|a| a.outcome.as_str() == "relay_fault"),
             "refusals of the run count as a relay fault, not against {}: {attempts:#?}",
             d.id
         );
@@ -164,7 +170,7 @@ async fn a_send_slower_than_the_lease_is_sent_once_by_two_instances() {
         .await
         .unwrap();
     wait_all_deliveries(&store, std::time::Duration::from_secs(60), "3 sent", |r| {
-        r.len() == 3 && r.iter().all(|d| d.status == "sent")
+        r.len() == 3 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
     })
     .await;
     let mut per_rcpt: std::collections::BTreeMap<String, usize> = Default::default();

@@ -5,6 +5,7 @@
 //! back a pending `beheer.geen_ontvanger` once someone does get the mail.
 
 use crate::support::{fresh_for, spawn_app, user, user_event};
+use notifier::domain::delivery::DeliveryStatus;
 
 const U1: &str = "50000000000001";
 const U2: &str = "50000000000002";
@@ -41,7 +42,7 @@ async fn a_user_who_moved_inside_the_window_gets_the_mail_once() {
     let id = event["id"].as_str().unwrap().to_owned();
     let rows = app.publish_and_settle(&event).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "sent");
+    assert_eq!(rows[0].status, DeliveryStatus::Sent);
 
     app.publish_applied(&user_event(user(
         U1,
@@ -74,7 +75,7 @@ async fn a_right_lost_after_the_mail_went_out_raises_no_notice_and_keeps_the_sta
     let id = event["id"].as_str().unwrap().to_owned();
     let rows = app.publish_and_settle(&event).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert_eq!(rows[0].status, "sent");
+    assert_eq!(rows[0].status, DeliveryStatus::Sent);
 
     // The only holder of the right loses it inside the window.
     app.publish_applied(&user_event(member(
@@ -108,8 +109,11 @@ async fn a_pending_geen_ontvanger_is_cancelled_when_a_late_record_gets_the_mail(
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
     app.wait_deliveries(Some(&id), "the notice tried", |r| {
-        r.iter()
-            .any(|d| d.kind == "beheer.geen_ontvanger" && d.status == "pending" && d.attempts >= 1)
+        r.iter().any(|d| {
+            d.kind == "beheer.geen_ontvanger"
+                && d.status == DeliveryStatus::Pending
+                && d.attempts >= 1
+        })
     })
     .await;
 
@@ -123,15 +127,16 @@ async fn a_pending_geen_ontvanger_is_cancelled_when_a_late_record_gets_the_mail(
     .await;
     let rows = app
         .wait_deliveries(Some(&id), "the module mail sent", |r| {
-            r.iter()
-                .any(|d| d.kind == "uitvraag.vragenlijst_klaargezet" && d.status == "sent")
+            r.iter().any(|d| {
+                d.kind == "uitvraag.vragenlijst_klaargezet" && d.status == DeliveryStatus::Sent
+            })
         })
         .await;
     let notice = rows
         .iter()
         .find(|d| d.kind == "beheer.geen_ontvanger")
         .unwrap();
-    assert_eq!(notice.status, "cancelled", "{notice:#?}");
+    assert_eq!(notice.status, DeliveryStatus::Cancelled, "{notice:#?}");
     assert_eq!(
         app.wait_event(&id).await.state,
         notifier::domain::event::EventState::Accepted

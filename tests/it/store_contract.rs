@@ -148,7 +148,7 @@ async fn list(store: &Store, f: DeliveryFilter) -> Vec<dl::DeliveryRow> {
     dl::list(&mut c, &f).await.unwrap()
 }
 
-async fn status_of(store: &Store, id: &str) -> String {
+async fn status_of(store: &Store, id: &str) -> DeliveryStatus {
     list(store, DeliveryFilter::default())
         .await
         .into_iter()
@@ -690,7 +690,7 @@ async fn concurrent_claimers_never_get_the_same_delivery(store: Store) {
         "every delivery claimed"
     );
     let rows = list(&store, DeliveryFilter::default()).await;
-    assert!(rows.iter().all(|d| d.status == "sending"));
+    assert!(rows.iter().all(|d| d.status == DeliveryStatus::Sending));
 }
 
 async fn only_due_deliveries_are_claimed_oldest_due_first(store: Store) {
@@ -733,7 +733,7 @@ async fn an_expired_lease_is_claimable_again_and_the_old_holder_loses_it(store: 
         !finish(&store, &ids[0], "old", Some(&a), &sent).await,
         "the old holder lost its lease"
     );
-    assert_eq!(status_of(&store, &ids[0]).await, "sending");
+    assert_eq!(status_of(&store, &ids[0]).await, DeliveryStatus::Sending);
     assert!(finish(&store, &ids[0], "new", Some(&a), &sent).await);
     let d = list(&store, DeliveryFilter::default()).await.remove(0);
     assert_eq!(
@@ -809,11 +809,11 @@ async fn a_policy_refusal_is_counted_and_undone_once(store: Store) {
     assert_eq!(again.len(), 1, "due at the time the undo set");
     assert_eq!((again[0].retry_step, again[0].policy_rejections), (0, 1));
     let mut c = store.pool().acquire().await.unwrap();
-    let outcomes: Vec<String> = dl::attempts(&mut c, &ids[0])
+    let outcomes: Vec<&str> = dl::attempts(&mut c, &ids[0])
         .await
         .unwrap()
         .into_iter()
-        .map(|a| a.outcome)
+        .map(|a| a.outcome.as_str())
         .collect();
     assert_eq!(outcomes, ["permanent", "relay_fault"]);
 }
@@ -1027,7 +1027,7 @@ async fn a_group_of_finishes_is_recorded_together_and_fenced_per_delivery(store:
         d1.last_error.as_deref(),
         Some("550 5.7.1 blocked\u{FFFD}here")
     );
-    assert_eq!(row(&ids[2]).status, "cancelled");
+    assert_eq!(row(&ids[2]).status, DeliveryStatus::Cancelled);
     let d3 = row(&ids[3]);
     assert_eq!(
         (d3.status.as_str(), d3.attempts),
@@ -1036,10 +1036,10 @@ async fn a_group_of_finishes_is_recorded_together_and_fenced_per_delivery(store:
     );
     assert_eq!(
         row(&theirs.id).status,
-        "sending",
+        DeliveryStatus::Sending,
         "another owner's lease holds"
     );
-    assert_eq!(row(&ids[4]).status, "failed");
+    assert_eq!(row(&ids[4]).status, DeliveryStatus::Failed);
 
     let mut c = store.pool().acquire().await.unwrap();
     assert_eq!(dl::attempts(&mut c, &ids[0]).await.unwrap().len(), 1);
@@ -1104,13 +1104,13 @@ async fn a_revocation_cancels_only_mails_without_another_active_user(store: Stor
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(n, 1);
-    assert_eq!(status_of(&store, &alone).await, "cancelled");
+    assert_eq!(status_of(&store, &alone).await, DeliveryStatus::Cancelled);
     assert_eq!(
         status_of(&store, &shared).await,
-        "pending",
+        DeliveryStatus::Pending,
         "still serves an active user"
     );
-    assert_eq!(status_of(&store, &other).await, "pending");
+    assert_eq!(status_of(&store, &other).await, DeliveryStatus::Pending);
 }
 
 /// A split at `now_ms` of a delivery whose deadline is 99.

@@ -7,6 +7,7 @@ use crate::support::{
     Deployment, RunProcess, TestBackend, TestDb, cli, fresh, install_sample_directory, parse_mail,
     stderr, stdout, wait_all_deliveries,
 };
+use notifier::domain::delivery::DeliveryStatus;
 use notifier::store::Store;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -76,7 +77,8 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         "the retry due",
         |r| {
             let now = chrono::Utc::now().timestamp_millis();
-            r.iter().all(|d| d.status == "sent" || d.due_at <= now)
+            r.iter()
+                .all(|d| d.status == DeliveryStatus::Sent || d.due_at <= now)
         },
     )
     .await;
@@ -86,9 +88,12 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         Duration::from_secs(30),
         "two sends in flight",
         |r| {
-            r.iter().filter(|d| d.status == "sending").count() == 2
+            r.iter()
+                .filter(|d| d.status == DeliveryStatus::Sending)
+                .count()
+                == 2
                 && r.iter()
-                    .any(|d| d.event_id == b_id && d.status == "sending")
+                    .any(|d| d.event_id == b_id && d.status == DeliveryStatus::Sending)
         },
     )
     .await;
@@ -167,7 +172,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
         &pg_store,
         Duration::from_secs(30),
         "all sent on PostgreSQL",
-        |r| r.len() == 3 && r.iter().all(|d| d.status == "sent"),
+        |r| r.len() == 3 && r.iter().all(|d| d.status == DeliveryStatus::Sent),
     )
     .await;
     assert!(new.terminate(), "{}", new.log_text());

@@ -8,7 +8,7 @@ use crate::pipeline::plan::Deadline;
 use crate::store::deliveries::{self as dl, DeliveryFilter, DeliveryRow};
 use crate::store::{Store, StoreError, ms};
 use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ pub struct DeliveriesReplay {
     #[serde(flatten)]
     pub scope: Scope,
     /// The status replayed from (never `sending`).
-    #[serde(serialize_with = "status_word")]
     pub status: DeliveryStatus,
     /// Whether the caller allowed replaying sent mail.
     pub include_sent: bool,
@@ -61,7 +60,7 @@ pub struct DeliverySample {
     pub event_id: String,
     pub kind: String,
     pub recipient: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub last_error: Option<String>,
 }
 
@@ -145,7 +144,7 @@ async fn execute(
 fn type_status_counts(rows: &[DeliveryRow]) -> Vec<TypeStatusCount> {
     let mut m: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for d in rows {
-        *m.entry((&d.event_type, &d.status)).or_default() += 1;
+        *m.entry((&d.event_type, d.status.as_str())).or_default() += 1;
     }
     m.into_iter()
         .map(|((t, s), count)| TypeStatusCount {
@@ -162,11 +161,7 @@ fn sample(d: &DeliveryRow) -> DeliverySample {
         event_id: d.event_id.clone(),
         kind: d.kind.clone(),
         recipient: d.recipient.to_lowercase(),
-        status: d.status.clone(),
+        status: d.status,
         last_error: d.last_error.clone(),
     }
-}
-
-fn status_word<S: Serializer>(s: &DeliveryStatus, ser: S) -> Result<S::Ok, S::Error> {
-    ser.serialize_str(s.as_str())
 }

@@ -5,6 +5,7 @@
 //! its row (with the new reason) and adds no second one.
 
 use super::{Audit, id_text, record, rfc3339};
+use crate::domain::event::QuarantineState;
 use crate::pipeline::ingest::{Incoming, IngestOutcome, Ingestor};
 use crate::store::events::{self as ev, QuarantineRow};
 use crate::store::{Store, StoreError, ms};
@@ -133,7 +134,7 @@ async fn select(
     for &id in ids {
         let outcome = match ev::get_quarantine(&mut tx, id).await? {
             None => RedriveOutcome::Missing,
-            Some(q) if q.state != "open" => RedriveOutcome::Skipped(format!(
+            Some(q) if q.state != QuarantineState::Open => RedriveOutcome::Skipped(format!(
                 "already redriven{}; nothing to do",
                 q.last_redrive_at
                     .map(|t| format!(" at {}", rfc3339(t)))

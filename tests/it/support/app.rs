@@ -11,6 +11,7 @@ use super::{
 use notifier::app::{App, RunError};
 use notifier::broker::publisher::Publisher;
 use notifier::config::Settings;
+use notifier::domain::delivery::DeliveryStatus;
 use notifier::store::Store;
 use notifier::store::deliveries::{self as dl, DeliveryRow};
 use tokio_util::sync::CancellationToken;
@@ -161,8 +162,7 @@ impl TestApp {
         let id = event["id"].as_str().unwrap();
         self.wait_event(id).await;
         self.wait_deliveries(Some(id), "all final", |r| {
-            r.iter()
-                .all(|d| matches!(d.status.as_str(), "sent" | "failed" | "cancelled"))
+            r.iter().all(|d| d.status.is_final())
         })
         .await
     }
@@ -173,7 +173,9 @@ impl TestApp {
     pub async fn publish_held(&self, event_type: &str, n: usize) -> String {
         let id = self.publish_fresh(event_type).await;
         self.wait_deliveries(Some(&id), &format!("{n} deliveries held"), |r| {
-            r.len() == n && r.iter().all(|d| d.attempts >= 1 && d.status == "pending")
+            r.len() == n
+                && r.iter()
+                    .all(|d| d.attempts >= 1 && d.status == DeliveryStatus::Pending)
         })
         .await;
         id
@@ -210,11 +212,12 @@ impl TestApp {
         let what = format!("{kind} sent");
         let rows = self
             .wait_deliveries(Some(event_id), &what, |r| {
-                r.iter().any(|d| d.kind == kind && d.status == "sent")
+                r.iter()
+                    .any(|d| d.kind == kind && d.status == DeliveryStatus::Sent)
             })
             .await;
         rows.into_iter()
-            .find(|d| d.kind == kind && d.status == "sent")
+            .find(|d| d.kind == kind && d.status == DeliveryStatus::Sent)
             .unwrap()
     }
 
