@@ -771,8 +771,10 @@ impl Ingestor {
     }
 
     /// Resolves one stored module event again against the current directory
-    /// and adds the deliveries that are missing (also used by `replay events`).
-    pub async fn reresolve_event(
+    /// and adds the deliveries that are missing (a late directory update;
+    /// `replay events` does the same through [`crate::pipeline::recovery`],
+    /// with its own deadline rule and audit row).
+    async fn reresolve_event(
         &self,
         conn: &mut AnyConnection,
         row: &ev::EventRow,
