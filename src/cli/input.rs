@@ -27,12 +27,7 @@ pub async fn ingest_file(settings: Settings, file: &Path) -> Result<(), CliError
     let text = read_input(file)?;
     let store = app::open_store(&settings, false).await?;
     let ingestor = app::ingestor(&settings, &store, &Metrics::new());
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
+    let lines = crate::pipeline::recovery::numbered_lines(text.as_str());
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut rejected = 0;
     for chunk in lines.chunks(200) {

@@ -28,12 +28,7 @@ pub async fn import_users(
     report: &mut dyn FnMut(usize, String),
 ) -> Result<ImportCounts, StoreError> {
     let mut c = ImportCounts::default();
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
+    let lines = numbered_lines(text);
     for chunk in lines.chunks(CHUNK) {
         let mut tx = store.begin().await?;
         let now = ms(chrono::Utc::now());
@@ -69,4 +64,15 @@ fn parse_line(line: &str) -> Result<crate::domain::directory::UserRecord, String
         Ok(_) => Err("expected a JSON object".into()),
         Err(e) => Err(format!("not valid JSON ({e})")),
     }
+}
+
+/// The non-empty lines of a JSON-lines text, trimmed, with their line
+/// numbers (counted from 1, blank lines included), as operators' messages
+/// name them.
+pub fn numbered_lines(text: &str) -> Vec<(usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect()
 }

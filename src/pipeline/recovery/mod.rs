@@ -26,7 +26,7 @@ mod redrive;
 pub use deliveries::{
     DeliveriesReplay, DeliveriesReport, DeliverySample, TypeStatusCount, replay_deliveries,
 };
-pub use directory::{ImportCounts, import_users};
+pub use directory::{ImportCounts, import_users, numbered_lines};
 pub use events::{
     Addition, EventsCounts, EventsFilters, EventsReport, Invalid, TypeKindCount, replay_events,
 };
