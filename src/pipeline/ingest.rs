@@ -476,8 +476,7 @@ impl Ingestor {
                 naam,
                 versie,
             } => {
-                let check = dir::apply_organisation(conn, agb_code, naam, *versie, ms(now)).await?;
-                self.directory_outcome(conn, event.id.as_str(), agb_code.as_str(), check)
+                self.apply_organisation_update(conn, event, agb_code, naam, *versie, now)
                     .await
             }
             EventBody::EmailadresGewijzigd {
@@ -579,6 +578,21 @@ impl Ingestor {
             },
             other => other,
         })
+    }
+
+    /// `organisatie.bijgewerkt`: the practice's name stored when newer.
+    async fn apply_organisation_update(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        agb_code: &AgbCode,
+        naam: &str,
+        versie: i64,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let check = dir::apply_organisation(conn, agb_code, naam, versie, ms(now)).await?;
+        self.directory_outcome(conn, event.id.as_str(), agb_code.as_str(), check)
+            .await
     }
 
     /// `gebruiker.emailadres_gewijzigd`: the new address stored when newer,
