@@ -1317,8 +1317,8 @@ async fn user_to_report(
 }
 
 /// The `beheer.onbestelbaar` notices about `user` for the failed delivery
-/// `d`: one per contact person, except at the very address that failed,
-/// which cannot tell anyone anything.
+/// `d`: one per contact person, but none to the very address that failed
+/// (a contact person there cannot be told through it).
 fn notices_about(
     snapshot: &AgbSnapshot,
     user: &DirectoryUser,
