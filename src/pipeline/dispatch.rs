@@ -12,19 +12,21 @@ use crate::domain::delivery::{
     self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
     Unknown,
 };
+use crate::domain::directory::{AgbSnapshot, DirectoryUser};
 use crate::domain::event::{EventBody, EventType, ModuleEvent, ValidationRules, parse_event};
-use crate::domain::ids::{EmailAddress, Gebruikersnummer};
-use crate::domain::recipients::{self, AddressCheck};
+use crate::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
+use crate::domain::recipients::{self, AddressCheck, PlannedDelivery};
 use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
 use crate::ops::metrics::Metrics;
 use crate::store::deliveries::{self as dl, AttemptRecord, Claimed, Finish, Transition};
 use crate::store::{Store, StoreError, directory as dir, events as ev, from_ms, ms};
-use crate::templates::Templates;
+use crate::templates::{RenderedMail, Templates};
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use lettre::message::Mailbox;
+use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +109,6 @@ struct RoundData {
     praktijk: HashMap<String, String>,
 }
 
-/// A send in flight.
 /// What the re-check decided for a delivery.
 enum Recheck {
     /// Send to `address`; the directory was read at `at_ms`.
@@ -116,6 +117,14 @@ enum Recheck {
         at_ms: i64,
     },
     Cancel(String),
+}
+
+/// A delivery's mail, prepared before the re-check.
+struct Prepared {
+    rendered: Result<RenderedMail, String>,
+    /// Built for the planned address (`None` when that failed: it is built
+    /// again, and its error kept, once the address is known).
+    prebuilt: Option<Vec<u8>>,
 }
 
 /// A delivery on its way to the relay.
@@ -127,6 +136,7 @@ struct Sending<'a> {
     checked_at: Option<i64>,
 }
 
+/// A send in flight.
 struct OnWire {
     delivery: Claimed,
     kind: MailKind,
@@ -699,21 +709,7 @@ impl Dispatcher {
         // Rendered first, and built for the planned address: the CPU work of
         // a mail is done before the directory is read, so that the read is
         // as close to the send as it can be.
-        let rendered = self.render(
-            kind,
-            &d,
-            data.parsed.get(&d.event_id),
-            event.agb_code.as_deref(),
-            event
-                .agb_code
-                .as_ref()
-                .and_then(|a| data.praktijk.get(a))
-                .map(String::as_str),
-        );
-        let prebuilt = rendered
-            .as_ref()
-            .ok()
-            .and_then(|m| message::build(&self.cfg.from, &d.address, m, &d.message_id).ok());
+        let prepared = self.render_and_build(kind, &d, data, event);
 
         // Then a relay connection and the rate limit's turn, and only then
         // the re-check: the directory is read as late as a send of its own
@@ -738,14 +734,7 @@ impl Dispatcher {
                 .fail_undeliverable(&d, kind, rec, &event.event_type)
                 .await;
         }
-        let built = match prebuilt {
-            Some(bytes) if address == d.address => Ok(bytes),
-            _ => rendered.and_then(|m| {
-                message::build(&self.cfg.from, &address, &m, &d.message_id)
-                    .map_err(|e| e.to_string())
-            }),
-        };
-        let bytes = match built {
+        let bytes = match self.build_for(prepared, &d, &address) {
             Ok(b) => b,
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
@@ -771,6 +760,44 @@ impl Dispatcher {
             checked_at,
         };
         self.send(sending, &bytes, (permit, connection), rec).await
+    }
+
+    /// The mail of `d` rendered, and built for its planned address.
+    fn render_and_build(
+        &self,
+        kind: MailKind,
+        d: &Claimed,
+        data: &RoundData,
+        event: &ev::EventRow,
+    ) -> Prepared {
+        let rendered = self.render(
+            kind,
+            d,
+            data.parsed.get(&d.event_id),
+            event.agb_code.as_deref(),
+            event
+                .agb_code
+                .as_ref()
+                .and_then(|a| data.praktijk.get(a))
+                .map(String::as_str),
+        );
+        let prebuilt = rendered
+            .as_ref()
+            .ok()
+            .and_then(|m| message::build(&self.cfg.from, &d.address, m, &d.message_id).ok());
+        Prepared { rendered, prebuilt }
+    }
+
+    /// The bytes to send to `address`: the prebuilt mail when the re-check
+    /// kept the planned address, else the mail built for the new one.
+    fn build_for(&self, prepared: Prepared, d: &Claimed, address: &str) -> Result<Vec<u8>, String> {
+        match prepared.prebuilt {
+            Some(bytes) if address == d.address => Ok(bytes),
+            _ => prepared.rendered.and_then(|m| {
+                message::build(&self.cfg.from, address, &m, &d.message_id)
+                    .map_err(|e| e.to_string())
+            }),
+        }
     }
 
     /// A delivery whose stored kind or rule this version does not know
@@ -980,7 +1007,7 @@ impl Dispatcher {
         parsed: Option<&Result<ModuleEvent, String>>,
         agb: Option<&str>,
         praktijk: Option<&str>,
-    ) -> Result<crate::templates::RenderedMail, String> {
+    ) -> Result<RenderedMail, String> {
         let ctx = match kind {
             MailKind::Module(_) => {
                 let m = match parsed {
@@ -1181,81 +1208,26 @@ impl Dispatcher {
             return Ok(());
         };
         let mut tx = self.store.begin().await?;
-        let Some(event) = ev::get_event(&mut tx, &d.event_id).await? else {
-            return Ok(());
-        };
-        let Some(agb) = event
-            .agb_code
-            .as_deref()
-            .and_then(|a| crate::domain::ids::AgbCode::parse(a).ok())
-        else {
+        let Some(agb) = event_agb(&mut tx, &d.event_id).await? else {
             return Ok(());
         };
         let snapshot = dir::agb_snapshot(&mut tx, &agb).await?;
-        let reden = if r.outcome == AttemptOutcome::Permanent {
-            "het adres werd door de ontvangende mailserver geweigerd"
-        } else {
-            "het bericht kon binnen de termijn niet worden afgeleverd"
-        };
+        let reden = undeliverable_reason(r.outcome);
         let served = dl::served_users(&mut tx, &d.id).await?;
         let day_ago = ms(Utc::now()) - 86_400_000;
         let mut n = 0;
         for u in served {
-            let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else {
+            let Some(user) = user_to_report(&mut tx, &u, &snapshot, &agb, day_ago).await? else {
                 continue;
             };
-            let Some(user) = dir::get_user(&mut tx, &nr).await? else {
-                continue;
-            };
-            // This practice's contact persons answer for this practice's
-            // users only: an actor's copy to someone of another practice
-            // raises nothing here (and tells nobody here their name).
-            if !snapshot
-                .members
-                .iter()
-                .any(|m| m.gebruikersnummer == user.gebruikersnummer)
-            {
-                continue;
-            }
-            // At most one notice a day per user and practice: the contact
-            // persons of a second practice of the same user are told too.
-            if dl::recent_undeliverable_notice(&mut tx, nr.as_str(), agb.as_str(), day_ago).await? {
-                continue;
-            }
-            let failing = EmailAddress::parse(&d.address).ok();
-            // A contact person at the very address that failed cannot be told through it.
-            let planned: Vec<_> =
-                recipients::undeliverable_notices(&snapshot, &user, &d.event_id, et, reden)
-                    .into_iter()
-                    .filter(|p| Some(&p.address) != failing.as_ref())
-                    .collect();
+            let planned = notices_about(&snapshot, &user, d, et, reden);
             if planned.is_empty() {
-                let note = format!(
-                    "{} about user {} not sent: no other active contact person",
-                    MailKind::Onbestelbaar.as_str(),
-                    user.gebruikersnummer
-                );
-                ev::append_detail(&mut tx, &d.event_id, &note).await?;
-                self.metrics.unroutable();
-                warn!(gebruikersnummer = %user.gebruikersnummer, "undeliverable mail cannot be escalated: no active contact person");
+                self.unescalatable(&mut tx, d, &user).await?;
                 continue;
             }
-            let deadline = Utc::now() + self.cfg.deadline;
-            for p in &planned {
-                if dl::insert_planned(
-                    &mut tx,
-                    &d.event_id,
-                    p,
-                    ms(Utc::now()),
-                    ms(Utc::now()),
-                    ms(deadline),
-                )
-                .await?
-                .is_some()
-                {
-                    n += 1;
-                }
-            }
+            let timing =
+                plan::Timing::due_now(Utc::now(), plan::Deadline::FromNow(self.cfg.deadline));
+            n += insert_notices(&mut tx, &d.event_id, &planned, timing).await?;
         }
         tx.commit().await?;
         if n > 0 {
@@ -1266,6 +1238,119 @@ impl Dispatcher {
         }
         Ok(())
     }
+
+    /// Nobody but the failing address could be told about `user`: noted on
+    /// the event, counted and logged, for an operator to follow up.
+    async fn unescalatable(
+        &self,
+        conn: &mut AnyConnection,
+        d: &Claimed,
+        user: &DirectoryUser,
+    ) -> Result<(), StoreError> {
+        let note = format!(
+            "{} about user {} not sent: no other active contact person",
+            MailKind::Onbestelbaar.as_str(),
+            user.gebruikersnummer
+        );
+        ev::append_detail(conn, &d.event_id, &note).await?;
+        self.metrics.unroutable();
+        warn!(gebruikersnummer = %user.gebruikersnummer, "undeliverable mail cannot be escalated: no active contact person");
+        Ok(())
+    }
+}
+
+/// The AGB code of the event `event_id`, when it is stored and has one.
+async fn event_agb(
+    conn: &mut AnyConnection,
+    event_id: &str,
+) -> Result<Option<AgbCode>, StoreError> {
+    let Some(event) = ev::get_event(conn, event_id).await? else {
+        return Ok(None);
+    };
+    Ok(event
+        .agb_code
+        .as_deref()
+        .and_then(|a| AgbCode::parse(a).ok()))
+}
+
+/// The `reden` a `beheer.onbestelbaar` notice gives for the failure.
+fn undeliverable_reason(outcome: AttemptOutcome) -> &'static str {
+    if outcome == AttemptOutcome::Permanent {
+        "het adres werd door de ontvangende mailserver geweigerd"
+    } else {
+        "het bericht kon binnen de termijn niet worden afgeleverd"
+    }
+}
+
+/// The directory entry of served user `u` when its contact persons are to
+/// be told: a user of this practice without a notice about it here in the
+/// last day (since `day_ago`, epoch milliseconds).
+async fn user_to_report(
+    conn: &mut AnyConnection,
+    u: &dl::ServedNow,
+    snapshot: &AgbSnapshot,
+    agb: &AgbCode,
+    day_ago: i64,
+) -> Result<Option<DirectoryUser>, StoreError> {
+    let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else {
+        return Ok(None);
+    };
+    let Some(user) = dir::get_user(conn, &nr).await? else {
+        return Ok(None);
+    };
+    // This practice's contact persons answer for this practice's users
+    // only: an actor's copy to someone of another practice raises nothing
+    // here (and tells nobody here their name).
+    if !snapshot
+        .members
+        .iter()
+        .any(|m| m.gebruikersnummer == user.gebruikersnummer)
+    {
+        return Ok(None);
+    }
+    // At most one notice a day per user and practice: the contact persons
+    // of a second practice of the same user are told too.
+    if dl::recent_undeliverable_notice(conn, nr.as_str(), agb.as_str(), day_ago).await? {
+        return Ok(None);
+    }
+    Ok(Some(user))
+}
+
+/// The `beheer.onbestelbaar` notices about `user` for the failed delivery
+/// `d`: one per contact person, but none to the very address that failed
+/// (a contact person there cannot be told through it).
+fn notices_about(
+    snapshot: &AgbSnapshot,
+    user: &DirectoryUser,
+    d: &Claimed,
+    et: EventType,
+    reden: &str,
+) -> Vec<PlannedDelivery> {
+    let failing = EmailAddress::parse(&d.address).ok();
+    recipients::undeliverable_notices(snapshot, user, &d.event_id, et, reden)
+        .into_iter()
+        .filter(|p| Some(&p.address) != failing.as_ref())
+        .collect()
+}
+
+/// Writes the notices of `event_id` timed by `t`; returns how many rows are
+/// new (one that exists already is left as it is).
+async fn insert_notices(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    planned: &[PlannedDelivery],
+    t: plan::Timing,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for p in planned {
+        if dl::insert_planned(conn, event_id, p, t.now_ms, t.due_ms, t.deadline_ms)
+            .await?
+            .is_some()
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn hostname() -> String {

@@ -12,7 +12,7 @@ use crate::domain::event::{
     EventBody, MAX_BODY_BYTES, ModuleEvent, PortalEvent, ValidationRules, envelope_hint,
     parse_event,
 };
-use crate::domain::ids::AgbCode;
+use crate::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
 use crate::domain::recipients::{self, PlannedDelivery, Routing};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::plan;
@@ -457,76 +457,26 @@ impl Ingestor {
         plan::Timing::due_now(now, plan::Deadline::FromEventTime { event_time, span })
     }
 
+    /// Applies one event on its own: a directory event (the module events of
+    /// a segment are planned together by `plan_firsts`), each body by its
+    /// own method.
     async fn apply(
         &self,
         conn: &mut AnyConnection,
         event: &PortalEvent,
         now: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let id = event.id.to_string();
-        let now_ms = ms(now);
         match &event.body {
-            EventBody::Module(m) => {
-                // `process_segment` reads the directory once for all module
-                // events of a segment; these are the same steps for one.
-                let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
-                let actor = match &m.actor {
-                    Some(a) => dir::get_user(conn, a).await?,
-                    None => None,
-                };
-                let (n, res) = self
-                    .resolve_and_plan(
-                        conn,
-                        &id,
-                        m,
-                        &snapshot,
-                        actor.as_ref(),
-                        plan::Served::fresh(),
-                        event.time,
-                        now,
-                    )
-                    .await?;
-                Ok(accepted(id, n, &res))
-            }
+            EventBody::Module(m) => self.apply_module(conn, event, m, now).await,
             EventBody::GebruikerBijgewerkt(rec) => {
-                let check = dir::apply_user(conn, rec, now_ms).await?;
-                let mut n = 0;
-                if check != VersionCheck::Stale {
-                    if rec.status == UserStatus::Ingetrokken {
-                        // Known from now on: pending mail to this user stops at once.
-                        deliveries::cancel_for_revoked(
-                            conn,
-                            rec.gebruikersnummer.as_str(),
-                            "cancelled: the recipient's certificate was revoked",
-                        )
-                        .await?;
-                    } else {
-                        n = self.reresolve_recent(conn, rec, now).await?;
-                    }
-                }
-                let out = self
-                    .directory_outcome(conn, &id, rec.gebruikersnummer.as_ref(), check)
-                    .await?;
-                Ok(match out {
-                    IngestOutcome::Applied {
-                        event_id,
-                        unroutable_notice,
-                        ..
-                    } => IngestOutcome::Applied {
-                        event_id,
-                        deliveries: n,
-                        unroutable_notice,
-                    },
-                    other => other,
-                })
+                self.apply_user_update(conn, event, rec, now).await
             }
             EventBody::OrganisatieBijgewerkt {
                 agb_code,
                 naam,
                 versie,
             } => {
-                let check = dir::apply_organisation(conn, agb_code, naam, *versie, now_ms).await?;
-                self.directory_outcome(conn, &id, agb_code.as_str(), check)
+                self.apply_organisation_update(conn, event, agb_code, naam, *versie, now)
                     .await
             }
             EventBody::EmailadresGewijzigd {
@@ -535,107 +485,232 @@ impl Ingestor {
                 nieuw_email,
                 versie,
             } => {
-                let before =
-                    dir::get_user_for_update(conn, self.store.backend(), gebruikersnummer).await?;
-                match dir::set_email(conn, gebruikersnummer, nieuw_email, *versie, now_ms).await? {
-                    UserChange::Applied => {
-                        // Another instance may have created the user between
-                        // the read and the update (PostgreSQL, READ
-                        // COMMITTED): the address it replaced is then the
-                        // one the event names.
-                        let old_email =
-                            before.map(|b| b.email).unwrap_or_else(|| oud_email.clone());
-                        let after =
-                            dir::get_user(conn, gebruikersnummer)
-                                .await?
-                                .ok_or_else(|| {
-                                    StoreError::Corrupt(
-                                        "user vanished during an address change".into(),
-                                    )
-                                })?;
-                        let mut planned = recipients::address_change_mails(&after, &old_email);
-                        if after.status != UserStatus::Actief {
-                            // A revoked user gets nothing, not even this confirmation.
-                            planned.retain(|p| p.users.is_empty());
-                        }
-                        let n = self.plan(conn, event, &planned, now).await?;
-                        ev::set_event_state(conn, &id, EventState::Applied, None).await?;
-                        Ok(IngestOutcome::Applied {
-                            event_id: id,
-                            deliveries: n,
-                            unroutable_notice: false,
-                        })
-                    }
-                    other => {
-                        self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms)
-                            .await
-                    }
-                }
+                let change = AddressChange {
+                    gebruikersnummer,
+                    oud_email,
+                    nieuw_email,
+                    versie: *versie,
+                };
+                self.apply_address_change(conn, event, change, now).await
             }
             EventBody::CertificaatIngetrokken {
-                gebruikersnummer, ..
+                gebruikersnummer,
+                versie,
+                ..
             } => {
-                let links_before = dir::user_links(conn, gebruikersnummer).await?;
-                let was_active = dir::get_user(conn, gebruikersnummer)
-                    .await?
-                    .is_some_and(|u| u.status == UserStatus::Actief);
-                match dir::revoke(conn, gebruikersnummer, event_versie(event), now_ms).await? {
-                    UserChange::Applied => {
-                        let user =
-                            dir::get_user(conn, gebruikersnummer)
-                                .await?
-                                .ok_or_else(|| {
-                                    StoreError::Corrupt("user vanished during a revocation".into())
-                                })?;
-                        let cancelled = deliveries::cancel_for_revoked(
-                            conn,
-                            gebruikersnummer.as_str(),
-                            "cancelled: the recipient's certificate was revoked",
-                        )
-                        .await?;
-                        let mut n = 0;
-                        let mut no_cp = Vec::new();
-                        // Notices only when this revocation ended an active certificate:
-                        // a repeat (or one after a `gebruiker.bijgewerkt` already revoked it) says nothing new.
-                        let notify: &[(AgbCode, bool)] =
-                            if was_active { &links_before } else { &[] };
-                        for (agb, was_signer) in notify {
-                            let snap = dir::agb_snapshot(conn, agb).await?;
-                            let planned = recipients::revocation_notices(&user, *was_signer, &snap);
-                            if planned.is_empty() {
-                                no_cp.push(agb.to_string());
-                            }
-                            n += self.plan(conn, event, &planned, now).await?;
-                        }
-                        let detail = format!(
-                            "revoked; {cancelled} pending deliveries cancelled{}",
-                            if no_cp.is_empty() {
-                                String::new()
-                            } else {
-                                format!(
-                                    "; no active contact person to notify for AGB {}",
-                                    no_cp.join(", ")
-                                )
-                            }
-                        );
-                        ev::set_event_state(conn, &id, EventState::Applied, Some(&detail)).await?;
-                        if !no_cp.is_empty() {
-                            warn!("revocation notice unroutable: no active contact person");
-                        }
-                        info!(cancelled, notices = n, "certificate revoked");
-                        Ok(IngestOutcome::Applied {
-                            event_id: id,
-                            deliveries: n,
-                            unroutable_notice: !no_cp.is_empty(),
-                        })
-                    }
-                    other => {
-                        self.skipped_change(conn, &id, gebruikersnummer.as_str(), other, now_ms)
-                            .await
-                    }
-                }
+                self.apply_revocation(conn, event, gebruikersnummer, *versie, now)
+                    .await
             }
         }
+    }
+
+    /// A module event on its own: `process_segment` reads the directory once
+    /// for all module events of a segment; these are the same steps for one.
+    async fn apply_module(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        m: &ModuleEvent,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let id = event.id.to_string();
+        let snapshot = dir::agb_snapshot(conn, &m.agb_code).await?;
+        let actor = match &m.actor {
+            Some(a) => dir::get_user(conn, a).await?,
+            None => None,
+        };
+        let (n, res) = self
+            .resolve_and_plan(
+                conn,
+                &id,
+                m,
+                &snapshot,
+                actor.as_ref(),
+                plan::Served::fresh(),
+                event.time,
+                now,
+            )
+            .await?;
+        Ok(accepted(id, n, &res))
+    }
+
+    /// `gebruiker.bijgewerkt`: the record stored when newer; a revoked user's
+    /// pending mail cancelled, otherwise recent module events resolved again.
+    async fn apply_user_update(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        rec: &UserRecord,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let check = dir::apply_user(conn, rec, ms(now)).await?;
+        let mut n = 0;
+        if check != VersionCheck::Stale {
+            if rec.status == UserStatus::Ingetrokken {
+                // Known from now on: pending mail to this user stops at once.
+                deliveries::cancel_for_revoked(
+                    conn,
+                    rec.gebruikersnummer.as_str(),
+                    "cancelled: the recipient's certificate was revoked",
+                )
+                .await?;
+            } else {
+                n = self.reresolve_recent(conn, rec, now).await?;
+            }
+        }
+        let out = self
+            .directory_outcome(
+                conn,
+                event.id.as_str(),
+                rec.gebruikersnummer.as_ref(),
+                check,
+            )
+            .await?;
+        Ok(match out {
+            IngestOutcome::Applied {
+                event_id,
+                unroutable_notice,
+                ..
+            } => IngestOutcome::Applied {
+                event_id,
+                deliveries: n,
+                unroutable_notice,
+            },
+            other => other,
+        })
+    }
+
+    /// `organisatie.bijgewerkt`: the practice's name stored when newer.
+    async fn apply_organisation_update(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        agb_code: &AgbCode,
+        naam: &str,
+        versie: i64,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let check = dir::apply_organisation(conn, agb_code, naam, versie, ms(now)).await?;
+        self.directory_outcome(conn, event.id.as_str(), agb_code.as_str(), check)
+            .await
+    }
+
+    /// `gebruiker.emailadres_gewijzigd`: the new address stored when newer,
+    /// and the mails about the change planned.
+    async fn apply_address_change(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        change: AddressChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let id = event.id.to_string();
+        let nr = change.gebruikersnummer;
+        let before = dir::get_user_for_update(conn, self.store.backend(), nr).await?;
+        match dir::set_email(conn, nr, change.nieuw_email, change.versie, ms(now)).await? {
+            UserChange::Applied => {}
+            other => {
+                return self
+                    .skipped_change(conn, &id, nr.as_str(), other, ms(now))
+                    .await;
+            }
+        }
+        // Another instance may have created the user between the read and
+        // the update (PostgreSQL, READ COMMITTED): the address it replaced is
+        // then the one the event names.
+        let old_email = before
+            .map(|b| b.email)
+            .unwrap_or_else(|| change.oud_email.clone());
+        let after = dir::get_user(conn, nr)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("user vanished during an address change".into()))?;
+        let mut planned = recipients::address_change_mails(&after, &old_email);
+        if after.status != UserStatus::Actief {
+            // A revoked user gets nothing, not even this confirmation.
+            planned.retain(|p| p.users.is_empty());
+        }
+        let n = self.plan(conn, event, &planned, now).await?;
+        ev::set_event_state(conn, &id, EventState::Applied, None).await?;
+        Ok(IngestOutcome::Applied {
+            event_id: id,
+            deliveries: n,
+            unroutable_notice: false,
+        })
+    }
+
+    /// `certificaat.ingetrokken`: the user revoked when newer, its pending
+    /// mail cancelled, and the contact persons of its AGB codes told.
+    async fn apply_revocation(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        nr: &Gebruikersnummer,
+        versie: i64,
+        now: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let id = event.id.to_string();
+        let links_before = dir::user_links(conn, nr).await?;
+        let was_active = dir::get_user(conn, nr)
+            .await?
+            .is_some_and(|u| u.status == UserStatus::Actief);
+        match dir::revoke(conn, nr, versie, ms(now)).await? {
+            UserChange::Applied => {}
+            other => {
+                return self
+                    .skipped_change(conn, &id, nr.as_str(), other, ms(now))
+                    .await;
+            }
+        }
+        let user = dir::get_user(conn, nr)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("user vanished during a revocation".into()))?;
+        let cancelled = deliveries::cancel_for_revoked(
+            conn,
+            nr.as_str(),
+            "cancelled: the recipient's certificate was revoked",
+        )
+        .await?;
+        // Notices only when this revocation ended an active certificate:
+        // a repeat (or one after a `gebruiker.bijgewerkt` already revoked it) says nothing new.
+        let notify: &[(AgbCode, bool)] = if was_active { &links_before } else { &[] };
+        let (n, no_cp) = self
+            .plan_revocation_notices(conn, event, &user, notify, now)
+            .await?;
+        let detail = revocation_detail(cancelled, &no_cp);
+        ev::set_event_state(conn, &id, EventState::Applied, Some(&detail)).await?;
+        if !no_cp.is_empty() {
+            warn!("revocation notice unroutable: no active contact person");
+        }
+        info!(cancelled, notices = n, "certificate revoked");
+        Ok(IngestOutcome::Applied {
+            event_id: id,
+            deliveries: n,
+            unroutable_notice: !no_cp.is_empty(),
+        })
+    }
+
+    /// The revocation notices for each of `links` (AGB code, whether the user
+    /// was tekenbevoegd there): how many were added, and the AGB codes with
+    /// no active contact person to tell.
+    async fn plan_revocation_notices(
+        &self,
+        conn: &mut AnyConnection,
+        event: &PortalEvent,
+        user: &DirectoryUser,
+        links: &[(AgbCode, bool)],
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<String>), StoreError> {
+        let mut n = 0;
+        let mut no_cp = Vec::new();
+        for (agb, was_signer) in links {
+            let snap = dir::agb_snapshot(conn, agb).await?;
+            let planned = recipients::revocation_notices(user, *was_signer, &snap);
+            if planned.is_empty() {
+                no_cp.push(agb.to_string());
+            }
+            n += self.plan(conn, event, &planned, now).await?;
+        }
+        Ok((n, no_cp))
     }
 
     async fn directory_outcome(
@@ -832,6 +907,30 @@ async fn keep_in_quarantine(
     .await
 }
 
+/// The fields of a `gebruiker.emailadres_gewijzigd` event.
+struct AddressChange<'a> {
+    gebruikersnummer: &'a Gebruikersnummer,
+    oud_email: &'a EmailAddress,
+    nieuw_email: &'a EmailAddress,
+    versie: i64,
+}
+
+/// What a revocation's event row says: the pending mail it cancelled, and
+/// the AGB codes whose contact persons could not be told.
+fn revocation_detail(cancelled: u64, no_cp: &[String]) -> String {
+    format!(
+        "revoked; {cancelled} pending deliveries cancelled{}",
+        if no_cp.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; no active contact person to notify for AGB {}",
+                no_cp.join(", ")
+            )
+        }
+    )
+}
+
 /// What [`Ingestor::ingest_split`] got done.
 #[derive(Debug)]
 pub struct Ingested {
@@ -994,12 +1093,4 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// The same data error again (a batch of one is not tried twice).
 fn err_again(e: &StoreError) -> StoreError {
     StoreError::BadMessage(e.to_string())
-}
-
-fn event_versie(e: &PortalEvent) -> i64 {
-    match &e.body {
-        EventBody::CertificaatIngetrokken { versie, .. }
-        | EventBody::EmailadresGewijzigd { versie, .. } => *versie,
-        _ => 0,
-    }
 }

@@ -418,86 +418,14 @@ pub async fn finish_many(
         .map(|f| f.delivery_id.as_str())
         .collect();
     for chunk in released.chunks(500) {
-        let mut b = Binds::for_conn(conn);
-        let owner_p = b.next();
-        let sql = format!(
-            "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
-             WHERE status = 'sending' AND lease_owner = {owner_p} AND id IN ({}) RETURNING id, attempts",
-            b.list(chunk.len())
-        );
-        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for (id, n) in q.fetch_all(&mut *conn).await? {
-            if let Some(id) = chunk.iter().find(|c| **c == id) {
-                kept.insert(id, n);
-            }
-        }
+        kept.extend(release_many(conn, owner, chunk).await?);
     }
     let moving: Vec<&Finish> = items
         .iter()
         .filter(|f| !matches!(f.next, Transition::Released))
         .collect();
-    // Nine values per row, and the id once more for the list below.
-    const COLS: usize = 10;
-    for chunk in moving.chunks(MAX_PARAMS / COLS) {
-        let mut b = Binds::for_conn(conn);
-        // One row of values per delivery; the casts give PostgreSQL the
-        // column types (NULLs included) that SQLite does not need.
-        let values = (0..chunk.len())
-            .map(|_| {
-                let mut p = || b.next();
-                format!(
-                    "({}, {}, CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
-                    p(), p(), p(), p(), p(), p(), p(), p(), p()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        // The ids once more as a list: the primary key then finds the rows
-        // whatever the planner believes about the table. Without it,
-        // PostgreSQL with stale statistics joined every `sending` row
-        // against the values (25 ms for 50 finishes).
-        let ids = b.list(chunk.len());
-        let owner_p = b.next();
-        let sql = format!(
-            "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS MATERIALIZED (VALUES {values}) \
-             UPDATE deliveries SET status = v.status, due_at = COALESCE(v.due, deliveries.due_at), \
-             retry_step = COALESCE(v.step, deliveries.retry_step), last_error = v.err, \
-             sent_to = COALESCE(v.sent_to, deliveries.sent_to), sent_at = COALESCE(v.sent_at, deliveries.sent_at), \
-             attempts = deliveries.attempts + v.bump, policy_rejections = deliveries.policy_rejections + v.policy, \
-             lease_until = NULL, lease_owner = NULL, \
-             claimed_address = CASE WHEN v.status = 'cancelled' THEN NULL ELSE deliveries.claimed_address END \
-             FROM v WHERE deliveries.id = v.id AND deliveries.id IN ({ids}) \
-             AND deliveries.status = 'sending' AND deliveries.lease_owner = {owner_p} \
-             RETURNING deliveries.id, deliveries.attempts"
-        );
-        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
-        for f in chunk {
-            let c = Columns::of(&f.next);
-            q = q
-                .bind(f.delivery_id.as_str())
-                .bind(c.status)
-                .bind(c.due)
-                .bind(c.step)
-                .bind(c.err.map(storable))
-                .bind(c.sent_to.map(str::to_owned))
-                .bind(c.sent_at)
-                .bind(i64::from(f.attempt.is_some()))
-                .bind(i64::from(
-                    f.attempt.as_ref().is_some_and(|a| a.policy_rejection),
-                ));
-        }
-        for f in chunk {
-            q = q.bind(f.delivery_id.as_str());
-        }
-        q = q.bind(owner);
-        for (id, n) in q.fetch_all(&mut *conn).await? {
-            if let Some(f) = chunk.iter().find(|f| f.delivery_id == id) {
-                kept.insert(f.delivery_id.as_str(), n);
-            }
-        }
+    for chunk in moving.chunks(MAX_PARAMS / MOVE_COLS) {
+        kept.extend(move_many(conn, owner, chunk).await?);
     }
     let attempts: Vec<(&str, i64, &AttemptRecord)> = items
         .iter()
@@ -506,35 +434,158 @@ pub async fn finish_many(
             Some((f.delivery_id.as_str(), n, f.attempt.as_ref()?))
         })
         .collect();
-    const ACOLS: usize = 9;
-    for chunk in attempts.chunks(MAX_PARAMS / ACOLS) {
-        let mut b = Binds::for_conn(conn);
-        let values = (0..chunk.len())
-            .map(|_| b.row(ACOLS))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at) VALUES {values}"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, n, a) in chunk {
-            q = q
-                .bind(*id)
-                .bind(*n)
-                .bind(a.started_at_ms)
-                .bind(a.duration_ms)
-                .bind(a.outcome.as_str())
-                .bind(a.smtp_code)
-                .bind(a.enhanced_code.as_deref().map(storable))
-                .bind(storable(&truncate(&a.detail, 1000)))
-                .bind(a.checked_at_ms);
-        }
-        q.execute(&mut *conn).await?;
+    for chunk in attempts.chunks(MAX_PARAMS / ATTEMPT_COLS) {
+        insert_attempts(conn, chunk).await?;
     }
     Ok(items
         .iter()
         .map(|f| kept.contains_key(f.delivery_id.as_str()))
         .collect())
+}
+
+/// Hands the deliveries `ids` back unsent where `owner` still holds them;
+/// returns those kept, with their attempt counts.
+async fn release_many<'a>(
+    conn: &mut AnyConnection,
+    owner: &str,
+    ids: &[&'a str],
+) -> Result<Vec<(&'a str, i64)>, StoreError> {
+    let sql = release_sql(Binds::for_conn(conn), ids.len());
+    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(owner);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, n)| ids.iter().find(|c| **c == id).map(|c| (*c, n)))
+        .collect())
+}
+
+/// The statement of [`release_many`] for `n` deliveries: the owner, then
+/// the ids.
+fn release_sql(mut b: Binds, n: usize) -> String {
+    let owner_p = b.next();
+    format!(
+        "UPDATE deliveries SET status = 'pending', lease_until = NULL, lease_owner = NULL \
+         WHERE status = 'sending' AND lease_owner = {owner_p} AND id IN ({}) RETURNING id, attempts",
+        b.list(n)
+    )
+}
+
+/// Nine values per row of [`move_sql`], and the id once more for its list.
+const MOVE_COLS: usize = 10;
+
+/// Moves each of `items` on to its next state where `owner` still holds
+/// it; returns those kept, with their attempt counts after this one.
+async fn move_many<'a>(
+    conn: &mut AnyConnection,
+    owner: &str,
+    items: &[&'a Finish],
+) -> Result<Vec<(&'a str, i64)>, StoreError> {
+    let sql = move_sql(Binds::for_conn(conn), items.len());
+    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+    for f in items {
+        let c = Columns::of(&f.next);
+        q = q
+            .bind(f.delivery_id.as_str())
+            .bind(c.status)
+            .bind(c.due)
+            .bind(c.step)
+            .bind(c.err.map(storable))
+            .bind(c.sent_to.map(str::to_owned))
+            .bind(c.sent_at)
+            .bind(i64::from(f.attempt.is_some()))
+            .bind(i64::from(
+                f.attempt.as_ref().is_some_and(|a| a.policy_rejection),
+            ));
+    }
+    for f in items {
+        q = q.bind(f.delivery_id.as_str());
+    }
+    q = q.bind(owner);
+    let rows = q.fetch_all(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, n)| {
+            items
+                .iter()
+                .find(|f| f.delivery_id == id)
+                .map(|f| (f.delivery_id.as_str(), n))
+        })
+        .collect())
+}
+
+/// The statement of [`move_many`] for `n` deliveries: a row of values per
+/// delivery, the ids, then the owner.
+fn move_sql(mut b: Binds, n: usize) -> String {
+    // One row of values per delivery; the casts give PostgreSQL the
+    // column types (NULLs included) that SQLite does not need.
+    let values = (0..n)
+        .map(|_| {
+            let mut p = || b.next();
+            format!(
+                "({}, {}, CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                p(), p(), p(), p(), p(), p(), p(), p(), p()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The ids once more as a list: the primary key then finds the rows
+    // whatever the planner believes about the table. Without it,
+    // PostgreSQL with stale statistics joined every `sending` row
+    // against the values (25 ms for 50 finishes).
+    let ids = b.list(n);
+    let owner_p = b.next();
+    format!(
+        "WITH v (id, status, due, step, err, sent_to, sent_at, bump, policy) AS MATERIALIZED (VALUES {values}) \
+         UPDATE deliveries SET status = v.status, due_at = COALESCE(v.due, deliveries.due_at), \
+         retry_step = COALESCE(v.step, deliveries.retry_step), last_error = v.err, \
+         sent_to = COALESCE(v.sent_to, deliveries.sent_to), sent_at = COALESCE(v.sent_at, deliveries.sent_at), \
+         attempts = deliveries.attempts + v.bump, policy_rejections = deliveries.policy_rejections + v.policy, \
+         lease_until = NULL, lease_owner = NULL, \
+         claimed_address = CASE WHEN v.status = 'cancelled' THEN NULL ELSE deliveries.claimed_address END \
+         FROM v WHERE deliveries.id = v.id AND deliveries.id IN ({ids}) \
+         AND deliveries.status = 'sending' AND deliveries.lease_owner = {owner_p} \
+         RETURNING deliveries.id, deliveries.attempts"
+    )
+}
+
+/// Values per row of [`attempts_sql`].
+const ATTEMPT_COLS: usize = 9;
+
+/// Records the attempts `(delivery id, attempt number, attempt)`.
+async fn insert_attempts(
+    conn: &mut AnyConnection,
+    attempts: &[(&str, i64, &AttemptRecord)],
+) -> Result<(), StoreError> {
+    let sql = attempts_sql(Binds::for_conn(conn), attempts.len());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (id, n, a) in attempts {
+        q = q
+            .bind(*id)
+            .bind(*n)
+            .bind(a.started_at_ms)
+            .bind(a.duration_ms)
+            .bind(a.outcome.as_str())
+            .bind(a.smtp_code)
+            .bind(a.enhanced_code.as_deref().map(storable))
+            .bind(storable(&truncate(&a.detail, 1000)))
+            .bind(a.checked_at_ms);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The statement of [`insert_attempts`] for `n` attempts.
+fn attempts_sql(mut b: Binds, n: usize) -> String {
+    let values = (0..n)
+        .map(|_| b.row(ATTEMPT_COLS))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at) VALUES {values}"
+    )
 }
 
 /// The columns a transition writes (`None`: left as it is, for the
