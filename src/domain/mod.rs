@@ -6,6 +6,7 @@
 //! - [`recipients`]: who gets which mail, and why.
 //! - [`delivery`]: mail kinds, delivery states, attempt outcomes, retries.
 
+pub mod bounce;
 pub mod delivery;
 pub mod directory;
 pub mod event;
