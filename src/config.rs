@@ -2,6 +2,7 @@
 //! (`--config`), then `NOTIFIER_<SECTION>__<KEY>` environment variables.
 //! A bad value is reported as one line naming the key.
 
+use crate::domain::bounce::{BounceAddress, BounceKey};
 use crate::mail::smtp::PoolOptions;
 use crate::mail::target::{Relay, SmtpTarget};
 use figment::Figment;
@@ -74,6 +75,17 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub bounces: BounceSettings,
+}
+
+/// Reading delivery status notifications from a mailbox folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BounceSettings {
+    /// A maildir (`new/`, `cur/`) that `run` reads bounces from; empty: none.
+    pub maildir: String,
+    /// How often `run` looks into `maildir`.
+    pub poll_interval: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +128,11 @@ pub struct SmtpSettings {
     pub timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
     pub danger_accept_invalid_certs: bool,
+    /// Where bounces go (VERP): `local@domain`, empty for none.
+    #[serde(deserialize_with = "bounce_address")]
+    pub bounce_address: Option<BounceAddress>,
+    /// The secret that signs the bounce tags; required with `bounce_address`.
+    pub bounce_key: String,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -269,6 +286,14 @@ impl Settings {
                 ),
             );
         }
+        if self.smtp.bounce_address.is_some()
+            && let Err(e) = BounceKey::parse(&self.smtp.bounce_key)
+        {
+            return bad(
+                "smtp.bounce_key",
+                format!("required with smtp.bounce_address: {e}"),
+            );
+        }
         if self.smtp.concurrency == 0 {
             return bad("smtp.concurrency", "must be at least 1".into());
         }
@@ -323,6 +348,16 @@ impl Settings {
     }
 }
 
+fn bounce_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BounceAddress>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    BounceAddress::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(|_| {
@@ -344,6 +379,13 @@ impl SmtpSettings {
             t.credentials = Some((self.username.clone(), self.password.clone()));
         }
         Some(t)
+    }
+
+    /// The bounce address with its key, when bounces are tagged.
+    pub fn bounce_tagging(&self) -> Option<(BounceAddress, BounceKey)> {
+        let address = self.bounce_address.clone()?;
+        let key = BounceKey::parse(&self.bounce_key).ok()?;
+        Some((address, key))
     }
 
     /// The relay connection pool's options.

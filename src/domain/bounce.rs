@@ -147,11 +147,7 @@ pub fn check(tag: &str, key: &BounceKey) -> TagCheck {
 }
 
 fn hex16(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -169,7 +165,10 @@ mod tests {
         assert_eq!(t.len(), 49);
         assert!(t.starts_with("0190b3c45d6e7f809a1b2c3d4e5f6a7b."));
         assert_eq!(check(&t, &key()), TagCheck::Delivery(id.into()));
-        assert_eq!(check(&t.to_uppercase(), &key()), TagCheck::Delivery(id.into()));
+        assert_eq!(
+            check(&t.to_uppercase(), &key()),
+            TagCheck::Delivery(id.into())
+        );
         let other = BounceKey::parse("another key of at least thirty-two chars").unwrap();
         assert_eq!(check(&tag(id, &other), &key()), TagCheck::Forged);
         let guessed = format!("{}.0000000000000000", &t[..32]);
@@ -187,7 +186,11 @@ mod tests {
         assert!(sender.split('@').next().unwrap().len() <= 64);
         assert!(sender.parse::<lettre::Address>().is_ok());
         assert_eq!(b.tag_in(&sender), Some(t.as_str()));
-        assert_eq!(b.tag_in(&format!("<{}>", sender.to_uppercase())).map(str::to_lowercase), Some(t.clone()));
+        assert_eq!(
+            b.tag_in(&format!("<{}>", sender.to_uppercase()))
+                .map(str::to_lowercase),
+            Some(t.clone())
+        );
         assert_eq!(b.tag_in("bounces-notify@zip.example.nl"), None);
         assert_eq!(b.tag_in(&format!("other+{t}@zip.example.nl")), None);
         assert!(BounceAddress::parse("fifteen-chars-x@zip.example.nl").is_err());
