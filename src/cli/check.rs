@@ -8,7 +8,7 @@
 use super::{CliError, Format, parse_time, print_json, read_conn, rfc3339};
 use crate::app;
 use crate::config::{HumanDuration, Settings};
-use crate::domain::delivery::DeliveryStatus;
+use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
 use crate::store::{deliveries as dl, directory as dir, events as ev, ms};
 use chrono::Utc;
 use serde::Serialize;
@@ -151,7 +151,11 @@ pub async fn check(
     )))
 }
 
-const OUTCOMES: [&str; 5] = ["sent", "transient", "permanent", "unknown", "relay_fault"];
+/// Every attempt outcome, in the order `stats` lists them.
+fn outcomes() -> Vec<&'static str> {
+    AttemptOutcome::ALL.iter().map(|o| o.as_str()).collect()
+}
+
 const SKIPS: [&str; 2] = ["stale", "unknown_user"];
 const CIRCUIT_NOTE: &str = "the live relay circuit state is on /readyz of `notifier run` (relay_circuit, relay_reason) and in notifier_smtp_circuit_open";
 
@@ -236,7 +240,7 @@ pub async fn stats(settings: Settings, since: &str, format: Format) -> Result<()
     };
     let last = relay.last_attempt.as_ref();
     let report = StatsReport {
-        attempts: counted(&OUTCOMES, &attempts),
+        attempts: counted(&outcomes(), &attempts),
         deliveries: by_kind
             .into_iter()
             .map(|(kind, status, count)| KindStatusCount {
@@ -307,7 +311,7 @@ impl StatsReport {
         };
         println!(
             "attempts in the window: {}",
-            listed(&OUTCOMES, &self.attempts)
+            listed(&outcomes(), &self.attempts)
         );
         println!("quarantine: {} open", self.quarantine_open);
         println!(
