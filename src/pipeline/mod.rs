@@ -6,6 +6,7 @@
 pub mod dispatch;
 pub mod group;
 pub mod ingest;
+pub mod maildir;
 pub mod plan;
 pub mod recheck;
 pub mod recorder;
