@@ -134,7 +134,9 @@ mod tests {
         )
         .unwrap();
         let t = String::from_utf8(tagged).unwrap();
-        assert!(t.contains("\r\nX-Notifier-Tag: 0190b3c45d6e7f809a1b2c3d4e5f6a7b.0123456789abcdef\r\n"));
+        assert!(
+            t.contains("\r\nX-Notifier-Tag: 0190b3c45d6e7f809a1b2c3d4e5f6a7b.0123456789abcdef\r\n")
+        );
         assert!(t.contains("Message-ID: <id-1@x>"));
     }
 }
