@@ -125,6 +125,7 @@ pub fn dispatcher(
         concurrency: settings.smtp.concurrency,
         breaker_open_for: settings.breaker.open_for.0,
         deadline: settings.retry.deadline.0,
+        bounce_tagging: settings.smtp.bounce_tagging(),
     };
     Ok(Dispatcher::new(
         store.clone(),

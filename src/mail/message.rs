@@ -1,7 +1,8 @@
 //! Builds the MIME message for one delivery: multipart/alternative with a
 //! plain-text and an HTML part, both quoted-printable with CRLF line endings
 //! (so no content can end the SMTP data early), a Message-ID derived from the
-//! delivery id, and `Auto-Submitted: auto-generated`.
+//! delivery id, `Auto-Submitted: auto-generated`, and, when bounces are
+//! tagged, `X-Notifier-Tag` (docs/bounces.md).
 
 use super::MailError;
 use crate::templates::RenderedMail;
@@ -26,6 +27,24 @@ impl Header for AutoSubmitted {
     }
 }
 
+/// `X-Notifier-Tag: TAG`: the delivery's signed bounce tag, so that a bounce
+/// that quotes the original headers can be matched even when the envelope
+/// sender was rewritten on the way.
+#[derive(Debug, Clone)]
+struct NotifierTag(String);
+
+impl Header for NotifierTag {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Notifier-Tag")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.trim().to_owned()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
 /// Normalises every line ending to CRLF (bare LF and bare CR included).
 pub fn crlf(s: &str) -> String {
     let unified = s.replace("\r\n", "\n").replace('\r', "\n");
@@ -39,6 +58,17 @@ pub fn build(
     mail: &RenderedMail,
     message_id: &str,
 ) -> Result<Vec<u8>, MailError> {
+    build_tagged(from, to, mail, message_id, None)
+}
+
+/// Like [`build`], with the header `X-Notifier-Tag: TAG` when `tag` is given.
+pub fn build_tagged(
+    from: &Mailbox,
+    to: &str,
+    mail: &RenderedMail,
+    message_id: &str,
+    tag: Option<&str>,
+) -> Result<Vec<u8>, MailError> {
     let to: Mailbox = to.parse().map_err(|e| {
         MailError::Build(format!(
             "recipient address rejected by the mail builder: {e}"
@@ -50,12 +80,16 @@ pub fn build(
                 .expect("quoted-printable takes any text"),
         )
     };
-    let message = lettre::Message::builder()
+    let mut builder = lettre::Message::builder()
         .from(from.clone())
         .to(to)
         .subject(mail.subject.clone())
         .message_id(Some(format!("<{message_id}>")))
-        .header(AutoSubmitted)
+        .header(AutoSubmitted);
+    if let Some(tag) = tag {
+        builder = builder.header(NotifierTag(tag.to_owned()));
+    }
+    let message = builder
         .multipart(
             MultiPart::alternative()
                 .singlepart(part(ContentType::TEXT_PLAIN, &mail.text))
@@ -90,5 +124,19 @@ mod tests {
         assert!(s.contains("Message-ID: <id-1@x>"));
         assert!(s.contains("Auto-Submitted: auto-generated"));
         assert!(s.contains("quoted-printable"));
+        assert!(!s.contains("X-Notifier-Tag"));
+        let tagged = build_tagged(
+            &"Portal <noreply@zip.example.nl>".parse().unwrap(),
+            "a@b.nl",
+            &m,
+            "id-1@x",
+            Some("0190b3c45d6e7f809a1b2c3d4e5f6a7b.0123456789abcdef"),
+        )
+        .unwrap();
+        let t = String::from_utf8(tagged).unwrap();
+        assert!(
+            t.contains("\r\nX-Notifier-Tag: 0190b3c45d6e7f809a1b2c3d4e5f6a7b.0123456789abcdef\r\n")
+        );
+        assert!(t.contains("Message-ID: <id-1@x>"));
     }
 }

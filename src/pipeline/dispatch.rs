@@ -8,6 +8,7 @@
 use super::plan;
 use super::recheck::Rechecker;
 use super::recorder::Recorder;
+use crate::domain::bounce::{self, BounceAddress, BounceKey};
 use crate::domain::delivery::{
     self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
     Unknown,
@@ -63,6 +64,10 @@ pub struct DispatchConfig {
     pub breaker_open_for: Duration,
     /// Deadline of notices the dispatcher creates itself (`retry.deadline`).
     pub deadline: Duration,
+    /// `smtp.bounce_address` with `smtp.bounce_key`: each mail's envelope
+    /// sender and `X-Notifier-Tag` then name its delivery; `None`: the
+    /// envelope sender is the From address.
+    pub bounce_tagging: Option<(BounceAddress, BounceKey)>,
 }
 
 /// The dispatch loop and its collaborators.
@@ -784,8 +789,35 @@ impl Dispatcher {
         let prebuilt = rendered
             .as_ref()
             .ok()
-            .and_then(|m| message::build(&self.cfg.from, &d.address, m, &d.message_id).ok());
+            .and_then(|m| self.build(&d.address, m, d).ok());
         Prepared { rendered, prebuilt }
+    }
+
+    /// The bytes of `d`'s mail to `address`, tagged when bounces are.
+    fn build(
+        &self,
+        address: &str,
+        mail: &RenderedMail,
+        d: &Claimed,
+    ) -> Result<Vec<u8>, crate::mail::MailError> {
+        let tag = self.bounce_tag(&d.id);
+        message::build_tagged(&self.cfg.from, address, mail, &d.message_id, tag.as_deref())
+    }
+
+    /// The signed bounce tag of a delivery, when bounces are tagged. It is
+    /// never logged: with it, a bounce for that delivery could be forged.
+    fn bounce_tag(&self, delivery_id: &str) -> Option<String> {
+        let (_, key) = self.cfg.bounce_tagging.as_ref()?;
+        Some(bounce::tag(delivery_id, key))
+    }
+
+    /// The envelope sender (MAIL FROM) of a delivery's mail: the bounce
+    /// address with the delivery's tag, or else the From address.
+    fn envelope_sender(&self, delivery_id: &str) -> String {
+        match &self.cfg.bounce_tagging {
+            Some((address, key)) => address.sender(&bounce::tag(delivery_id, key)),
+            None => self.cfg.from.email.to_string(),
+        }
     }
 
     /// The bytes to send to `address`: the prebuilt mail when the re-check
@@ -793,10 +825,9 @@ impl Dispatcher {
     fn build_for(&self, prepared: Prepared, d: &Claimed, address: &str) -> Result<Vec<u8>, String> {
         match prepared.prebuilt {
             Some(bytes) if address == d.address => Ok(bytes),
-            _ => prepared.rendered.and_then(|m| {
-                message::build(&self.cfg.from, address, &m, &d.message_id)
-                    .map_err(|e| e.to_string())
-            }),
+            _ => prepared
+                .rendered
+                .and_then(|m| self.build(address, &m, d).map_err(|e| e.to_string())),
         }
     }
 
@@ -908,10 +939,8 @@ impl Dispatcher {
                 clock,
             },
         );
-        let mut report = self
-            .mailer
-            .send(self.cfg.from.email.as_ref(), s.address, &d.id, bytes)
-            .await;
+        let sender = self.envelope_sender(&d.id);
+        let mut report = self.mailer.send(&sender, s.address, &d.id, bytes).await;
         let duration = clock.elapsed();
         drop(turn);
         let refusal = self.judge_refusal(&mut report, s.address, &d.id).await?;

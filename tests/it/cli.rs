@@ -157,6 +157,63 @@ fn a_bad_setting_names_the_key_and_exits_2() {
 }
 
 #[test]
+fn a_bounce_address_needs_a_long_enough_key_which_is_never_printed() {
+    let short = "short-secret-4711";
+    for key in [None, Some(short)] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"));
+        cmd.args(["migrate"])
+            .env("NOTIFIER_SMTP__BOUNCE_ADDRESS", "bounces@zip.example.nl");
+        if let Some(k) = key {
+            cmd.env("NOTIFIER_SMTP__BOUNCE_KEY", k);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key:?}");
+        assert!(stderr(&out).contains("smtp.bounce_key"), "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains(short) && !stdout(&out).contains(short),
+            "the key was printed: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn demo_outbox_mails_carry_the_bounce_tag_and_no_output_names_the_key() {
+    use notifier::domain::bounce::{BounceKey, TagCheck, check};
+    let key = "demo-bounce-key-0123456789abcdef-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .arg("demo")
+        .current_dir(dir.path())
+        .env("NOTIFIER_SMTP__BOUNCE_ADDRESS", "bounces@zip.example.nl")
+        .env("NOTIFIER_SMTP__BOUNCE_KEY", key)
+        .env("NOTIFIER_LOG__LEVEL", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!printed.contains(key), "the key was printed");
+    let key = BounceKey::parse(key).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir.path().join("outbox")).unwrap() {
+        let path = entry.unwrap().path();
+        let delivery_id = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        let msg = mail_parser::MessageParser::default()
+            .parse(&bytes)
+            .expect("a MIME message");
+        let tag = msg
+            .header("X-Notifier-Tag")
+            .and_then(|h| h.as_text())
+            .unwrap_or_else(|| panic!("{} has no X-Notifier-Tag", path.display()));
+        assert_eq!(check(tag, &key), TagCheck::Delivery(delivery_id));
+        assert!(!printed.contains(tag), "a tag was printed");
+        n += 1;
+    }
+    assert!(n >= 20, "one .eml per sent mail, got {n}");
+}
+
+#[test]
 fn demo_runs_without_broker_or_relay() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))

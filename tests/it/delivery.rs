@@ -660,3 +660,114 @@ async fn a_delivery_this_version_cannot_send_ends_failed_instead_of_looping() {
     assert_eq!(app.smtp.count(), 1, "only the real mail");
     app.stop().await;
 }
+
+/// `smtp.bounce_key` of the bounce tests (and nowhere else).
+const BOUNCE_KEY: &str = "test-bounce-key-0123456789abcdef-never-logged";
+
+/// Settings that tag every mail for bounces.
+fn bounce_tagging() -> String {
+    format!("[smtp]\nbounce_address = \"Bounces@Zip.example.nl\"\nbounce_key = \"{BOUNCE_KEY}\"")
+}
+
+/// The `X-Notifier-Tag` header of a received mail, if any.
+fn notifier_tag(m: &crate::support::smtp_server::ReceivedMail) -> Option<String> {
+    let msg = mail_parser::MessageParser::default()
+        .parse(&m.data)
+        .expect("a MIME message");
+    msg.header("X-Notifier-Tag")
+        .and_then(|h| h.as_text())
+        .map(str::to_owned)
+}
+
+/// The From header's address of a received mail.
+fn header_from(m: &crate::support::smtp_server::ReceivedMail) -> String {
+    let msg = mail_parser::MessageParser::default()
+        .parse(&m.data)
+        .expect("a MIME message");
+    msg.from()
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn with_a_bounce_address_each_mail_names_its_delivery_in_a_signed_envelope_sender() {
+    use notifier::domain::bounce::{BounceKey, TagCheck, check};
+    let app = spawn_app(&format!(
+        "{}\n{}",
+        crate::support::HOLD_SENDING,
+        bounce_tagging()
+    ))
+    .await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp.stop_listening().await;
+    // P. Jansen's mail is prepared for his old address, then sent to his new one.
+    let id = app.publish_held("contract.voorstel_aangeboden", 2).await;
+    let mut change = fresh("gebruiker.emailadres_gewijzigd");
+    change["data"]["nieuw_email"] = "p.jansen@nieuw.example".into();
+    let change_id = change["id"].as_str().unwrap().to_owned();
+    app.publish_applied(&change).await;
+    app.release_sending().await;
+    app.wait_deliveries(Some(&id), "both sent", |r| {
+        r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+    })
+    .await;
+    app.wait_deliveries(Some(&change_id), "all sent", |r| {
+        !r.is_empty() && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+    })
+    .await;
+
+    let key = BounceKey::parse(BOUNCE_KEY).unwrap();
+    let rows = app.deliveries(None).await;
+    let mails = app.smtp.messages();
+    assert_eq!(mails.len(), rows.len(), "one mail per delivery: {rows:?}");
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.rcpt_to == vec!["p.jansen@nieuw.example"]
+                && crate::support::parse_mail(m)
+                    .subject
+                    .to_lowercase()
+                    .contains("contract")),
+        "the module mail went to the changed address"
+    );
+    let mut tags = std::collections::HashSet::new();
+    for m in &mails {
+        let message_id = crate::support::parse_mail(m).message_id;
+        let row = rows
+            .iter()
+            .find(|d| d.message_id == message_id)
+            .unwrap_or_else(|| panic!("no delivery with Message-ID {message_id}"));
+        let (local, domain) = m.from.rsplit_once('@').unwrap();
+        assert_eq!(domain, "zip.example.nl", "{}", m.from);
+        let tag = local
+            .strip_prefix("Bounces+")
+            .unwrap_or_else(|| panic!("MAIL FROM {} is not the bounce address", m.from));
+        assert!(local.len() <= 64, "{}", m.from);
+        assert_eq!(check(tag, &key), TagCheck::Delivery(row.id.clone()));
+        assert_eq!(notifier_tag(m).as_deref(), Some(tag), "{}", m.data_str());
+        assert_eq!(header_from(m), "noreply@zip.example.nl");
+        assert!(tags.insert(tag.to_owned()), "a tag names one delivery");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_bounce_address_the_envelope_sender_is_the_from_address_and_there_is_no_tag() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let id = app.publish_fresh("contract.voorstel_aangeboden").await;
+    app.wait_deliveries(Some(&id), "both sent", |r| {
+        r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+    })
+    .await;
+    let mails = app.wait_mails(2).await;
+    for m in &mails {
+        assert_eq!(m.from, "noreply@zip.example.nl");
+        assert_eq!(header_from(m), "noreply@zip.example.nl");
+        assert_eq!(notifier_tag(m), None);
+        assert!(!m.data_str().contains("X-Notifier-Tag"));
+    }
+    app.stop().await;
+}

@@ -18,7 +18,9 @@ mod process;
 pub mod proxy;
 pub mod smtp_server;
 
-pub use app::{TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared, spawn_app_with};
+pub use app::{
+    HOLD_SENDING, TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared, spawn_app_with,
+};
 pub use broker::{AMQP_URL, TopologyGuard, declare_topology, delete_topology};
 pub use config::TestConfig;
 pub use db::{
