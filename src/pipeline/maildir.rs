@@ -93,6 +93,50 @@ where
     Ok(done)
 }
 
+/// Runs a [`pass`] over `dir` every `every` until `shutdown`; a failed pass
+/// is logged (once per outage) and tried again at the next tick.
+pub async fn poll<E, F, Fut>(
+    dir: PathBuf,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut handle: F,
+) where
+    E: std::fmt::Display,
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut failing = false;
+    loop {
+        match pass(&dir, &mut handle).await {
+            Ok(p) => {
+                if failing {
+                    tracing::info!("bounce maildir readable again");
+                }
+                failing = false;
+                if p.handled > 0 {
+                    tracing::info!(
+                        messages = p.handled,
+                        "bounce messages read from the maildir"
+                    );
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                match e {
+                    PassError::Maildir(e) => tracing::warn!(error = %e, "bounce maildir"),
+                    PassError::Handler(e, _) => tracing::warn!(error = %e,
+                        "cannot store a bounce message: it stays in the maildir and is read again"),
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Why a pass stopped.
 #[derive(Debug)]
 pub enum PassError<E> {
