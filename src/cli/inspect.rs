@@ -75,8 +75,9 @@ pub struct AttemptLine {
     pub directory_checked_at: Option<String>,
     pub duration_ms: i64,
     pub enhanced_code: Option<String>,
-    pub n: i64,
-    pub outcome: crate::domain::delivery::AttemptOutcome,
+    /// `None` for a report read back after the relay accepted the mail.
+    pub n: Option<i64>,
+    pub outcome: crate::domain::delivery::LogOutcome,
     pub smtp_code: Option<i64>,
     pub started_at: String,
 }
@@ -136,7 +137,7 @@ pub async fn deliveries_list(
         .map(|s| {
             DeliveryStatus::parse(&s).ok_or_else(|| {
                 CliError::Usage(format!(
-                    "--status {s}: expected pending, sending, sent, failed or cancelled"
+                    "--status {s}: expected pending, sending, sent, failed, cancelled or bounced"
                 ))
             })
         })
@@ -318,9 +319,12 @@ impl EventReport {
                 );
             }
             for a in d.attempt_log.iter().flatten() {
+                let what = match a.n {
+                    Some(n) => format!("attempt {n}"),
+                    None => "report".to_owned(),
+                };
                 println!(
-                    "    attempt {} at {}: {} {}",
-                    a.n,
+                    "    {what} at {}: {} {}",
                     a.started_at,
                     a.outcome.as_str(),
                     a.detail.as_deref().unwrap_or("")

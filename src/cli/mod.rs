@@ -209,6 +209,9 @@ pub enum ReplayStatus {
     Cancelled,
     Pending,
     Sent,
+    /// Refused by the recipient's server after the relay accepted it (the
+    /// address was fixed since).
+    Bounced,
 }
 
 /// Whose directory `replay events` resolves against.
