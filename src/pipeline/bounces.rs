@@ -1,0 +1,1 @@
+//! Bounces read back.
