@@ -78,8 +78,11 @@ impl BounceReader {
         now: DateTime<Utc>,
     ) -> Result<Ingested, BounceError> {
         let sha256 = sha256_hex(raw);
+        // mail-parser reads anything best-effort; without one header field
+        // it is not a message.
         let parsed = MessageParser::default()
             .parse(raw)
+            .filter(|m| m.headers_raw().any(|(n, _)| is_field_name(n)))
             .map(|m| self.read(&m, recipient));
         let tag = match &parsed {
             Some(p) => dsn::find_delivery(p.envelope_tag.as_deref(), &p.returned_tags, &self.key),
@@ -221,13 +224,16 @@ impl BounceReader {
                 _ => {}
             }
         }
-        if recipients.is_empty() {
+        let auto_reply = is_auto_reply(m);
+        // An out-of-office text may well quote an address and a number
+        // that looks like a status code: only a bounce's text is read so.
+        if recipients.is_empty() && !auto_reply {
             recipients.extend(first_text.and_then(dsn::parse_plain_text));
         }
         Parsed {
             report: Report {
                 recipients,
-                auto_reply: is_auto_reply(m),
+                auto_reply,
             },
             envelope_tag,
             returned_tags,
@@ -319,6 +325,11 @@ fn tags_in_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec
         .filter(|(n, _)| n.eq_ignore_ascii_case("X-Notifier-Tag"))
         .map(|(_, v)| v.trim().to_owned())
         .collect()
+}
+
+/// A header field name as RFC 5322 allows it (printable, no space or colon).
+fn is_field_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 /// `X-Notifier-Tag:` lines in a text (returned headers, or headers quoted

@@ -1924,8 +1924,6 @@ async fn a_mixed_batch_resolves_as_if_ingested_one_by_one(store: Store) {
     assert!(of(&messages[2]).contains(&t("contract.geaccepteerd", "u5@c.example", "pending")));
 }
 
-/// Runs each listed contract test on SQLite and on PostgreSQL, each on a
-/// fresh database that is removed afterwards.
 // ---------------------------------------------------------------- bounces
 
 async fn bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery(store: Store) {
@@ -2103,6 +2101,8 @@ async fn bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery(store:
     );
 }
 
+/// Runs each listed contract test on SQLite and on PostgreSQL, each on a
+/// fresh database that is removed afterwards.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
