@@ -491,3 +491,51 @@ async fn a_maildir_is_read_once_and_each_message_moved_to_cur() {
     assert_eq!(bounces(&app.settings).len(), 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn run_polls_the_bounce_maildir() {
+    let maildir = tempfile::tempdir().unwrap();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir(maildir.path().join(sub)).unwrap();
+    }
+    let settings = format!(
+        "{SETTINGS}\n[bounces]\nmaildir = {}\npoll_interval = \"100ms\"",
+        toml::Value::from(maildir.path().to_str().unwrap())
+    );
+    let app = spawn_app(&settings).await;
+    app.import_directory(&sample_directory()).await;
+    let event = app.publish_fresh(EVENT).await;
+    let rows = app
+        .wait_deliveries(Some(&event), "both mails sent", |r| {
+            r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+        })
+        .await;
+    let d = rows.into_iter().find(|d| d.recipient == JANSEN).unwrap();
+    let dsn = postfix_dsn(JANSEN, "failed", "5.1.1", &sent_headers(&app, JANSEN)).replace(
+        &format!("To: {BOUNCE_ADDRESS}\r\n"),
+        &format!("X-Original-To: {}\r\nTo: {BOUNCE_ADDRESS}\r\n", verp(&d.id)),
+    );
+    // Written to tmp/ and renamed into new/, as a delivery agent does.
+    let tmp = maildir.path().join("tmp/1760000000.M1P1.mx");
+    std::fs::write(&tmp, &dsn).unwrap();
+    std::fs::rename(&tmp, maildir.path().join("new/1760000000.M1P1.mx")).unwrap();
+
+    app.wait_deliveries(Some(&event), "the bounce read and escalated", |r| {
+        r.iter()
+            .any(|x| x.id == d.id && x.status == DeliveryStatus::Bounced)
+            && r.iter().any(|x| x.kind == "beheer.onbestelbaar")
+    })
+    .await;
+    app.wait_sent(&event, "beheer.onbestelbaar").await;
+    app.wait_metrics("the bounce counted", |m| {
+        m.contains("notifier_bounces_total{outcome=\"hard\"} 1")
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_dir(maildir.path().join("cur"))
+            .unwrap()
+            .count(),
+        1
+    );
+    app.stop().await;
+}
