@@ -288,6 +288,18 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
         stdout(&shown)
     );
     assert!(stdout(&shown).contains("report at"), "{}", stdout(&shown));
+    assert!(
+        stdout(&shown).contains("bounce 1 at") && stdout(&shown).contains("hard 5.1.1"),
+        "{}",
+        stdout(&shown)
+    );
+    let stats = cli_env(&app.settings, &["stats"], &env());
+    ok(&stats);
+    assert!(
+        stdout(&stats).contains("bounces read in the window: hard 1, delayed 0"),
+        "{}",
+        stdout(&stats)
+    );
     app.stop().await;
 }
 
