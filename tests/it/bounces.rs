@@ -289,6 +289,11 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
     );
     assert!(stdout(&shown).contains("report at"), "{}", stdout(&shown));
     assert!(
+        stdout(&shown).contains("(done with failures)"),
+        "{}",
+        stdout(&shown)
+    );
+    assert!(
         stdout(&shown).contains("bounce 1 at") && stdout(&shown).contains("hard 5.1.1"),
         "{}",
         stdout(&shown)
