@@ -31,25 +31,46 @@ fn env() -> [(&'static str, &'static str); 2] {
     ]
 }
 
-/// `notifier bounces ingest ARGS` with `raw` on standard input.
-fn ingest(settings: &Settings, raw: &str, args: &[&str]) -> Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
-        .args(["bounces", "ingest"])
-        .args(args)
-        .env("NOTIFIER_DATABASE__URL", &settings.database.url)
-        .envs(env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run notifier");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(raw.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+/// `notifier bounces ingest ARGS` with `raw` on standard input. It runs
+/// off the test's runtime: the service shares that runtime, and a claim it
+/// began must be able to commit while the command waits for the database.
+async fn ingest(settings: &Settings, raw: &str, args: &[&str]) -> Output {
+    let url = settings.database.url.clone();
+    let raw = raw.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["bounces", "ingest"])
+            .args(&args)
+            .env("NOTIFIER_DATABASE__URL", &url)
+            .envs(env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run notifier");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(raw.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// [`cli_env`] with the bounce settings, off the test's runtime (see [`ingest`]).
+async fn notifier(settings: &Settings, args: &[&str]) -> Output {
+    let settings = settings.clone();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_env(&settings, &args, &env())
+    })
+    .await
+    .unwrap()
 }
 
 /// The envelope recipient for `delivery_id`: `bounces+TAG@zip.example`.
@@ -224,7 +245,7 @@ fn bounces(settings: &Settings) -> Vec<serde_json::Value> {
 async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons() {
     let (app, event, d) = sent_to_jansen().await;
     let dsn = postfix_dsn(JANSEN, "failed", "5.1.1", &sent_headers(&app, JANSEN));
-    let out = ingest(&app.settings, &dsn, &["-", "--recipient", &verp(&d.id)]);
+    let out = ingest(&app.settings, &dsn, &["-", "--recipient", &verp(&d.id)]).await;
     ok(&out);
     assert!(stdout(&out).starts_with("hard"), "{}", stdout(&out));
 
@@ -256,7 +277,7 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
     assert!(!to_cp.contains(JANSEN), "never the address");
 
     // The same message again is recorded once and changes nothing.
-    let again = ingest(&app.settings, &dsn, &["-", "--recipient", &verp(&d.id)]);
+    let again = ingest(&app.settings, &dsn, &["-", "--recipient", &verp(&d.id)]).await;
     ok(&again);
     assert!(stdout(&again).contains("read before"), "{}", stdout(&again));
     let list = bounces(&app.settings);
@@ -266,7 +287,7 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
     assert_eq!(app.attempts(&d.id).await.len(), 2);
 
     // Operators find it by status, and can send again once the address is fixed.
-    let listed = cli_env(
+    let listed = notifier(
         &app.settings,
         &[
             "deliveries",
@@ -276,11 +297,11 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
             "--format",
             "json",
         ],
-        &env(),
-    );
+    )
+    .await;
     ok(&listed);
     assert_eq!(json(&listed).as_array().unwrap().len(), 1);
-    let shown = cli_env(&app.settings, &["events", "show", &event], &env());
+    let shown = notifier(&app.settings, &["events", "show", &event]).await;
     ok(&shown);
     assert!(
         stdout(&shown).contains("status bounced"),
@@ -298,7 +319,7 @@ async fn a_hard_bounce_ends_the_delivery_bounced_and_tells_the_contact_persons()
         "{}",
         stdout(&shown)
     );
-    let stats = cli_env(&app.settings, &["stats"], &env());
+    let stats = notifier(&app.settings, &["stats"]).await;
     ok(&stats);
     assert!(
         stdout(&stats).contains("bounces read in the window: hard 1, delayed 0"),
@@ -334,7 +355,7 @@ async fn forged_tags_other_recipients_and_auto_replies_change_nothing() {
         ("not a mail at all".to_owned(), verp(&d.id), "unparseable"),
     ];
     for (raw, recipient, outcome) in &cases {
-        let out = ingest(&app.settings, raw, &["-", "--recipient", recipient]);
+        let out = ingest(&app.settings, raw, &["-", "--recipient", recipient]).await;
         ok(&out);
         assert!(
             stdout(&out).starts_with(outcome),
@@ -359,11 +380,7 @@ async fn forged_tags_other_recipients_and_auto_replies_change_nothing() {
     );
     // A delay adds a log entry only.
     let delay = postfix_dsn(JANSEN, "delayed", "4.2.2", &headers);
-    ok(&ingest(
-        &app.settings,
-        &delay,
-        &["-", "--recipient", &verp(&d.id)],
-    ));
+    ok(&ingest(&app.settings, &delay, &["-", "--recipient", &verp(&d.id)]).await);
     assert_eq!(delivery(&app, &d.id).await.status, DeliveryStatus::Sent);
     let log = app.attempts(&d.id).await;
     assert_eq!(
@@ -389,7 +406,7 @@ async fn exchange_and_plain_text_bounces_match_by_to_or_the_returned_tag() {
     // Exchange: no envelope recipient given, only `To` with the tag.
     let original = format!("{returned}\r\n\r\nDe vragenlijst staat klaar.\r\n");
     let exchange = exchange_dsn(&verp(&d.id), &JANSEN.to_uppercase(), &original);
-    ok(&ingest(&app.settings, &exchange, &["-"]));
+    ok(&ingest(&app.settings, &exchange, &["-"]).await);
     assert_eq!(delivery(&app, &d.id).await.status, DeliveryStatus::Bounced);
 
     // Plain text, to the untagged address: the quoted X-Notifier-Tag matches.
@@ -407,11 +424,11 @@ async fn exchange_and_plain_text_bounces_match_by_to_or_the_returned_tag() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("bounce.eml");
     std::fs::write(&file, plain_text_bounce(DE_VRIES, &quoted)).unwrap();
-    ok(&cli_env(
+    ok(&notifier(
         &app.settings,
         &["bounces", "ingest", file.to_str().unwrap()],
-        &env(),
-    ));
+    )
+    .await);
     assert_eq!(
         delivery(&app, &other.id).await.status,
         DeliveryStatus::Bounced
@@ -431,7 +448,7 @@ async fn a_database_it_cannot_reach_gives_75_and_a_wrong_command_line_64() {
     let dir = tempfile::tempdir().unwrap();
     let raw = auto_reply(BOUNCE_ADDRESS);
     let missing = TestConfig::new(dir.path()).settings();
-    let out = ingest(&missing, &raw, &["-"]);
+    let out = ingest(&missing, &raw, &["-"]).await;
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     let closed = TestConfig::new(dir.path())
         .database(&format!(
@@ -439,7 +456,7 @@ async fn a_database_it_cannot_reach_gives_75_and_a_wrong_command_line_64() {
             free_port()
         ))
         .settings();
-    let out = ingest(&closed, &raw, &["-"]);
+    let out = ingest(&closed, &raw, &["-"]).await;
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     // Without the bounce settings it cannot match anything: kept for later.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
@@ -453,13 +470,13 @@ async fn a_database_it_cannot_reach_gives_75_and_a_wrong_command_line_64() {
         &[][..],
         &["-", "--maildir", "x"][..],
     ] {
-        let out = ingest(&missing, &raw, args);
+        let out = ingest(&missing, &raw, args).await;
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
     }
     // Once the database is there, the message the MTA kept is recorded.
     let store = crate::support::migrated_store(&missing.database.url).await;
     store.close().await;
-    ok(&ingest(&missing, &raw, &["-"]));
+    ok(&ingest(&missing, &raw, &["-"]).await);
     assert_eq!(bounces(&missing)[0]["outcome"], "auto_reply");
 }
 
@@ -481,11 +498,7 @@ async fn a_maildir_is_read_once_and_each_message_moved_to_cur() {
     )
     .unwrap();
     let dir = maildir.path().to_str().unwrap();
-    ok(&cli_env(
-        &app.settings,
-        &["bounces", "ingest", "--maildir", dir],
-        &env(),
-    ));
+    ok(&notifier(&app.settings, &["bounces", "ingest", "--maildir", dir]).await);
     assert_eq!(
         std::fs::read_dir(maildir.path().join("new"))
             .unwrap()
@@ -500,11 +513,7 @@ async fn a_maildir_is_read_once_and_each_message_moved_to_cur() {
     );
     assert_eq!(delivery(&app, &d.id).await.status, DeliveryStatus::Bounced);
     // Read again: nothing new, nothing recorded twice.
-    ok(&cli_env(
-        &app.settings,
-        &["bounces", "ingest", "--maildir", dir],
-        &env(),
-    ));
+    ok(&notifier(&app.settings, &["bounces", "ingest", "--maildir", dir]).await);
     assert_eq!(bounces(&app.settings).len(), 2);
     app.stop().await;
 }
