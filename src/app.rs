@@ -11,6 +11,7 @@ use crate::mail::relay::{Breaker, RateLimiter};
 use crate::ops::health::Health;
 use crate::ops::http::{OpsState, router};
 use crate::ops::metrics::Metrics;
+use crate::pipeline::bounces::BounceReader;
 use crate::pipeline::dispatch::{DispatchConfig, Dispatcher};
 use crate::pipeline::ingest::Ingestor;
 use crate::pipeline::wake::{self, DueSignal};
@@ -157,6 +158,41 @@ pub struct App {
     dispatch_enabled: bool,
     grace: Duration,
     stuck_after: Duration,
+    /// Reads `bounces.maildir` every `bounces.poll_interval`, when set.
+    bounce_poll: Option<BouncePoll>,
+}
+
+/// The maildir `run` reads bounces from.
+struct BouncePoll {
+    reader: BounceReader,
+    dir: std::path::PathBuf,
+    interval: Duration,
+}
+
+/// The maildir poll of `settings`, when `bounces.maildir` is set.
+fn bounce_poll(
+    settings: &Settings,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<Option<BouncePoll>, StartError> {
+    if settings.bounces.maildir.is_empty() {
+        return Ok(None);
+    }
+    let tagging = settings.smtp.bounce_tagging().ok_or_else(|| {
+        StartError::Config(
+            "bounces.maildir is set but smtp.bounce_address and smtp.bounce_key are not: bounces cannot be matched to deliveries".into(),
+        )
+    })?;
+    Ok(Some(BouncePoll {
+        reader: BounceReader::new(
+            store.clone(),
+            tagging,
+            settings.retry.deadline.0,
+            metrics.clone(),
+        ),
+        dir: settings.bounces.maildir.clone().into(),
+        interval: settings.bounces.poll_interval.0,
+    }))
 }
 
 /// A failure while running, after a successful [`App::build`].
@@ -198,6 +234,7 @@ impl App {
         let cannot_bind = |e| StartError::Config(format!("http.listen {listen}: cannot bind: {e}"));
         let listener = TcpListener::bind(listen).await.map_err(cannot_bind)?;
         let http_addr = listener.local_addr().map_err(cannot_bind)?;
+        let bounce_poll = bounce_poll(&settings, &store, &metrics)?;
         Ok(App {
             _lock: lock,
             store,
@@ -210,6 +247,7 @@ impl App {
             dispatch_enabled: settings.dispatch.enabled,
             grace: settings.shutdown.grace.0,
             stuck_after: settings.dispatch.stuck_after.0,
+            bounce_poll,
         })
     }
 
@@ -254,7 +292,14 @@ impl App {
                 info!("dispatch.enabled = false: ingesting only, nothing is sent by this instance");
             }
         };
-        tokio::join!(consume, dispatch);
+        let bounces = async {
+            if let Some(b) = &self.bounce_poll {
+                b.reader
+                    .poll_maildir(&b.dir, b.interval, shutdown.clone())
+                    .await;
+            }
+        };
+        tokio::join!(consume, dispatch, bounces);
         let sampled = sampler.await.map_err(|source| RunError::Task {
             task: "gauge sampler",
             source,

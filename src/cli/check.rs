@@ -9,6 +9,7 @@ use super::{CliError, Format, parse_time, print_json, read_conn, rfc3339};
 use crate::app;
 use crate::config::{HumanDuration, Settings};
 use crate::domain::delivery::{AttemptOutcome, DeliveryStatus};
+use crate::domain::dsn::BounceOutcome;
 use crate::store::{deliveries as dl, directory as dir, events as ev, ms};
 use chrono::Utc;
 use serde::Serialize;
@@ -164,6 +165,8 @@ const CIRCUIT_NOTE: &str = "the live relay circuit state is on /readyz of `notif
 pub struct StatsReport {
     /// Attempts in the window per outcome.
     pub attempts: BTreeMap<String, i64>,
+    /// Messages read back from the bounce mailbox in the window, per outcome.
+    pub bounces: BTreeMap<String, i64>,
     /// Deliveries created in the window, per kind and status.
     pub deliveries: Vec<KindStatusCount>,
     /// Directory updates skipped in the window, per reason.
@@ -226,6 +229,7 @@ pub async fn stats(settings: Settings, since: &str, format: Format) -> Result<()
     let unroutable_events = ev::unroutable_count(&mut c, since_ms).await?;
     let skipped = dir::skipped_counts(&mut c, since_ms).await?;
     let relay = dl::relay_seen(&mut c).await?;
+    let bounces = crate::store::bounces::outcomes_since(&mut c, since_ms).await?;
     drop(c);
     store.close().await;
 
@@ -241,6 +245,7 @@ pub async fn stats(settings: Settings, since: &str, format: Format) -> Result<()
     let last = relay.last_attempt.as_ref();
     let report = StatsReport {
         attempts: counted(&outcomes(), &attempts),
+        bounces: counted(&BounceOutcome::ALL.map(|o| o.as_str()), &bounces),
         deliveries: by_kind
             .into_iter()
             .map(|(kind, status, count)| KindStatusCount {
@@ -312,6 +317,10 @@ impl StatsReport {
         println!(
             "attempts in the window: {}",
             listed(&outcomes(), &self.attempts)
+        );
+        println!(
+            "bounces read in the window: {}",
+            listed(&BounceOutcome::ALL.map(|o| o.as_str()), &self.bounces)
         );
         println!("quarantine: {} open", self.quarantine_open);
         println!(

@@ -17,6 +17,9 @@ pub struct DeliveryLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_log: Option<Vec<AttemptLine>>,
     pub attempts: i64,
+    /// Messages read back about this delivery (`events show`, when there are any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bounces: Vec<BounceLine>,
     pub created_at: String,
     pub deadline: String,
     pub due_at: String,
@@ -40,6 +43,7 @@ impl From<&DeliveryRow> for DeliveryLine {
             agb_code: d.agb_code.clone(),
             attempt_log: None,
             attempts: d.attempts,
+            bounces: Vec::new(),
             created_at: rfc3339(d.created_at),
             deadline: rfc3339(d.deadline),
             due_at: rfc3339(d.due_at),
@@ -56,6 +60,38 @@ impl From<&DeliveryRow> for DeliveryLine {
             users: None,
         }
     }
+}
+
+/// A message read back about a delivery.
+#[derive(Debug, Serialize)]
+pub struct BounceLine {
+    pub detail: Option<String>,
+    pub id: i64,
+    pub outcome: crate::domain::dsn::BounceOutcome,
+    pub received_at: String,
+    pub status: Option<String>,
+}
+
+/// The messages read back about delivery `id`.
+async fn bounce_lines(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<Vec<BounceLine>, CliError> {
+    let filter = crate::store::bounces::BounceFilter {
+        delivery_id: Some(id.to_owned()),
+        ..Default::default()
+    };
+    Ok(crate::store::bounces::list(conn, &filter)
+        .await?
+        .into_iter()
+        .map(|b| BounceLine {
+            detail: b.detail,
+            id: b.id,
+            outcome: b.outcome,
+            received_at: rfc3339(b.received_at),
+            status: b.status,
+        })
+        .collect())
 }
 
 /// A user a delivery serves: the rule that chose them, the directory
@@ -75,8 +111,9 @@ pub struct AttemptLine {
     pub directory_checked_at: Option<String>,
     pub duration_ms: i64,
     pub enhanced_code: Option<String>,
-    pub n: i64,
-    pub outcome: crate::domain::delivery::AttemptOutcome,
+    /// `None` for a report read back after the relay accepted the mail.
+    pub n: Option<i64>,
+    pub outcome: crate::domain::delivery::LogOutcome,
     pub smtp_code: Option<i64>,
     pub started_at: String,
 }
@@ -136,7 +173,7 @@ pub async fn deliveries_list(
         .map(|s| {
             DeliveryStatus::parse(&s).ok_or_else(|| {
                 CliError::Usage(format!(
-                    "--status {s}: expected pending, sending, sent, failed or cancelled"
+                    "--status {s}: expected pending, sending, sent, failed, cancelled or bounced"
                 ))
             })
         })
@@ -268,6 +305,7 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
                 })
                 .collect(),
         );
+        line.bounces = bounce_lines(&mut conn, &d.id).await?;
         deliveries.push(line);
     }
     let statuses: Vec<DeliveryStatus> = rows.iter().map(|d| d.status).collect();
@@ -318,12 +356,25 @@ impl EventReport {
                 );
             }
             for a in d.attempt_log.iter().flatten() {
+                let what = match a.n {
+                    Some(n) => format!("attempt {n}"),
+                    None => "report".to_owned(),
+                };
                 println!(
-                    "    attempt {} at {}: {} {}",
-                    a.n,
+                    "    {what} at {}: {} {}",
                     a.started_at,
                     a.outcome.as_str(),
                     a.detail.as_deref().unwrap_or("")
+                );
+            }
+            for b in &d.bounces {
+                println!(
+                    "    bounce {} at {}: {} {} {}",
+                    b.id,
+                    b.received_at,
+                    b.outcome,
+                    b.status.as_deref().unwrap_or("-"),
+                    b.detail.as_deref().unwrap_or("")
                 );
             }
             if let Some(err) = &d.last_error {

@@ -1,7 +1,9 @@
 //! The command line: one file per verb group. Exit codes: 0 done; 1 the
 //! command ran and found a problem; 2 usage or configuration error; 3 a
-//! dependency (database, broker, relay) unavailable.
+//! dependency (database, broker, relay) unavailable. `bounces ingest` is
+//! the exception: it speaks to an MTA ([`bounces`]).
 
+mod bounces;
 mod check;
 pub mod input;
 mod inspect;
@@ -82,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Delivery status notifications read back: ingest one (from an MTA's pipe) or a maildir, list them.
+    Bounces {
+        #[command(subcommand)]
+        command: BouncesCommand,
+    },
     /// Reconciliation: exit 1 when an event has a delivery overdue past the threshold, or an accepted module event has none.
     Check {
         /// Overdue by more than this counts as stuck (default: dispatch.stuck_after, 1h).
@@ -133,7 +140,7 @@ pub enum DeliveriesCommand {
     List {
         #[arg(long)]
         event: Option<String>,
-        /// pending, sending, sent, failed or cancelled.
+        /// pending, sending, sent, failed, cancelled or bounced.
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -209,6 +216,9 @@ pub enum ReplayStatus {
     Cancelled,
     Pending,
     Sent,
+    /// Refused by the recipient's server after the relay accepted it (the
+    /// address was fixed since).
+    Bounced,
 }
 
 /// Whose directory `replay events` resolves against.
@@ -293,6 +303,33 @@ pub enum QuarantineCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BouncesCommand {
+    /// Read one message (as an MTA's pipe transport delivers it) or a maildir. Exit 0 handled, 75 not stored (the MTA retries), 64 wrong command line.
+    Ingest {
+        /// The message; `-` reads standard input.
+        #[arg(conflicts_with = "maildir", required_unless_present = "maildir")]
+        file: Option<PathBuf>,
+        /// The envelope recipient (Postfix pipe: `${recipient}`); else Delivered-To, X-Original-To, To.
+        #[arg(long, value_name = "ADDR", conflicts_with = "maildir")]
+        recipient: Option<String>,
+        /// Read every message in DIR/new, moving each to DIR/cur once recorded.
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+    },
+    /// Messages read back, oldest first.
+    List {
+        /// hard, delayed, auto_reply, unmatched, forged or unparseable.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// From this time on: RFC 3339, or a duration back from now (30m, 2h, 3d).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TemplatesCommand {
     /// Render every template against sample data; exit 1 on any error.
     Check,
@@ -339,12 +376,25 @@ impl From<crate::store::StoreError> for CliError {
 
 /// Parses the command line, runs the command, and maps errors to exit codes.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let bounce_ingest = bounces::is_ingest_command_line(&args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if bounce_ingest && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(bounces::EX_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(if bounce_ingest {
+                bounces::EX_TEMPFAIL
+            } else {
+                2
+            });
         }
     };
     init_logging(&settings, matches!(cli.command, Command::Run));
@@ -352,7 +402,11 @@ pub async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(e.code())
+            ExitCode::from(if bounce_ingest {
+                bounces::ingest_exit_code(&e)
+            } else {
+                e.code()
+            })
         }
     }
 }
@@ -442,6 +496,18 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
                 operator,
                 reason,
             } => quarantine::redrive(settings, ids, all, operator, reason).await,
+        },
+        Command::Bounces { command } => match command {
+            BouncesCommand::Ingest {
+                file,
+                recipient,
+                maildir,
+            } => bounces::ingest(settings, file, recipient, maildir).await,
+            BouncesCommand::List {
+                outcome,
+                since,
+                format,
+            } => bounces::list(settings, outcome, since, format).await,
         },
         Command::Check { older_than, format } => check::check(settings, older_than, format).await,
         Command::Stats { since, format } => check::stats(settings, &since, format).await,

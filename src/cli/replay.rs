@@ -89,6 +89,7 @@ fn status_of(s: ReplayStatus) -> DeliveryStatus {
         ReplayStatus::Cancelled => DeliveryStatus::Cancelled,
         ReplayStatus::Pending => DeliveryStatus::Pending,
         ReplayStatus::Sent => DeliveryStatus::Sent,
+        ReplayStatus::Bounced => DeliveryStatus::Bounced,
     }
 }
 

@@ -93,16 +93,20 @@ pub enum DeliveryStatus {
     Failed,
     /// Not needed any more: recipient revoked, duplicate address. Final.
     Cancelled,
+    /// Accepted by the relay, then refused by the recipient's server (a
+    /// hard bounce read back). Final; reached only from `sent`.
+    Bounced,
 }
 
 impl DeliveryStatus {
     /// All states.
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         Self::Pending,
         Self::Sending,
         Self::Sent,
         Self::Failed,
         Self::Cancelled,
+        Self::Bounced,
     ];
 
     /// The stored word.
@@ -113,6 +117,7 @@ impl DeliveryStatus {
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Bounced => "bounced",
         }
     }
 
@@ -121,9 +126,18 @@ impl DeliveryStatus {
         Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
 
-    /// True for `sent`, `failed` and `cancelled`.
+    /// True for `sent`, `failed`, `cancelled` and `bounced`.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Sent | Self::Failed | Self::Cancelled | Self::Bounced
+        )
+    }
+
+    /// True when a bounce read back may move a delivery in this state to
+    /// `bounced`: `sent → bounced` is the only way out of a final state.
+    pub fn may_bounce(self) -> bool {
+        self == Self::Sent
     }
 }
 
@@ -182,6 +196,45 @@ impl AttemptOutcome {
 }
 
 impl serde::Serialize for AttemptOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What an entry of a delivery's attempt log records: an SMTP attempt
+/// (numbered), or a report read back after the relay accepted the mail
+/// (no number; it raises neither `attempts` nor the attempt metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogOutcome {
+    /// An SMTP attempt and how it ended.
+    Attempt(AttemptOutcome),
+    /// The recipient's server refused the mail for good (a hard bounce).
+    Bounced,
+    /// The recipient's server reported the mail delayed.
+    Delayed,
+}
+
+impl LogOutcome {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attempt(a) => a.as_str(),
+            Self::Bounced => "bounced",
+            Self::Delayed => "delayed",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bounced" => Some(Self::Bounced),
+            "delayed" => Some(Self::Delayed),
+            _ => AttemptOutcome::parse(s).map(Self::Attempt),
+        }
+    }
+}
+
+impl serde::Serialize for LogOutcome {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }

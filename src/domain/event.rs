@@ -96,7 +96,7 @@ impl EventState {
         }
         if statuses.iter().any(|s| matches!(s, Pending | Sending)) {
             "in progress"
-        } else if statuses.contains(&Failed) {
+        } else if statuses.iter().any(|s| matches!(s, Failed | Bounced)) {
             "done with failures"
         } else {
             "done"

@@ -5,10 +5,13 @@
 //! - [`directory`]: users, links, rights, the `versie` rule.
 //! - [`recipients`]: who gets which mail, and why.
 //! - [`delivery`]: mail kinds, delivery states, attempt outcomes, retries.
+//! - [`bounce`]: signed bounce tags (VERP).
+//! - [`dsn`]: what a message read back says, and what it is taken for.
 
 pub mod bounce;
 pub mod delivery;
 pub mod directory;
+pub mod dsn;
 pub mod event;
 pub mod ids;
 pub mod recipients;

@@ -21,6 +21,7 @@ pub struct Metrics {
     smtp_attempts: Family<Labels, Counter>,
     unroutable: Counter,
     directory_skipped: Family<Labels, Counter>,
+    bounces: Family<Labels, Counter>,
     /// Event time to relay acceptance.
     pub delivery_latency: Histogram,
     pub deliveries_pending: Gauge,
@@ -48,6 +49,7 @@ impl Metrics {
         let deliveries = Family::<Labels, Counter>::default();
         let smtp_attempts = Family::<Labels, Counter>::default();
         let directory_skipped = Family::<Labels, Counter>::default();
+        let bounces = Family::<Labels, Counter>::default();
         let unroutable = Counter::default();
         let delivery_latency =
             Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]);
@@ -63,6 +65,11 @@ impl Metrics {
             "notifier_messages_redelivered",
             "Messages RabbitMQ delivered again because a worker stopped before acking them; ingested one by one",
             redelivered.clone(),
+        );
+        r.register(
+            "notifier_bounces",
+            "Messages read back from the bounce mailbox, by outcome (hard, delayed, auto_reply, unmatched, forged, unparseable)",
+            bounces.clone(),
         );
         r.register(
             "notifier_events_received",
@@ -136,6 +143,7 @@ impl Metrics {
             smtp_attempts,
             unroutable,
             directory_skipped,
+            bounces,
             delivery_latency,
             deliveries_pending,
             oldest_pending_age,
@@ -178,6 +186,13 @@ impl Metrics {
     /// Counts an unroutable event.
     pub fn unroutable(&self) {
         self.unroutable.inc();
+    }
+
+    /// Counts one message read back from the bounce mailbox.
+    pub fn bounce(&self, outcome: &str) {
+        self.bounces
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
     }
 
     /// Counts a directory update that was not applied.

@@ -5,6 +5,7 @@
 //! attempts and next states with group commit ([`super::recorder`]).
 //! Retries are due times in the database, never held messages.
 
+use super::escalation;
 use super::plan;
 use super::recheck::Rechecker;
 use super::recorder::Recorder;
@@ -13,10 +14,8 @@ use crate::domain::delivery::{
     self as delivery, AttemptOutcome, Attempted, MailKind, Progress, RetryPolicy, StateRules,
     Unknown,
 };
-use crate::domain::directory::{AgbSnapshot, DirectoryUser};
 use crate::domain::event::{EventBody, EventType, ModuleEvent, ValidationRules, parse_event};
-use crate::domain::ids::{AgbCode, EmailAddress, Gebruikersnummer};
-use crate::domain::recipients::{self, AddressCheck, PlannedDelivery};
+use crate::domain::recipients::{self, AddressCheck};
 use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
@@ -27,7 +26,6 @@ use crate::templates::{RenderedMail, Templates};
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use lettre::message::Mailbox;
-use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1233,31 +1231,26 @@ impl Dispatcher {
         event_type: &str,
         r: &SendReport,
     ) -> Result<(), StoreError> {
-        let Some(et) = EventType::parse(event_type) else {
+        if EventType::parse(event_type).is_none() {
             return Ok(());
-        };
-        let mut tx = self.store.begin().await?;
-        let Some(agb) = event_agb(&mut tx, &d.event_id).await? else {
-            return Ok(());
-        };
-        let snapshot = dir::agb_snapshot(&mut tx, &agb).await?;
-        let reden = undeliverable_reason(r.outcome);
-        let served = dl::served_users(&mut tx, &d.id).await?;
-        let day_ago = ms(Utc::now()) - 86_400_000;
-        let mut n = 0;
-        for u in served {
-            let Some(user) = user_to_report(&mut tx, &u, &snapshot, &agb, day_ago).await? else {
-                continue;
-            };
-            let planned = notices_about(&snapshot, &user, d, et, reden);
-            if planned.is_empty() {
-                self.unescalatable(&mut tx, d, &user).await?;
-                continue;
-            }
-            let timing =
-                plan::Timing::due_now(Utc::now(), plan::Deadline::FromNow(self.cfg.deadline));
-            n += insert_notices(&mut tx, &d.event_id, &planned, timing).await?;
         }
+        let mut tx = self.store.begin().await?;
+        let failed = escalation::Undeliverable {
+            delivery_id: &d.id,
+            event_id: &d.event_id,
+            event_type,
+            address: &d.address,
+        };
+        let reden = undeliverable_reason(r.outcome);
+        let n = escalation::escalate(
+            &mut tx,
+            failed,
+            reden,
+            Utc::now(),
+            self.cfg.deadline,
+            &self.metrics,
+        )
+        .await?;
         tx.commit().await?;
         if n > 0 {
             info!(
@@ -1267,119 +1260,15 @@ impl Dispatcher {
         }
         Ok(())
     }
-
-    /// Nobody but the failing address could be told about `user`: noted on
-    /// the event, counted and logged, for an operator to follow up.
-    async fn unescalatable(
-        &self,
-        conn: &mut AnyConnection,
-        d: &Claimed,
-        user: &DirectoryUser,
-    ) -> Result<(), StoreError> {
-        let note = format!(
-            "{} about user {} not sent: no other active contact person",
-            MailKind::Onbestelbaar.as_str(),
-            user.gebruikersnummer
-        );
-        ev::append_detail(conn, &d.event_id, &note).await?;
-        self.metrics.unroutable();
-        warn!(gebruikersnummer = %user.gebruikersnummer, "undeliverable mail cannot be escalated: no active contact person");
-        Ok(())
-    }
-}
-
-/// The AGB code of the event `event_id`, when it is stored and has one.
-async fn event_agb(
-    conn: &mut AnyConnection,
-    event_id: &str,
-) -> Result<Option<AgbCode>, StoreError> {
-    let Some(event) = ev::get_event(conn, event_id).await? else {
-        return Ok(None);
-    };
-    Ok(event
-        .agb_code
-        .as_deref()
-        .and_then(|a| AgbCode::parse(a).ok()))
 }
 
 /// The `reden` a `beheer.onbestelbaar` notice gives for the failure.
 fn undeliverable_reason(outcome: AttemptOutcome) -> &'static str {
     if outcome == AttemptOutcome::Permanent {
-        "het adres werd door de ontvangende mailserver geweigerd"
+        escalation::REASON_REFUSED
     } else {
-        "het bericht kon binnen de termijn niet worden afgeleverd"
+        escalation::REASON_EXPIRED
     }
-}
-
-/// The directory entry of served user `u` when its contact persons are to
-/// be told: a user of this practice without a notice about it here in the
-/// last day (since `day_ago`, epoch milliseconds).
-async fn user_to_report(
-    conn: &mut AnyConnection,
-    u: &dl::ServedNow,
-    snapshot: &AgbSnapshot,
-    agb: &AgbCode,
-    day_ago: i64,
-) -> Result<Option<DirectoryUser>, StoreError> {
-    let Ok(nr) = Gebruikersnummer::parse(&u.gebruikersnummer) else {
-        return Ok(None);
-    };
-    let Some(user) = dir::get_user(conn, &nr).await? else {
-        return Ok(None);
-    };
-    // This practice's contact persons answer for this practice's users
-    // only: an actor's copy to someone of another practice raises nothing
-    // here (and tells nobody here their name).
-    if !snapshot
-        .members
-        .iter()
-        .any(|m| m.gebruikersnummer == user.gebruikersnummer)
-    {
-        return Ok(None);
-    }
-    // At most one notice a day per user and practice: the contact persons
-    // of a second practice of the same user are told too.
-    if dl::recent_undeliverable_notice(conn, nr.as_str(), agb.as_str(), day_ago).await? {
-        return Ok(None);
-    }
-    Ok(Some(user))
-}
-
-/// The `beheer.onbestelbaar` notices about `user` for the failed delivery
-/// `d`: one per contact person, but none to the very address that failed
-/// (a contact person there cannot be told through it).
-fn notices_about(
-    snapshot: &AgbSnapshot,
-    user: &DirectoryUser,
-    d: &Claimed,
-    et: EventType,
-    reden: &str,
-) -> Vec<PlannedDelivery> {
-    let failing = EmailAddress::parse(&d.address).ok();
-    recipients::undeliverable_notices(snapshot, user, &d.event_id, et, reden)
-        .into_iter()
-        .filter(|p| Some(&p.address) != failing.as_ref())
-        .collect()
-}
-
-/// Writes the notices of `event_id` timed by `t`; returns how many rows are
-/// new (one that exists already is left as it is).
-async fn insert_notices(
-    conn: &mut AnyConnection,
-    event_id: &str,
-    planned: &[PlannedDelivery],
-    t: plan::Timing,
-) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for p in planned {
-        if dl::insert_planned(conn, event_id, p, t.now_ms, t.due_ms, t.deadline_ms)
-            .await?
-            .is_some()
-        {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 fn hostname() -> String {

@@ -3,10 +3,11 @@
 //! [`plan`]ner both use; and [`recovery`], the operations that make them try
 //! again after an incident.
 
+pub mod bounces;
 pub mod dispatch;
+pub mod escalation;
 pub mod group;
 pub mod ingest;
-pub mod maildir;
 pub mod plan;
 pub mod recheck;
 pub mod recorder;

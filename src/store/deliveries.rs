@@ -2,7 +2,7 @@
 //! under a lease, and an `attempts` row for every SMTP attempt.
 
 use super::{Backend, Binds, MAX_PARAMS, StoreError, storable};
-use crate::domain::delivery::{AttemptOutcome, DeliveryStatus, MailKind, Unknown};
+use crate::domain::delivery::{AttemptOutcome, DeliveryStatus, LogOutcome, MailKind, Unknown};
 use crate::domain::directory::UserStatus;
 use crate::domain::recipients::{PlannedDelivery, Rule, Rules};
 use sqlx::{AnyConnection, Row};
@@ -871,26 +871,27 @@ pub async fn list(
         .collect()
 }
 
-/// One attempt as shown to operators.
+/// One attempt-log entry as shown to operators.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AttemptRow {
-    pub n: i64,
+    /// The attempt number; `None` for a report read back (a bounce, a delay).
+    pub n: Option<i64>,
     pub started_at: i64,
     pub duration_ms: i64,
-    pub outcome: AttemptOutcome,
+    pub outcome: LogOutcome,
     pub smtp_code: Option<i64>,
     pub enhanced_code: Option<String>,
     pub detail: Option<String>,
     pub checked_at: Option<i64>,
 }
 
-/// The attempts of one delivery, in order.
+/// The attempt log of one delivery, in the order it happened.
 pub async fn attempts(
     conn: &mut AnyConnection,
     delivery_id: &str,
 ) -> Result<Vec<AttemptRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at FROM attempts WHERE delivery_id = $1 ORDER BY n",
+        "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at FROM attempts WHERE delivery_id = $1 ORDER BY started_at, n",
     )
     .bind(delivery_id)
     .fetch_all(&mut *conn)
@@ -903,7 +904,7 @@ pub async fn attempts(
                 duration_ms: r.try_get("duration_ms")?,
                 outcome: {
                     let word: String = r.try_get("outcome")?;
-                    AttemptOutcome::parse(&word).ok_or_else(|| {
+                    LogOutcome::parse(&word).ok_or_else(|| {
                         StoreError::Corrupt(format!(
                             "attempt outcome {word:?} is not one this version knows"
                         ))
@@ -1000,7 +1001,7 @@ pub async fn replay(
     }
     // sent_at is cleared when a sent row is replayed: it is no longer sent;
     // the attempt log still shows when the earlier copy went out.
-    let clear_sent_at = if from == DeliveryStatus::Sent {
+    let clear_sent_at = if matches!(from, DeliveryStatus::Sent | DeliveryStatus::Bounced) {
         ", sent_at = NULL"
     } else {
         ""
@@ -1198,7 +1199,7 @@ pub async fn attempt_outcomes(
 ) -> Result<Vec<(String, i64)>, StoreError> {
     super::counts_since(
         conn,
-        "SELECT outcome AS k, COUNT(*) AS n FROM attempts WHERE started_at >= $1 GROUP BY outcome ORDER BY outcome",
+        "SELECT outcome AS k, COUNT(*) AS n FROM attempts WHERE started_at >= $1 AND n IS NOT NULL GROUP BY outcome ORDER BY outcome",
         since_ms,
     )
     .await
@@ -1216,7 +1217,7 @@ pub struct RelaySeen {
 /// The last attempt and the last acceptance, over all deliveries.
 pub async fn relay_seen(conn: &mut AnyConnection) -> Result<RelaySeen, StoreError> {
     let last = sqlx::query(
-        "SELECT started_at, outcome, smtp_code, detail FROM attempts ORDER BY started_at DESC LIMIT 1",
+        "SELECT started_at, outcome, smtp_code, detail FROM attempts WHERE n IS NOT NULL ORDER BY started_at DESC LIMIT 1",
     )
     .fetch_optional(&mut *conn)
     .await?;

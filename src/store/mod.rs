@@ -8,6 +8,7 @@
 //! take their placeholders from `Binds` (`?` on SQLite, where many `$n` are
 //! slow). Times are stored as epoch milliseconds (UTC).
 
+pub mod bounces;
 pub mod deliveries;
 pub mod directory;
 pub mod events;
@@ -217,6 +218,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt_checked_at",
         include_str!("../../migrations/sqlite/0003_attempt_checked_at.sql"),
     ),
+    (
+        4,
+        "bounces",
+        include_str!("../../migrations/sqlite/0004_bounces.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -233,6 +239,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "attempt_checked_at",
         include_str!("../../migrations/postgres/0003_attempt_checked_at.sql"),
+    ),
+    (
+        4,
+        "bounces",
+        include_str!("../../migrations/postgres/0004_bounces.sql"),
     ),
 ];
 

@@ -168,7 +168,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "attempts",
-        order_by: "delivery_id, n",
+        order_by: "delivery_id, started_at, n",
         serial_id: false,
         columns: &[
             ("delivery_id", Text),
@@ -180,6 +180,23 @@ const TABLES: &[Table] = &[
             ("enhanced_code", Text),
             ("detail", Text),
             ("checked_at", Int),
+        ],
+    },
+    Table {
+        name: "bounces",
+        order_by: "id",
+        serial_id: true,
+        columns: &[
+            ("id", Int),
+            ("received_at", Int),
+            ("sha256", Text),
+            ("delivery_id", Text),
+            ("outcome", Text),
+            ("status", Text),
+            ("diagnostic", Text),
+            ("detail", Text),
+            ("size", Int),
+            ("raw", Bytes),
         ],
     },
     Table {

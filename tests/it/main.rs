@@ -2,6 +2,7 @@
 //! RabbitMQ, a SQLite file and an SMTP server over TCP.
 
 mod backends;
+mod bounces;
 mod cli;
 mod delivery;
 mod dispatch_faults;

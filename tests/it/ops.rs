@@ -252,7 +252,7 @@ async fn replay_after_a_relay_outage_delivers_each_failed_mail_once() {
             .iter()
             .map(|a| (a.n, a.outcome.as_str()))
             .collect::<Vec<_>>(),
-        vec![(1, "permanent"), (2, "sent")]
+        vec![(Some(1), "permanent"), (Some(2), "sent")]
     );
     // Each send read the directory first, and says when.
     for a in &attempts {

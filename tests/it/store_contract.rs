@@ -881,7 +881,7 @@ async fn attempts_are_numbered_and_retries_keep_their_step(store: Store) {
     assert_eq!(a.len(), 1);
     assert_eq!(
         (a[0].n, a[0].outcome.as_str(), a[0].smtp_code),
-        (1, "transient", Some(450))
+        (Some(1), "transient", Some(450))
     );
     assert_eq!(a[0].enhanced_code.as_deref(), Some("4.0.0"));
     assert_eq!(a[0].checked_at, Some(4_990), "when the directory was read");
@@ -932,7 +932,10 @@ async fn attempts_are_numbered_and_retries_keep_their_step(store: Store) {
         );
     }
     let a = dl::attempts(&mut conn, &ids[0]).await.unwrap();
-    assert_eq!(a.iter().map(|a| a.n).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        a.iter().map(|a| a.n).collect::<Vec<_>>(),
+        vec![Some(1), Some(2), Some(3)]
+    );
     assert_eq!(
         a.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(),
         vec!["unknown", "relay_fault", "permanent"]
@@ -1072,13 +1075,13 @@ async fn a_group_of_finishes_is_recorded_together_and_fenced_per_delivery(store:
     tx.commit().await.unwrap();
     assert_eq!(kept, vec![true]);
     let mut c = store.pool().acquire().await.unwrap();
-    let n: Vec<i64> = dl::attempts(&mut c, &ids[1])
+    let n: Vec<Option<i64>> = dl::attempts(&mut c, &ids[1])
         .await
         .unwrap()
         .iter()
         .map(|a| a.n)
         .collect();
-    assert_eq!(n, vec![1, 2]);
+    assert_eq!(n, vec![Some(1), Some(2)]);
 }
 
 async fn a_revocation_cancels_only_mails_without_another_active_user(store: Store) {
@@ -1921,6 +1924,183 @@ async fn a_mixed_batch_resolves_as_if_ingested_one_by_one(store: Store) {
     assert!(of(&messages[2]).contains(&t("contract.geaccepteerd", "u5@c.example", "pending")));
 }
 
+// ---------------------------------------------------------------- bounces
+
+async fn bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery(store: Store) {
+    use notifier::domain::delivery::LogOutcome;
+    use notifier::domain::dsn::BounceOutcome;
+    use notifier::store::bounces::{self as bx, BounceFilter, NewBounce, ReportEntry};
+    let ids = event_with_deliveries(&store, "e-b", 2, 1).await;
+    let c = claim(&store, "me", 1, 1_000, 2).await;
+    assert_eq!(c.len(), 2);
+    let sent = Transition::Sent {
+        sent_to: "u0@praktijk.example".into(),
+        at_ms: 3_000,
+    };
+    assert!(
+        finish(
+            &store,
+            &ids[0],
+            "me",
+            Some(&attempt(AttemptOutcome::Sent, Some(250))),
+            &sent
+        )
+        .await
+    );
+    let raw = vec![b'x'; bx::MAX_RAW + 10];
+    fn new<'a>(
+        sha: &'a str,
+        outcome: BounceOutcome,
+        delivery: Option<&'a str>,
+        raw: &'a [u8],
+    ) -> NewBounce<'a> {
+        NewBounce {
+            received_at_ms: 10_000,
+            sha256: sha,
+            delivery_id: delivery,
+            outcome,
+            status: Some("5.1.1"),
+            diagnostic: Some("550 5.1.1 unknown"),
+            detail: "the delivery bounced",
+            raw,
+        }
+    }
+    let mut tx = store.begin().await.unwrap();
+    let id0 = Some(ids[0].as_str());
+    assert!(
+        bx::insert(&mut tx, &new("aa", BounceOutcome::Hard, id0, &raw))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !bx::insert(&mut tx, &new("aa", BounceOutcome::Hard, id0, &raw))
+            .await
+            .unwrap(),
+        "the same bytes once"
+    );
+    assert!(
+        bx::insert(&mut tx, &new("bb", BounceOutcome::Forged, None, &raw))
+            .await
+            .unwrap()
+    );
+    let d = bx::tagged_delivery(&mut tx, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.status, d.address.as_str(), d.event_type.as_str()),
+        (DeliveryStatus::Sent, "u0@praktijk.example", MODULE)
+    );
+    assert!(
+        bx::tagged_delivery(&mut tx, "no-such-id")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for id in &ids {
+        bx::add_report_entry(
+            &mut tx,
+            &ReportEntry {
+                delivery_id: id,
+                at_ms: 10_000,
+                outcome: LogOutcome::Bounced,
+                enhanced_code: Some("5.1.1"),
+                smtp_code: Some(550),
+                detail: "5.1.1 550 unknown",
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A second entry without a number for the same delivery is allowed.
+    bx::add_report_entry(
+        &mut tx,
+        &ReportEntry {
+            delivery_id: &ids[0],
+            at_ms: 11_000,
+            outcome: LogOutcome::Delayed,
+            enhanced_code: Some("4.2.2"),
+            smtp_code: None,
+            detail: "4.2.2 full",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(bx::mark_bounced(&mut tx, &ids[0], "5.1.1").await.unwrap());
+    assert!(
+        !bx::mark_bounced(&mut tx, &ids[0], "5.1.1").await.unwrap(),
+        "bounced once"
+    );
+    assert!(
+        !bx::mark_bounced(&mut tx, &ids[1], "5.1.1").await.unwrap(),
+        "only a sent delivery bounces"
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(status_of(&store, &ids[0]).await, DeliveryStatus::Bounced);
+    assert_eq!(status_of(&store, &ids[1]).await, DeliveryStatus::Sending);
+    let bounced = list(
+        &store,
+        DeliveryFilter {
+            status: Some(DeliveryStatus::Bounced),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(bounced.len(), 1);
+    assert_eq!(bounced[0].attempts, 1, "a bounce is not an attempt");
+    let mut conn = store.pool().acquire().await.unwrap();
+    let log = dl::attempts(&mut conn, &ids[0]).await.unwrap();
+    assert_eq!(
+        log.iter()
+            .map(|a| (a.n, a.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [(Some(1), "sent"), (None, "bounced"), (None, "delayed")]
+    );
+    let all = bx::list(&mut conn, &BounceFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].size, raw.len() as i64);
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT raw FROM bounces WHERE sha256 = 'aa'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), bx::MAX_RAW, "the raw message is bounded");
+    let hard = bx::list(
+        &mut conn,
+        &BounceFilter {
+            outcome: Some(BounceOutcome::Hard),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        hard.iter()
+            .map(|b| b.delivery_id.as_deref())
+            .collect::<Vec<_>>(),
+        [Some(ids[0].as_str())]
+    );
+    let later = bx::list(
+        &mut conn,
+        &BounceFilter {
+            since_ms: Some(10_001),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(later.is_empty());
+    assert_eq!(
+        bx::outcomes_since(&mut conn, 0).await.unwrap(),
+        [("forged".to_owned(), 1), ("hard".to_owned(), 1)]
+    );
+    // Attempt counts and the relay's last attempt ignore the reports.
+    assert_eq!(
+        dl::attempt_outcomes(&mut conn, 0).await.unwrap(),
+        [("sent".to_owned(), 1)]
+    );
+}
+
 /// Runs each listed contract test on SQLite and on PostgreSQL, each on a
 /// fresh database that is removed afterwards.
 macro_rules! contract {
@@ -1982,4 +2162,5 @@ contract!(
     fan_out_to_5000_gives_5000_deliveries_each_with_its_user,
     snapshots_of_several_codes_read_at_once_match_one_by_one,
     a_mixed_batch_resolves_as_if_ingested_one_by_one,
+    bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery,
 );

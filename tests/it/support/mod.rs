@@ -33,7 +33,7 @@ pub use events::{
     user_event,
 };
 pub use operator::{Installation, events_file, install_sample_directory, replay_executed};
-pub use process::{RunProcess, cli, cli_env, json, ok, stderr, stdout};
+pub use process::{RunProcess, cli, cli_env, free_port, json, ok, stderr, stdout};
 
 use smtp_server::ReceivedMail;
 use std::time::Duration;
