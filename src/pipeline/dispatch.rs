@@ -128,6 +128,9 @@ struct Prepared {
     /// Built for the planned address (`None` when that failed: it is built
     /// again, and its error kept, once the address is known).
     prebuilt: Option<Vec<u8>>,
+    /// The delivery's signed bounce tag, when bounces are tagged (one HMAC
+    /// per delivery, for the header and the envelope sender alike).
+    tag: Option<String>,
 }
 
 /// A delivery on its way to the relay.
@@ -136,6 +139,8 @@ struct Sending<'a> {
     kind: MailKind,
     event: &'a ev::EventRow,
     address: &'a str,
+    /// The envelope sender (MAIL FROM).
+    sender: &'a str,
     checked_at: Option<i64>,
 }
 
@@ -737,6 +742,7 @@ impl Dispatcher {
                 .fail_undeliverable(&d, kind, rec, &event.event_type)
                 .await;
         }
+        let sender = self.envelope_sender(prepared.tag.as_deref());
         let bytes = match self.build_for(prepared, &d, &address) {
             Ok(b) => b,
             Err(reason) => {
@@ -760,6 +766,7 @@ impl Dispatcher {
             kind,
             event,
             address: &address,
+            sender: &sender,
             checked_at,
         };
         self.send(sending, &bytes, (permit, connection), rec).await
@@ -784,37 +791,36 @@ impl Dispatcher {
                 .and_then(|a| data.praktijk.get(a))
                 .map(String::as_str),
         );
+        // Never logged: with the tag, a bounce for the delivery could be forged.
+        let tag = (self.cfg.bounce_tagging.as_ref()).map(|(_, key)| bounce::tag(&d.id, key));
         let prebuilt = rendered
             .as_ref()
             .ok()
-            .and_then(|m| self.build(&d.address, m, d).ok());
-        Prepared { rendered, prebuilt }
+            .and_then(|m| self.build(&d.address, m, d, tag.as_deref()).ok());
+        Prepared {
+            rendered,
+            prebuilt,
+            tag,
+        }
     }
 
-    /// The bytes of `d`'s mail to `address`, tagged when bounces are.
+    /// The bytes of `d`'s mail to `address`, with `tag` when bounces are tagged.
     fn build(
         &self,
         address: &str,
         mail: &RenderedMail,
         d: &Claimed,
+        tag: Option<&str>,
     ) -> Result<Vec<u8>, crate::mail::MailError> {
-        let tag = self.bounce_tag(&d.id);
-        message::build_tagged(&self.cfg.from, address, mail, &d.message_id, tag.as_deref())
-    }
-
-    /// The signed bounce tag of a delivery, when bounces are tagged. It is
-    /// never logged: with it, a bounce for that delivery could be forged.
-    fn bounce_tag(&self, delivery_id: &str) -> Option<String> {
-        let (_, key) = self.cfg.bounce_tagging.as_ref()?;
-        Some(bounce::tag(delivery_id, key))
+        message::build_tagged(&self.cfg.from, address, mail, &d.message_id, tag)
     }
 
     /// The envelope sender (MAIL FROM) of a delivery's mail: the bounce
     /// address with the delivery's tag, or else the From address.
-    fn envelope_sender(&self, delivery_id: &str) -> String {
-        match &self.cfg.bounce_tagging {
-            Some((address, key)) => address.sender(&bounce::tag(delivery_id, key)),
-            None => self.cfg.from.email.to_string(),
+    fn envelope_sender(&self, tag: Option<&str>) -> String {
+        match (&self.cfg.bounce_tagging, tag) {
+            (Some((address, _)), Some(tag)) => address.sender(tag),
+            _ => self.cfg.from.email.to_string(),
         }
     }
 
@@ -823,9 +829,10 @@ impl Dispatcher {
     fn build_for(&self, prepared: Prepared, d: &Claimed, address: &str) -> Result<Vec<u8>, String> {
         match prepared.prebuilt {
             Some(bytes) if address == d.address => Ok(bytes),
-            _ => prepared
-                .rendered
-                .and_then(|m| self.build(address, &m, d).map_err(|e| e.to_string())),
+            _ => prepared.rendered.and_then(|m| {
+                self.build(address, &m, d, prepared.tag.as_deref())
+                    .map_err(|e| e.to_string())
+            }),
         }
     }
 
@@ -937,8 +944,7 @@ impl Dispatcher {
                 clock,
             },
         );
-        let sender = self.envelope_sender(&d.id);
-        let mut report = self.mailer.send(&sender, s.address, &d.id, bytes).await;
+        let mut report = self.mailer.send(s.sender, s.address, &d.id, bytes).await;
         let duration = clock.elapsed();
         drop(turn);
         let refusal = self.judge_refusal(&mut report, s.address, &d.id).await?;
