@@ -83,6 +83,64 @@ impl PlannedDelivery {
     }
 }
 
+/// Why a mail reached its address, as the mail itself says it: the rules
+/// that chose the address and how many users it serves (a shared address
+/// is told so, without naming the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressee {
+    /// Deduplicated, in the delivery's order.
+    pub rules: Vec<Rule>,
+    pub users: usize,
+}
+
+impl Addressee {
+    /// The addressee of a delivery planned with `rules` for `users` users.
+    pub fn planned(rules: &Rules, users: usize) -> Self {
+        Self {
+            rules: rules.0.clone(),
+            users,
+        }
+    }
+
+    /// The addressee of a delivery whose users at the address are now those
+    /// with `rules` (one per user), in the order of the delivery's `planned` rules.
+    pub fn of_users(planned: &Rules, rules: &[Rule]) -> Self {
+        let mut kept: Vec<Rule> = planned
+            .0
+            .iter()
+            .copied()
+            .filter(|r| rules.contains(r))
+            .collect();
+        for r in rules {
+            if !kept.contains(r) {
+                kept.push(*r);
+            }
+        }
+        Self {
+            rules: kept,
+            users: rules.len(),
+        }
+    }
+
+    /// The template context `ontvanger`: `redenen` (one `{regel, recht}` per
+    /// rule, `recht` the right's title for U) and `gedeeld` (the number of
+    /// users sharing the address, or null when it serves one).
+    pub fn context(&self) -> Value {
+        let redenen: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| match r {
+                Rule::U(recht) => json!({ "regel": "U", "recht": recht.title() }),
+                other => json!({ "regel": other.label(), "recht": null }),
+            })
+            .collect();
+        json!({
+            "redenen": redenen,
+            "gedeeld": (self.users > 1).then_some(self.users),
+        })
+    }
+}
+
 /// Every rule that chose a delivery's address, as the delivery stores them
 /// (joined by `+`: `U(onderhandelen)+ACTOR`).
 #[derive(Debug, Clone, PartialEq, Eq)]

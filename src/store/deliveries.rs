@@ -60,6 +60,8 @@ pub struct Claimed {
     pub policy_rejections: i64,
     /// The address this delivery has taken for its event and kind.
     pub claimed_address: Option<String>,
+    /// How many users it serves (as planned; the re-check may drop some).
+    pub served: i64,
 }
 
 impl Claimed {
@@ -118,7 +120,8 @@ pub async fn claim(
                 WHERE {cond} ORDER BY due_at, id LIMIT $4 {lock}) \
              UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
              WHERE {picked} AND {cond} \
-             RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address"
+             RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address, \
+                (SELECT COUNT(*) FROM delivery_users du WHERE du.delivery_id = deliveries.id) AS served"
         );
         rows.extend(
             sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -146,6 +149,7 @@ pub async fn claim(
                 message_id: r.try_get("message_id")?,
                 policy_rejections: r.try_get("policy_rejections")?,
                 claimed_address: r.try_get("claimed_address")?,
+                served: r.try_get("served")?,
             })
         })
         .collect()
