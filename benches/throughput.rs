@@ -753,7 +753,8 @@ fn sample_mail() -> Result<Vec<u8>> {
     let addressee = notifier::templates::samples::planned_addressee(kind);
     let common =
         notifier::mail::context::Common::at(chrono::Utc::now(), &settings.portal.url, &addressee);
-    let ctx = notifier::mail::context::module_context(kind.as_str(), &m, m.agb_code.as_str(), &common);
+    let ctx =
+        notifier::mail::context::module_context(kind.as_str(), &m, m.agb_code.as_str(), &common);
     let mail = templates.render(kind, &ctx)?;
     let bytes = notifier::mail::message::build(
         &settings.smtp.from,

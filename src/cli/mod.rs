@@ -403,7 +403,9 @@ impl From<StartError> for CliError {
 
 impl From<crate::templates::TemplateError> for CliError {
     fn from(e: crate::templates::TemplateError) -> Self {
-        Self::Config(format!("{e} (fix the template; `notifier templates check` lists every problem)"))
+        Self::Config(format!(
+            "{e} (fix the template; `notifier templates check` lists every problem)"
+        ))
     }
 }
 

@@ -9,8 +9,8 @@ use crate::domain::event::parse_event;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::ingest::{Incoming, Source};
 use crate::pipeline::recovery::import_users;
-use crate::templates::samples::{SAMPLE_DIRECTORY, SAMPLE_EVENTS};
 use crate::store::deliveries::{self as dl, DeliveryFilter};
+use crate::templates::samples::{SAMPLE_DIRECTORY, SAMPLE_EVENTS};
 use std::path::Path;
 
 /// `notifier demo`.

@@ -30,7 +30,10 @@ const SAMPLE_TO: &str = "p.jansen@fysio-noord.example";
 fn kind_arg(kind: &str) -> Result<MailKind, CliError> {
     MailKind::parse(kind).ok_or_else(|| {
         let all: Vec<&str> = MailKind::all().iter().map(|k| k.as_str()).collect();
-        CliError::Usage(format!("unknown mail kind {kind:?}; one of: {}", all.join(", ")))
+        CliError::Usage(format!(
+            "unknown mail kind {kind:?}; one of: {}",
+            all.join(", ")
+        ))
     })
 }
 
@@ -38,9 +41,18 @@ fn today_arg(today: Option<NaiveDate>) -> NaiveDate {
     today.unwrap_or_else(|| crate::domain::calendar::amsterdam_date(chrono::Utc::now()))
 }
 
-fn samples_of(settings: &Settings, today: NaiveDate, v: Variant) -> Result<Vec<SampleMail>, CliError> {
-    samples::sample_mails(&app::validation_rules(settings), &settings.portal.url, today, v)
-        .map_err(CliError::Config)
+fn samples_of(
+    settings: &Settings,
+    today: NaiveDate,
+    v: Variant,
+) -> Result<Vec<SampleMail>, CliError> {
+    samples::sample_mails(
+        &app::validation_rules(settings),
+        &settings.portal.url,
+        today,
+        v,
+    )
+    .map_err(CliError::Config)
 }
 
 /// What is wrong with a rendered mail beyond rendering at all: the rules
@@ -54,12 +66,18 @@ pub fn lint(mail: &RenderedMail, url: &str) -> Vec<String> {
     if !html.contains("<html lang=\"nl\"") {
         problems.push("the HTML does not declare lang=\"nl\"".into());
     }
-    let links: Vec<&str> = html.match_indices("href=\"").map(|(i, _)| &mail.html[i + 6..]).collect();
+    let links: Vec<&str> = html
+        .match_indices("href=\"")
+        .map(|(i, _)| &mail.html[i + 6..])
+        .collect();
     match links.as_slice() {
         [one] if one.starts_with(&format!("{url}\"")) || one.starts_with(url) => {}
         [] => problems.push("the HTML has no call-to-action link".into()),
         [_] => problems.push(format!("the call to action does not link to {url}")),
-        more => problems.push(format!("the HTML has {} links; a mail has one call to action", more.len())),
+        more => problems.push(format!(
+            "the HTML has {} links; a mail has one call to action",
+            more.len()
+        )),
     }
     if !url.starts_with("https://") {
         problems.push("the call to action is not https".into());
@@ -85,7 +103,11 @@ pub fn check_all(
             let url = s.context["url"].as_str().unwrap_or_default().to_owned();
             match templates.render(s.kind, &s.context) {
                 Err(e) => failures.push((s.kind, v, e.to_string())),
-                Ok(mail) => failures.extend(lint(&mail, &html_attr(&url)).into_iter().map(|p| (s.kind, v, p))),
+                Ok(mail) => failures.extend(
+                    lint(&mail, &html_attr(&url))
+                        .into_iter()
+                        .map(|p| (s.kind, v, p)),
+                ),
             }
         }
     }
@@ -110,7 +132,11 @@ pub fn check(settings: &Settings) -> Result<(), CliError> {
             println!("ok    {:<42} {version}", kind.as_str());
         }
         for (_, v, e) in mine {
-            println!("FAIL  {:<42} {version}  [{}] {e}", kind.as_str(), v.as_str());
+            println!(
+                "FAIL  {:<42} {version}  [{}] {e}",
+                kind.as_str(),
+                v.as_str()
+            );
         }
     }
     if failures.is_empty() {
@@ -120,13 +146,21 @@ pub fn check(settings: &Settings) -> Result<(), CliError> {
         );
         Ok(())
     } else {
-        Err(CliError::Problem(format!("{} template checks failed", failures.len())))
+        Err(CliError::Problem(format!(
+            "{} template checks failed",
+            failures.len()
+        )))
     }
 }
 
 fn eml(settings: &Settings, mail: &RenderedMail, kind: MailKind) -> Result<Vec<u8>, CliError> {
-    message::build(&settings.smtp.from, SAMPLE_TO, mail, &format!("preview.{}@notifier", kind.as_str()))
-        .map_err(|e| CliError::Problem(e.to_string()))
+    message::build(
+        &settings.smtp.from,
+        SAMPLE_TO,
+        mail,
+        &format!("preview.{}@notifier", kind.as_str()),
+    )
+    .map_err(|e| CliError::Problem(e.to_string()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
@@ -135,7 +169,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 /// `notifier templates preview --output DIR [--today DATE]`.
-pub fn preview(settings: &Settings, output: &Path, today: Option<NaiveDate>) -> Result<(), CliError> {
+pub fn preview(
+    settings: &Settings,
+    output: &Path,
+    today: Option<NaiveDate>,
+) -> Result<(), CliError> {
     let templates = app::load_templates(settings)?;
     std::fs::create_dir_all(output)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", output.display())))?;
@@ -147,7 +185,10 @@ pub fn preview(settings: &Settings, output: &Path, today: Option<NaiveDate>) -> 
             let base = format!("{}{}", s.kind.as_str(), v.suffix());
             write(&output.join(format!("{base}.html")), mail.html.as_bytes())?;
             write(&output.join(format!("{base}.txt")), mail.text.as_bytes())?;
-            write(&output.join(format!("{base}.eml")), &eml(settings, &mail, s.kind)?)?;
+            write(
+                &output.join(format!("{base}.eml")),
+                &eml(settings, &mail, s.kind)?,
+            )?;
             written += 1;
         }
     }
@@ -205,8 +246,9 @@ fn render_context(
     let event = match v.get("table").and_then(Value::as_str) {
         Some("events") => {
             let payload = v["payload"].as_str().unwrap_or_default();
-            serde_json::from_str(payload)
-                .map_err(|e| CliError::Usage(format!("the exported event's payload is not JSON: {e}")))?
+            serde_json::from_str(payload).map_err(|e| {
+                CliError::Usage(format!("the exported event's payload is not JSON: {e}"))
+            })?
         }
         Some("deliveries") => return delivery_context(settings, kind, v, today, praktijk),
         Some(other) => {
@@ -222,8 +264,11 @@ fn render_context(
             kind.as_str()
         )));
     };
-    let parsed = parse_event(event.to_string().as_bytes(), &app::validation_rules(settings))
-        .map_err(|r| CliError::Usage(format!("the event is not valid: {}", r.reason)))?;
+    let parsed = parse_event(
+        event.to_string().as_bytes(),
+        &app::validation_rules(settings),
+    )
+    .map_err(|r| CliError::Usage(format!("the event is not valid: {}", r.reason)))?;
     if parsed.event_type != t {
         return Err(CliError::Usage(format!(
             "the event is a {}, not a {}",
@@ -237,7 +282,12 @@ fn render_context(
     let addressee = samples::planned_addressee(kind);
     let common = Common::at_date(today, portal, &addressee);
     let praktijk = praktijk.unwrap_or(m.agb_code.as_str()).to_owned();
-    Ok(context::module_context(kind.as_str(), &m, &praktijk, &common))
+    Ok(context::module_context(
+        kind.as_str(),
+        &m,
+        &praktijk,
+        &common,
+    ))
 }
 
 fn delivery_context(
@@ -272,7 +322,13 @@ fn delivery_context(
     let addressee = Addressee::planned(&rules, 1);
     let common = Common::at_date(today, &settings.portal.url, &addressee);
     let agb = notice["agb_code"].as_str();
-    Ok(context::notice_context(kind.as_str(), agb, praktijk, &notice, &common))
+    Ok(context::notice_context(
+        kind.as_str(),
+        agb,
+        praktijk,
+        &notice,
+        &common,
+    ))
 }
 
 /// `notifier templates send-test KIND --to ADDR`.
@@ -289,15 +345,25 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
     let mut mail = templates.render(kind, &sample.context)?;
     mail.subject = format!("[TEST] {}", mail.subject);
     let id = format!("test.{}.{}", kind.as_str(), uuid::Uuid::now_v7());
-    let bytes = message::build(&settings.smtp.from, to.as_ref(), &mail, &format!("{id}@notifier"))
-        .map_err(|e| CliError::Problem(e.to_string()))?;
+    let bytes = message::build(
+        &settings.smtp.from,
+        to.as_ref(),
+        &mail,
+        &format!("{id}@notifier"),
+    )
+    .map_err(|e| CliError::Problem(e.to_string()))?;
     let mailer = crate::mail::Mailer::new(
         settings.smtp.target(),
         &settings.smtp.outbox_dir,
         settings.smtp.pool_options(),
     );
     let report = mailer
-        .send(&settings.smtp.from.email.to_string(), to.as_ref(), &id, &bytes)
+        .send(
+            settings.smtp.from.email.as_ref(),
+            to.as_ref(),
+            &id,
+            &bytes,
+        )
         .await;
     mailer.close().await;
     let via = match settings.smtp.target() {
@@ -306,7 +372,11 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
     };
     match report.outcome {
         crate::domain::delivery::AttemptOutcome::Sent => {
-            println!("sent {} (sample data, subject marked [TEST]) through {via}: {}", kind.as_str(), report.detail);
+            println!(
+                "sent {} (sample data, subject marked [TEST]) through {via}: {}",
+                kind.as_str(),
+                report.detail
+            );
             Ok(())
         }
         outcome => {

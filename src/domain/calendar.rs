@@ -115,11 +115,23 @@ mod tests {
     #[test]
     fn the_dutch_day_starts_at_local_midnight() {
         // Winter: UTC+1.
-        assert_eq!(amsterdam_date(utc("2026-12-06T22:59:59Z")), date("2026-12-06"));
-        assert_eq!(amsterdam_date(utc("2026-12-06T23:00:00Z")), date("2026-12-07"));
+        assert_eq!(
+            amsterdam_date(utc("2026-12-06T22:59:59Z")),
+            date("2026-12-06")
+        );
+        assert_eq!(
+            amsterdam_date(utc("2026-12-06T23:00:00Z")),
+            date("2026-12-07")
+        );
         // Summer: UTC+2.
-        assert_eq!(amsterdam_date(utc("2026-07-01T21:59:59Z")), date("2026-07-01"));
-        assert_eq!(amsterdam_date(utc("2026-07-01T22:00:00Z")), date("2026-07-02"));
+        assert_eq!(
+            amsterdam_date(utc("2026-07-01T21:59:59Z")),
+            date("2026-07-01")
+        );
+        assert_eq!(
+            amsterdam_date(utc("2026-07-01T22:00:00Z")),
+            date("2026-07-02")
+        );
     }
 
     #[test]
@@ -130,7 +142,10 @@ mod tests {
         assert!(is_summer_time(utc("2026-10-25T00:59:59Z")));
         assert!(!is_summer_time(utc("2026-10-25T01:00:00Z")));
         // The evening before the October switch is still summer: 22:30 UTC is 00:30 the next day.
-        assert_eq!(amsterdam_date(utc("2026-10-24T22:30:00Z")), date("2026-10-25"));
+        assert_eq!(
+            amsterdam_date(utc("2026-10-24T22:30:00Z")),
+            date("2026-10-25")
+        );
     }
 
     #[test]

@@ -159,11 +159,19 @@ impl Templates {
         let mut provenance = HashMap::new();
         for (kind, subject, body_html, body_text) in BUILTIN {
             let mut files = shared.clone();
-            for (part, builtin) in [("subject", subject), ("html", body_html), ("text", body_text)] {
+            for (part, builtin) in [
+                ("subject", subject),
+                ("html", body_html),
+                ("text", body_text),
+            ] {
                 let rel = format!("{kind}/{part}.hbs");
                 let src = read(&rel, builtin)?;
                 let reg = if part == "html" { &mut html } else { &mut text };
-                let body = if part == "subject" { src.trim_end() } else { &src };
+                let body = if part == "subject" {
+                    src.trim_end()
+                } else {
+                    &src
+                };
                 reg.register_template_string(&format!("{kind}/{part}"), body)
                     .map_err(|e| compile_err(&rel, e))?;
                 files.push((rel, src));
@@ -302,8 +310,9 @@ fn termijn_helper(
         .ok_or(RenderErrorReason::InvalidParamType(
             "the context's vandaag (YYYY-MM-DD) for termijn",
         ))?;
-    let words = calendar::deadline_words(s, today)
-        .ok_or(RenderErrorReason::InvalidParamType("a date YYYY-MM-DD for termijn"))?;
+    let words = calendar::deadline_words(s, today).ok_or(RenderErrorReason::InvalidParamType(
+        "a date YYYY-MM-DD for termijn",
+    ))?;
     out.write(&words)?;
     Ok(())
 }
@@ -336,9 +345,15 @@ mod tests {
         assert_eq!(a.source, "builtin");
         assert_eq!(a.version.len(), 12);
         assert!(a.version.chars().all(|c| c.is_ascii_hexdigit()));
-        let versions: std::collections::HashSet<_> =
-            MailKind::all().iter().map(|k| &t.provenance(*k).version).collect();
-        assert_eq!(versions.len(), MailKind::all().len(), "kinds differ in their own files");
+        let versions: std::collections::HashSet<_> = MailKind::all()
+            .iter()
+            .map(|k| &t.provenance(*k).version)
+            .collect();
+        assert_eq!(
+            versions.len(),
+            MailKind::all().len(),
+            "kinds differ in their own files"
+        );
     }
 
     #[test]

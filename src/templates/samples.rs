@@ -137,7 +137,13 @@ pub fn sample_mails(
                     let notice = notice(kind, variant);
                     let agb = notice_agb(kind);
                     let praktijk = praktijk(variant);
-                    context::notice_context(kind.as_str(), agb, praktijk.as_deref(), &notice, &common)
+                    context::notice_context(
+                        kind.as_str(),
+                        agb,
+                        praktijk.as_deref(),
+                        &notice,
+                        &common,
+                    )
                 }
             };
             Ok(SampleMail { kind, context })
@@ -243,7 +249,13 @@ fn sample_event(
             }
         }
     }
-    parses(&v).ok_or_else(|| format!("the {} variant of {} does not parse", variant.as_str(), t.as_str()))
+    parses(&v).ok_or_else(|| {
+        format!(
+            "the {} variant of {} does not parse",
+            variant.as_str(),
+            t.as_str()
+        )
+    })
 }
 
 fn notice_agb(kind: MailKind) -> Option<&'static str> {
@@ -316,7 +328,8 @@ mod tests {
     #[test]
     fn every_variant_has_every_kind() {
         for v in Variant::ALL {
-            let mails = sample_mails(&rules(), "https://zip.example.nl", sample_today(), v).unwrap();
+            let mails =
+                sample_mails(&rules(), "https://zip.example.nl", sample_today(), v).unwrap();
             assert_eq!(mails.len(), MailKind::all().len());
         }
     }
@@ -331,8 +344,16 @@ mod tests {
                 .unwrap()
                 .context
         };
-        assert!(find(Variant::Sample)["data"].get("actor_gebruikersnummer").is_some());
-        assert!(find(Variant::Minimal)["data"].get("actor_gebruikersnummer").is_none());
+        assert!(
+            find(Variant::Sample)["data"]
+                .get("actor_gebruikersnummer")
+                .is_some()
+        );
+        assert!(
+            find(Variant::Minimal)["data"]
+                .get("actor_gebruikersnummer")
+                .is_none()
+        );
         let hostile = find(Variant::Hostile);
         assert_eq!(hostile["data"]["contract_naam"], hostile_text());
         assert_eq!(hostile["zorgverzekeraar"]["naam"], hostile_text());

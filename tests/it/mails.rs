@@ -55,14 +55,22 @@ async fn each_mail_says_why_it_came_and_a_shared_address_names_no_one() {
             "{part}"
         );
         assert!(!part.contains("gebruikers van het Zorginkoopportaal"));
-        assert!(part.contains("Werkt u niet meer bij deze organisatie?"), "{part}");
+        assert!(
+            part.contains("Werkt u niet meer bij deze organisatie?"),
+            "{part}"
+        );
     }
 
     let shared = mail_to(&mails, "praktijk@fysio-noord.example");
     for part in [&shared.text, &shared.html] {
-        assert!(part.contains("U ontvangt dit bericht omdat u deze actie hebt uitgevoerd."), "{part}");
         assert!(
-            part.contains("Dit e-mailadres is geregistreerd voor 2 gebruikers van het Zorginkoopportaal."),
+            part.contains("U ontvangt dit bericht omdat u deze actie hebt uitgevoerd."),
+            "{part}"
+        );
+        assert!(
+            part.contains(
+                "Dit e-mailadres is geregistreerd voor 2 gebruikers van het Zorginkoopportaal."
+            ),
             "{part}"
         );
         for name in ["A. Bakker", "S. Visser", "J. de Vries"] {
@@ -79,7 +87,9 @@ async fn signers_and_contact_persons_are_told_so() {
     let mails = mails_of(&app, &fresh("contract.herinnering_acceptatie")).await;
     let signer = mail_to(&mails, "j.devries@fysio-noord.example");
     assert!(
-        signer.text.contains("omdat u voor AGB-code 04123456 (Fysiotherapie Noord) tekenbevoegd bent."),
+        signer
+            .text
+            .contains("omdat u voor AGB-code 04123456 (Fysiotherapie Noord) tekenbevoegd bent."),
         "{}",
         signer.text
     );
@@ -90,7 +100,8 @@ async fn signers_and_contact_persons_are_told_so() {
     let mails = mails_of(&app, &revoke).await;
     let cp = mail_to(&mails, "j.devries@fysio-noord.example");
     assert!(
-        cp.text.contains("omdat u contactpersoon bent voor AGB-code 04123456 (Fysiotherapie Noord)."),
+        cp.text
+            .contains("omdat u contactpersoon bent voor AGB-code 04123456 (Fysiotherapie Noord)."),
         "{}",
         cp.text
     );
@@ -104,7 +115,11 @@ async fn subjects_name_the_practice_and_the_insurer_or_else_the_agb_code() {
     let (_, m) = &mails[0];
     assert!(m.subject.contains("Fysiotherapie Noord"), "{}", m.subject);
     assert!(m.subject.contains("Zorgverzekeraar Noord"), "{}", m.subject);
-    assert!(m.subject.contains("Overeenkomst fysiotherapie 2027"), "{}", m.subject);
+    assert!(
+        m.subject.contains("Overeenkomst fysiotherapie 2027"),
+        "{}",
+        m.subject
+    );
 
     // A practice without organisatie.bijgewerkt: the AGB code in its place.
     let mut other = fresh("uitvraag.vragenlijst_klaargezet");
@@ -127,7 +142,9 @@ async fn deadlines_count_from_the_day_the_mail_is_sent_not_from_the_event() {
         (-1, "de termijn is verlopen"),
     ];
     for (days, words) in cases {
-        let date = (today + chrono::Duration::days(days)).format("%Y-%m-%d").to_string();
+        let date = (today + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string();
         let mut e = fresh("uitvraag.herinnering_sluitingsdatum");
         e["data"]["sluitingsdatum"] = date.clone().into();
         // The portal's own count, as it was when it published: replaced.
@@ -135,9 +152,20 @@ async fn deadlines_count_from_the_day_the_mail_is_sent_not_from_the_event() {
         let mails = mails_of(&app, &e).await;
         let expected = format!("{}, {words}", dutch_date(&date).unwrap());
         for (_, m) in &mails {
-            assert!(m.text.contains(&expected), "{days} days: want {expected:?} in\n{}", m.text);
-            assert!(m.html.contains(&expected), "{days} days: {expected:?} missing in the HTML");
-            assert!(!m.text.contains("99"), "the event's dagen_resterend leaked: {}", m.text);
+            assert!(
+                m.text.contains(&expected),
+                "{days} days: want {expected:?} in\n{}",
+                m.text
+            );
+            assert!(
+                m.html.contains(&expected),
+                "{days} days: {expected:?} missing in the HTML"
+            );
+            assert!(
+                !m.text.contains("99"),
+                "the event's dagen_resterend leaked: {}",
+                m.text
+            );
         }
     }
     app.stop().await;
@@ -151,13 +179,18 @@ async fn hostile_text_stays_text_and_adds_no_header_or_recipient() {
     e["data"]["contract_naam"] = hostile.clone().into();
     e["data"]["zorgverzekeraar"]["naam"] = hostile.clone().into();
     let rows = app.publish_and_settle(&e).await;
-    assert!(rows.iter().all(|d| d.status == DeliveryStatus::Sent), "{rows:?}");
+    assert!(
+        rows.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{rows:?}"
+    );
     let received = app.smtp.messages();
     assert_eq!(received.len(), rows.len());
     for m in &received {
         assert_eq!(m.rcpt_to.len(), 1, "one recipient per mail");
         assert!(!m.rcpt_to[0].contains("slachtoffer"));
-        let msg = mail_parser::MessageParser::default().parse(&m.data).unwrap();
+        let msg = mail_parser::MessageParser::default()
+            .parse(&m.data)
+            .unwrap();
         let mut names: Vec<String> = msg
             .headers()
             .iter()
@@ -180,8 +213,17 @@ async fn hostile_text_stays_text_and_adds_no_header_or_recipient() {
         );
         let p = parse_mail(m);
         // One line, nothing invisible, every name cut at 80 characters.
-        assert!(!p.subject.contains(['\r', '\n', '\u{202E}', '\u{200B}', '\u{FEFF}', '\u{2066}']), "{:?}", p.subject);
-        assert!(p.subject.chars().count() < 3 * 80 + 60, "{} characters", p.subject.chars().count());
+        assert!(
+            !p.subject
+                .contains(['\r', '\n', '\u{202E}', '\u{200B}', '\u{FEFF}', '\u{2066}']),
+            "{:?}",
+            p.subject
+        );
+        assert!(
+            p.subject.chars().count() < 3 * 80 + 60,
+            "{} characters",
+            p.subject.chars().count()
+        );
         assert!(p.subject.contains('…'));
         // The HTML shows markup as text; no value can reorder what follows it.
         assert!(!p.html.contains("<script"), "unescaped markup in the HTML");
@@ -192,6 +234,49 @@ async fn hostile_text_stays_text_and_adds_no_header_or_recipient() {
         }
         // The whole 2,000-character word is there to read, not cut.
         assert!(p.text.contains(&"W".repeat(1800)));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_address_split_before_the_send_no_longer_says_it_is_shared() {
+    let app = crate::support::spawn_app_holding_sending().await;
+    // A. Bakker (03) and S. Visser (04) share praktijk@ for onderhandelen;
+    // the mail was rendered for both when sending was held.
+    let id = app.publish_held("onderhandeling.geaccordeerd", 2).await;
+    let mut change = fresh("gebruiker.emailadres_gewijzigd");
+    change["data"]["gebruikersnummer"] = "10000000000004".into();
+    change["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
+    change["data"]["nieuw_email"] = "s.visser@fysio-noord.example".into();
+    change["data"]["versie"] = 3.into();
+    app.publish_applied(&change).await;
+    app.release_sending().await;
+    app.wait_deliveries(Some(&id), "all sent", |r| {
+        r.len() == 3 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+    })
+    .await;
+    let mails: Vec<(String, Parsed)> = app
+        .smtp
+        .messages()
+        .iter()
+        .map(|m| (m.rcpt_to.join(","), parse_mail(m)))
+        .filter(|(_, p)| p.subject.contains("geaccordeerd"))
+        .collect();
+    for address in [
+        "praktijk@fysio-noord.example",
+        "s.visser@fysio-noord.example",
+    ] {
+        let m = mail_to(&mails, address);
+        assert!(
+            !m.text.contains("gebruikers van het Zorginkoopportaal"),
+            "{address} serves one user now: {}",
+            m.text
+        );
+        assert!(
+            m.text.contains("rechten hebt voor de module Onderhandelen"),
+            "{}",
+            m.text
+        );
     }
     app.stop().await;
 }
