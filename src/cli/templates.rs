@@ -66,17 +66,14 @@ pub fn lint(mail: &RenderedMail, url: &str) -> Vec<String> {
     if !html.contains("<html lang=\"nl\"") {
         problems.push("the HTML does not declare lang=\"nl\"".into());
     }
-    let links: Vec<&str> = html
-        .match_indices("href=\"")
-        .map(|(i, _)| &mail.html[i + 6..])
-        .collect();
-    match links.as_slice() {
-        [one] if one.starts_with(&format!("{url}\"")) || one.starts_with(url) => {}
-        [] => problems.push("the HTML has no call-to-action link".into()),
-        [_] => problems.push(format!("the call to action does not link to {url}")),
-        more => problems.push(format!(
-            "the HTML has {} links; a mail has one call to action",
-            more.len()
+    // Handlebars escapes `=`, `&` and quotes inside the attribute.
+    let href = format!("href=\"{}\"", handlebars::html_escape(url));
+    match html.matches("href=").count() {
+        0 => problems.push("the HTML has no call-to-action link".into()),
+        1 if mail.html.contains(&href) => {}
+        1 => problems.push(format!("the call to action does not link to {url}")),
+        n => problems.push(format!(
+            "the HTML has {n} links; a mail has one call to action"
         )),
     }
     if !url.starts_with("https://") {
@@ -103,20 +100,11 @@ pub fn check_all(
             let url = s.context["url"].as_str().unwrap_or_default().to_owned();
             match templates.render(s.kind, &s.context) {
                 Err(e) => failures.push((s.kind, v, e.to_string())),
-                Ok(mail) => failures.extend(
-                    lint(&mail, &html_attr(&url))
-                        .into_iter()
-                        .map(|p| (s.kind, v, p)),
-                ),
+                Ok(mail) => failures.extend(lint(&mail, &url).into_iter().map(|p| (s.kind, v, p))),
             }
         }
     }
     Ok(failures)
-}
-
-/// `url` as it appears inside an HTML attribute (handlebars escapes `=` and `&`).
-fn html_attr(url: &str) -> String {
-    handlebars::html_escape(url)
 }
 
 /// `notifier templates check`.
@@ -358,12 +346,7 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
         settings.smtp.pool_options(),
     );
     let report = mailer
-        .send(
-            settings.smtp.from.email.as_ref(),
-            to.as_ref(),
-            &id,
-            &bytes,
-        )
+        .send(settings.smtp.from.email.as_ref(), to.as_ref(), &id, &bytes)
         .await;
     mailer.close().await;
     let via = match settings.smtp.target() {
@@ -390,5 +373,45 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
                 _ => CliError::Dependency(why),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(html: &str, text: &str) -> RenderedMail {
+        RenderedMail {
+            subject: "Onderwerp".into(),
+            html: format!("<!DOCTYPE html>\n<html lang=\"nl\"><body>{html}</body></html>"),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn lint_wants_one_https_call_to_action_in_both_parts() {
+        let url = "https://zip.example.nl/x?a=1&b=2";
+        let attr = handlebars::html_escape(url);
+        let good = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), url);
+        assert_eq!(lint(&good, url), Vec::<String>::new());
+
+        let two = mail(
+            &format!("<a href=\"{attr}\">a</a><a href=\"{attr}\">b</a>"),
+            url,
+        );
+        assert!(lint(&two, url)[0].contains("2 links"));
+        assert!(lint(&mail("", url), url)[0].contains("no call-to-action"));
+        let other = mail("<a href=\"https://elders.example\">a</a>", url);
+        assert!(lint(&other, url)[0].contains("does not link to"));
+        let no_text = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), "geen link");
+        assert!(lint(&no_text, url)[0].contains("plain-text part"));
+        let http = "http://zip.example.nl/x";
+        let plain = mail(
+            &format!("<a href=\"{}\">a</a>", handlebars::html_escape(http)),
+            http,
+        );
+        assert!(lint(&plain, http)[0].contains("not https"));
+        let raw = mail(&format!("<a href=\"{attr}\">a</a><script>x</script>"), url);
+        assert!(lint(&raw, url)[0].contains("unescaped"));
     }
 }
