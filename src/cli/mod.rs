@@ -460,7 +460,11 @@ fn init_logging(settings: &Settings, service: bool) {
     } else {
         "warn".to_owned()
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level))
+        // The template engine's debug lines print the values it renders:
+        // names and addresses from events and the directory. Never logged.
+        .add_directive("handlebars=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -567,9 +567,16 @@ impl Dispatcher {
         event_ids.sort_unstable();
         event_ids.dedup();
         let events = ev::get_events(&mut conn, &event_ids).await?;
+        // A notice about a directory event (a revocation) has its AGB code
+        // in the notice, not in the event.
+        let notice_agbs: Vec<String> = claimed
+            .iter()
+            .filter_map(|d| notice_agb(d.notice.as_deref()?))
+            .collect();
         let mut agbs: Vec<&str> = events
             .values()
             .filter_map(|e| e.agb_code.as_deref())
+            .chain(notice_agbs.iter().map(String::as_str))
             .collect();
         agbs.sort_unstable();
         agbs.dedup();
@@ -732,7 +739,12 @@ impl Dispatcher {
         let (address, checked_at, addressee) = if rules.is_address() {
             (d.address.clone(), None, prepared.addressee.clone())
         } else {
-            match self.recheck(&d, rules, recheck).await? {
+            let actor = match data.parsed.get(&d.event_id) {
+                Some(Ok(m)) => m.data["actor_gebruikersnummer"].as_str(),
+                _ => None,
+            };
+            let planned = &prepared.addressee;
+            match self.recheck(&d, (rules, planned, actor), recheck).await? {
                 Recheck::Send {
                     address,
                     at_ms,
@@ -883,7 +895,7 @@ impl Dispatcher {
     async fn recheck(
         &self,
         d: &Claimed,
-        rules: &Rules,
+        (rules, planned, actor): (&Rules, &Addressee, Option<&str>),
         recheck: &Rechecker,
     ) -> Result<Recheck, StoreError> {
         let checked = recheck.served_now(&d.id).await?;
@@ -912,14 +924,24 @@ impl Dispatcher {
                 "cancelled as duplicate: the user's current address already got this mail".into(),
             ));
         }
-        let here: Vec<Rule> = checked
+        let here: Vec<&dl::ServedNow> = checked
             .served
             .iter()
             .filter(|u| u.is_active() && u.email.as_deref() == Some(address.as_str()))
-            .map(|u| u.rule)
             .collect();
+        // Every user still here: the mail says what was planned (a user's
+        // stored rule is only the first that chose it).
+        let addressee = if here.len() == checked.served.len() {
+            planned.clone()
+        } else {
+            let rules_here: Vec<Rule> = here.iter().map(|u| u.rule).collect();
+            let actor_here = here
+                .iter()
+                .any(|u| Some(u.gebruikersnummer.as_str()) == actor);
+            Addressee::of_users(rules, &rules_here, actor_here)
+        };
         Ok(Recheck::Send {
-            addressee: Addressee::of_users(rules, &here),
+            addressee,
             address,
             at_ms: checked.at_ms,
         })
@@ -1070,7 +1092,8 @@ impl Dispatcher {
         event: &ev::EventRow,
         addressee: &Addressee,
     ) -> Result<RenderedMail, String> {
-        let agb = event.agb_code.as_deref();
+        let notice_agb = d.notice.as_deref().and_then(notice_agb);
+        let agb = event.agb_code.as_deref().or(notice_agb.as_deref());
         let praktijk = agb.and_then(|a| data.praktijk.get(a)).map(String::as_str);
         let common = context::Common::at(Utc::now(), &self.cfg.portal_url, addressee);
         let ctx = match kind {
@@ -1093,7 +1116,6 @@ impl Dispatcher {
                     .transpose()
                     .map_err(|e| format!("stored notice is not JSON: {e}"))?
                     .unwrap_or_default();
-                let agb = agb.or_else(|| notice.get("agb_code").and_then(|v| v.as_str()));
                 context::notice_context(kind.as_str(), agb, praktijk, &notice, &common)
             }
         };
@@ -1311,4 +1333,9 @@ fn undeliverable_reason(outcome: AttemptOutcome) -> &'static str {
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "notifier".into())
+}
+/// The AGB code a stored notice is about, when it names one.
+fn notice_agb(notice: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(notice).ok()?;
+    v.get("agb_code")?.as_str().map(str::to_owned)
 }

@@ -273,13 +273,15 @@ fn notice(kind: MailKind, variant: Variant) -> Value {
         _ => sample.to_owned(),
     };
     let voorstel = EventType::VoorstelAangeboden;
-    match kind {
+    let mut notice = match kind {
         MailKind::GeenOntvanger => json!({
             "event_id": "9b2f4c1e-3a57-4c6f-9d0e-000000000001",
             "event_type": "uitvraag.vragenlijst_klaargezet",
             "event_label": EventType::VragenlijstKlaargezet.label(),
             "module": Recht::Uitvragen.module(),
             "recht": Recht::Uitvragen.as_str(),
+            "agb_code": "04123456",
+            "zorgverzekeraar_naam": name("Zorgverzekeraar Noord"),
         }),
         MailKind::GeenTekenbevoegde => json!({
             "event_id": "9b2f4c1e-3a57-4c6f-9d0e-000000000005",
@@ -288,6 +290,7 @@ fn notice(kind: MailKind, variant: Variant) -> Value {
             "contract_naam": name("Overeenkomst fysiotherapie 2027"),
             "zorgverzekeraar_naam": name("Zorgverzekeraar Noord"),
             "uiterste_acceptatiedatum": "2026-11-12",
+            "agb_code": "04123456",
         }),
         MailKind::LaatsteTekenbevoegdeIngetrokken | MailKind::CertificaatIngetrokken => json!({
             "gebruiker_naam": name("J. de Vries"),
@@ -301,12 +304,28 @@ fn notice(kind: MailKind, variant: Variant) -> Value {
             "event_type": voorstel.as_str(),
             "event_label": voorstel.label(),
             "reden": "het adres werd door de ontvangende mailserver geweigerd",
+            "agb_code": "04123456",
         }),
         MailKind::EmailGewijzigd | MailKind::EmailGewijzigdOudAdres => {
             json!({ "gebruiker_naam": name("J. de Vries") })
         }
         MailKind::Module(_) => Value::Null,
+    };
+    if variant == Variant::Minimal
+        && let Some(o) = notice.as_object_mut()
+    {
+        // Notices stored by versions before these fields existed.
+        if kind == MailKind::GeenOntvanger {
+            o.remove("zorgverzekeraar_naam");
+        }
+        if matches!(
+            kind,
+            MailKind::GeenOntvanger | MailKind::GeenTekenbevoegde | MailKind::Onbestelbaar
+        ) {
+            o.remove("agb_code");
+        }
     }
+    notice
 }
 
 #[cfg(test)]
