@@ -89,7 +89,8 @@ async function main([dir, out]) {
   try {
     const mail = await newMailPage(browser);
     for (const kind of kinds) {
-      const { requests } = await mail.open(join(dir, `${kind}.html`));
+      await mail.open(join(dir, `${kind}.html`));
+      const { requests } = mail.seen();
       if (requests.length) console.error(`screenshots: ${kind} requested ${requests.join(', ')} (blocked)`);
       for (const width of WIDTHS) {
         await mail.page.setViewportSize({ width, height: 800 });
