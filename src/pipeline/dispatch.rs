@@ -331,6 +331,8 @@ impl Dispatcher {
                 enhanced_code: None,
                 detail: "send abandoned at shutdown: no reply within shutdown.grace; the relay may have the mail (it is sent again with the same Message-ID)".into(),
                 policy_rejection: false,
+                template_source: Some(self.templates.provenance(w.kind).source.clone()),
+                template_version: Some(self.templates.provenance(w.kind).version.clone()),
             };
             let next = Transition::Retry {
                 due_ms: ms(Utc::now()),
@@ -1011,6 +1013,8 @@ impl Dispatcher {
             enhanced_code: report.enhanced_code.clone(),
             detail: report.detail.clone(),
             policy_rejection: refusal == Some(RefusalVerdict::Recipient),
+            template_source: Some(self.templates.provenance(s.kind).source.clone()),
+            template_version: Some(self.templates.provenance(s.kind).version.clone()),
         };
         self.log_attempt(d, s.event, &report, now);
         let t = self
