@@ -11,7 +11,7 @@ use crate::domain::recipients::{Addressee, Rules};
 use crate::mail::context::{self, Common};
 use crate::mail::message;
 use crate::templates::samples::{self, SampleMail, Variant};
-use crate::templates::{RenderedMail, Templates};
+use crate::templates::{RenderedMail, Templates, lint};
 use chrono::NaiveDate;
 use serde_json::Value;
 use std::path::Path;
@@ -53,39 +53,6 @@ fn samples_of(
         v,
     )
     .map_err(CliError::Config)
-}
-
-/// What is wrong with a rendered mail beyond rendering at all: the rules
-/// every template set must keep, checked on the hostile variant too.
-pub fn lint(mail: &RenderedMail, url: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    let html = mail.html.to_ascii_lowercase();
-    if html.contains("<script") || html.contains("onerror=") {
-        problems.push("the HTML prints event text unescaped (a {{{triple-stash}}}?)".into());
-    }
-    if !html.contains("<html lang=\"nl\"") {
-        problems.push("the HTML does not declare lang=\"nl\"".into());
-    }
-    // Handlebars escapes `=`, `&` and quotes inside the attribute.
-    let href = format!("href=\"{}\"", handlebars::html_escape(url));
-    match html.matches("href=").count() {
-        0 => problems.push("the HTML has no call-to-action link".into()),
-        1 if mail.html.contains(&href) => {}
-        1 => problems.push(format!("the call to action does not link to {url}")),
-        n => problems.push(format!(
-            "the HTML has {n} links; a mail has one call to action"
-        )),
-    }
-    if !url.starts_with("https://") {
-        problems.push("the call to action is not https".into());
-    }
-    if !mail.text.contains(url) {
-        problems.push("the plain-text part does not carry the full link".into());
-    }
-    if mail.subject.is_empty() {
-        problems.push("the subject is empty".into());
-    }
-    problems
 }
 
 /// Renders and lints every kind in every variant; (kind, variant, problem) per failure.
@@ -373,45 +340,5 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
                 _ => CliError::Dependency(why),
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mail(html: &str, text: &str) -> RenderedMail {
-        RenderedMail {
-            subject: "Onderwerp".into(),
-            html: format!("<!DOCTYPE html>\n<html lang=\"nl\"><body>{html}</body></html>"),
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn lint_wants_one_https_call_to_action_in_both_parts() {
-        let url = "https://zip.example.nl/x?a=1&b=2";
-        let attr = handlebars::html_escape(url);
-        let good = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), url);
-        assert_eq!(lint(&good, url), Vec::<String>::new());
-
-        let two = mail(
-            &format!("<a href=\"{attr}\">a</a><a href=\"{attr}\">b</a>"),
-            url,
-        );
-        assert!(lint(&two, url)[0].contains("2 links"));
-        assert!(lint(&mail("", url), url)[0].contains("no call-to-action"));
-        let other = mail("<a href=\"https://elders.example\">a</a>", url);
-        assert!(lint(&other, url)[0].contains("does not link to"));
-        let no_text = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), "geen link");
-        assert!(lint(&no_text, url)[0].contains("plain-text part"));
-        let http = "http://zip.example.nl/x";
-        let plain = mail(
-            &format!("<a href=\"{}\">a</a>", handlebars::html_escape(http)),
-            http,
-        );
-        assert!(lint(&plain, http)[0].contains("not https"));
-        let raw = mail(&format!("<a href=\"{attr}\">a</a><script>x</script>"), url);
-        assert!(lint(&raw, url)[0].contains("unescaped"));
     }
 }

@@ -216,6 +216,39 @@ impl Templates {
     }
 }
 
+/// What is wrong with a rendered mail beyond rendering at all: the rules
+/// every template set must keep, checked on the hostile variant too.
+pub fn lint(mail: &RenderedMail, url: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let html = mail.html.to_ascii_lowercase();
+    if html.contains("<script") || html.contains("onerror=") {
+        problems.push("the HTML prints event text unescaped (a {{{triple-stash}}}?)".into());
+    }
+    if !html.contains("<html lang=\"nl\"") {
+        problems.push("the HTML does not declare lang=\"nl\"".into());
+    }
+    // Handlebars escapes `=`, `&` and quotes inside the attribute.
+    let href = format!("href=\"{}\"", handlebars::html_escape(url));
+    match html.matches("href=").count() {
+        0 => problems.push("the HTML has no call-to-action link".into()),
+        1 if mail.html.contains(&href) => {}
+        1 => problems.push(format!("the call to action does not link to {url}")),
+        n => problems.push(format!(
+            "the HTML has {n} links; a mail has one call to action"
+        )),
+    }
+    if !url.starts_with("https://") {
+        problems.push("the call to action is not https".into());
+    }
+    if !mail.text.contains(url) {
+        problems.push("the plain-text part does not carry the full link".into());
+    }
+    if mail.subject.is_empty() {
+        problems.push("the subject is empty".into());
+    }
+    problems
+}
+
 /// The version of a set of files: SHA-256 over each path and content.
 fn version_of(files: &[(String, String)]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
@@ -371,5 +404,40 @@ mod tests {
         assert_eq!(c.chars().count(), 80);
         assert!(c.ends_with('…'));
         assert_eq!(cut("kort", 80), "kort");
+    }
+
+    fn mail(html: &str, text: &str) -> RenderedMail {
+        RenderedMail {
+            subject: "Onderwerp".into(),
+            html: format!("<!DOCTYPE html>\n<html lang=\"nl\"><body>{html}</body></html>"),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn lint_wants_one_https_call_to_action_in_both_parts() {
+        let url = "https://zip.example.nl/x?a=1&b=2";
+        let attr = handlebars::html_escape(url);
+        let good = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), url);
+        assert_eq!(lint(&good, url), Vec::<String>::new());
+
+        let two = mail(
+            &format!("<a href=\"{attr}\">a</a><a href=\"{attr}\">b</a>"),
+            url,
+        );
+        assert!(lint(&two, url)[0].contains("2 links"));
+        assert!(lint(&mail("", url), url)[0].contains("no call-to-action"));
+        let other = mail("<a href=\"https://elders.example\">a</a>", url);
+        assert!(lint(&other, url)[0].contains("does not link to"));
+        let no_text = mail(&format!("<a href=\"{attr}\">Bekijk</a>"), "geen link");
+        assert!(lint(&no_text, url)[0].contains("plain-text part"));
+        let http = "http://zip.example.nl/x";
+        let plain = mail(
+            &format!("<a href=\"{}\">a</a>", handlebars::html_escape(http)),
+            http,
+        );
+        assert!(lint(&plain, http)[0].contains("not https"));
+        let raw = mail(&format!("<a href=\"{attr}\">a</a><script>x</script>"), url);
+        assert!(lint(&raw, url)[0].contains("unescaped"));
     }
 }
