@@ -750,12 +750,11 @@ fn sample_mail() -> Result<Vec<u8>> {
     let templates = notifier::templates::Templates::load(None)?;
     let kind = MailKind::Module(m.event_type);
     // No organisatie.bijgewerkt in the workload: mails name the AGB code.
-    let ctx = notifier::mail::context::module_context(
-        kind.as_str(),
-        &m,
-        m.agb_code.as_str(),
-        &settings.portal.url,
-    );
+    let addressee = notifier::templates::samples::planned_addressee(kind);
+    let common =
+        notifier::mail::context::Common::at(chrono::Utc::now(), &settings.portal.url, &addressee);
+    let ctx =
+        notifier::mail::context::module_context(kind.as_str(), &m, m.agb_code.as_str(), &common);
     let mail = templates.render(kind, &ctx)?;
     let bytes = notifier::mail::message::build(
         &settings.smtp.from,

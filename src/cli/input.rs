@@ -10,7 +10,8 @@ use crate::pipeline::ingest::{Incoming, IngestOutcome, Source};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn read_input(file: &Path) -> Result<String, CliError> {
+/// The text of `file`, or of standard input for `-`.
+pub(super) fn read_input(file: &Path) -> Result<String, CliError> {
     if file == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)

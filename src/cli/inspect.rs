@@ -33,6 +33,11 @@ pub struct DeliveryLine {
     pub rule: String,
     pub sent_at: Option<String>,
     pub status: DeliveryStatus,
+    /// The templates of the last SMTP attempt: `builtin` or the
+    /// `mail.templates_dir` path (`null`: no attempt yet).
+    pub template_source: Option<String>,
+    /// Their version, as `notifier templates check` prints it per kind.
+    pub template_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<UserLine>>,
 }
@@ -57,6 +62,8 @@ impl From<&DeliveryRow> for DeliveryLine {
             rule: d.rule.label(),
             sent_at: d.sent_at.map(rfc3339),
             status: d.status,
+            template_source: d.template_source.clone(),
+            template_version: d.template_version.clone(),
             users: None,
         }
     }
@@ -116,6 +123,11 @@ pub struct AttemptLine {
     pub outcome: crate::domain::delivery::LogOutcome,
     pub smtp_code: Option<i64>,
     pub started_at: String,
+    /// Where the templates that rendered this attempt's mail came from:
+    /// `builtin` or the `mail.templates_dir` path (`null` for a report).
+    pub template_source: Option<String>,
+    /// Their version: 12 hex characters of a hash over the kind's files.
+    pub template_version: Option<String>,
 }
 
 /// An event as `events list` gives it.
@@ -302,6 +314,8 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
                     outcome: a.outcome,
                     smtp_code: a.smtp_code,
                     started_at: rfc3339(a.started_at),
+                    template_source: a.template_source,
+                    template_version: a.template_version,
                 })
                 .collect(),
         );
@@ -366,6 +380,9 @@ impl EventReport {
                     a.outcome.as_str(),
                     a.detail.as_deref().unwrap_or("")
                 );
+                if let (Some(source), Some(version)) = (&a.template_source, &a.template_version) {
+                    println!("        templates {version} ({source})");
+                }
             }
             for b in &d.bounces {
                 println!(

@@ -11,6 +11,7 @@ mod quarantine;
 mod replay;
 pub mod samples;
 mod service;
+mod templates;
 mod transfer;
 
 use crate::app::StartError;
@@ -331,8 +332,40 @@ pub enum BouncesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TemplatesCommand {
-    /// Render every template against sample data; exit 1 on any error.
+    /// Render every kind in strict mode with the sample, minimal (optional fields absent) and hostile data; exit 1 on any problem.
     Check,
+    /// Write KIND.html, KIND.txt and KIND.eml of every kind from the sample data, and KIND.hostile.* from hostile data.
+    Preview {
+        /// The folder to write to (created when missing).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Render as on this date (YYYY-MM-DD): deadlines count from it. Default: the samples' own day, 2026-10-14.
+        #[arg(long, value_name = "DATE")]
+        today: Option<chrono::NaiveDate>,
+    },
+    /// Render one event (a CloudEvent, or an `events`/`deliveries` line of `notifier export`) to standard output.
+    Render {
+        /// The mail kind, e.g. contract.voorstel_aangeboden or beheer.geen_ontvanger.
+        kind: String,
+        /// The file; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+        #[arg(long, value_enum, default_value = "eml")]
+        part: templates::Part,
+        /// Render as on this date (YYYY-MM-DD). Default: today in the Netherlands.
+        #[arg(long, value_name = "DATE")]
+        today: Option<chrono::NaiveDate>,
+        /// The practice name to show (the directory's); default: the AGB code.
+        #[arg(long, value_name = "NAME")]
+        praktijk: Option<String>,
+    },
+    /// Send the sample mail of KIND, subject marked [TEST], through the configured relay.
+    SendTest {
+        kind: String,
+        /// The address to send it to.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+    },
 }
 
 /// An error with its exit code.
@@ -365,6 +398,14 @@ impl From<StartError> for CliError {
             StartError::Config(m) => Self::Config(m),
             StartError::Dependency(m) => Self::Dependency(m),
         }
+    }
+}
+
+impl From<crate::templates::TemplateError> for CliError {
+    fn from(e: crate::templates::TemplateError) -> Self {
+        Self::Config(format!(
+            "{e} (fix the template; `notifier templates check` lists every problem)"
+        ))
     }
 }
 
@@ -419,7 +460,11 @@ fn init_logging(settings: &Settings, service: bool) {
     } else {
         "warn".to_owned()
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level))
+        // The template engine's debug lines print the values it renders:
+        // names and addresses from events and the directory. Never logged.
+        .add_directive("handlebars=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -465,9 +510,31 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
                     format,
                 },
         } => inspect::events_list(settings, state, event_type, agb, limit, format).await,
-        Command::Templates {
-            command: TemplatesCommand::Check,
-        } => samples::templates_check(&settings),
+        Command::Templates { command } => match command {
+            TemplatesCommand::Check => templates::check(&settings),
+            TemplatesCommand::Preview { output, today } => {
+                templates::preview(&settings, &output, today)
+            }
+            TemplatesCommand::Render {
+                kind,
+                event,
+                part,
+                today,
+                praktijk,
+            } => templates::render(
+                &settings,
+                templates::RenderArgs {
+                    kind,
+                    event,
+                    part,
+                    today,
+                    praktijk,
+                },
+            ),
+            TemplatesCommand::SendTest { kind, to } => {
+                templates::send_test(&settings, &kind, &to).await
+            }
+        },
         Command::Demo { database, outbox } => samples::demo(settings, &database, &outbox).await,
         Command::Replay { command } => match command {
             ReplayCommand::Deliveries {

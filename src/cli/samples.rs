@@ -1,124 +1,17 @@
-//! `templates check` and `demo`: both run on the sample data in
-//! `templates/samples/` (the contract's example of every event and a small
-//! directory), built into the binary.
+//! `demo`: the whole pipeline on the sample data in `templates/samples/`
+//! (the contract's example of every event and a small directory), built
+//! into the binary.
 
 use super::CliError;
 use crate::app;
 use crate::config::Settings;
-use crate::domain::delivery::MailKind;
-use crate::domain::event::{EventBody, parse_event};
-use crate::mail::context;
+use crate::domain::event::parse_event;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::ingest::{Incoming, Source};
 use crate::pipeline::recovery::import_users;
 use crate::store::deliveries::{self as dl, DeliveryFilter};
-use serde_json::json;
+use crate::templates::samples::{SAMPLE_DIRECTORY, SAMPLE_EVENTS};
 use std::path::Path;
-
-macro_rules! samples {
-    ($($name:literal),* $(,)?) => {
-        &[$(include_str!(concat!("../../templates/samples/events/", $name, ".json"))),*]
-    };
-}
-
-/// The contract's example of every event type.
-pub const SAMPLE_EVENTS: &[&str] = samples!(
-    "uitvraag.vragenlijst_klaargezet",
-    "uitvraag.herinnering_sluitingsdatum",
-    "uitvraag.aanvulling_gevraagd",
-    "uitvraag.beoordeeld",
-    "contract.voorstel_aangeboden",
-    "contract.herinnering_acceptatie",
-    "contract.geaccepteerd",
-    "contract.administratief_vastgelegd",
-    "onderhandeling.voorstel_gedaan",
-    "onderhandeling.geaccordeerd",
-    "onderhandeling.afgerond",
-    "naleving.aanleververzoek",
-    "gebruiker.bijgewerkt",
-    "gebruiker.emailadres_gewijzigd",
-    "certificaat.ingetrokken",
-    "organisatie.bijgewerkt",
-);
-
-/// A small directory for AGB 04123456 (shared address, uppercase address, a revoked user, two AGB codes).
-pub const SAMPLE_DIRECTORY: &str = include_str!("../../templates/samples/directory.jsonl");
-
-/// Renders every kind against sample data; returns (kind, error) for failures.
-pub fn check_all(
-    templates: &crate::templates::Templates,
-    settings: &Settings,
-) -> Vec<(String, String)> {
-    let rules = app::validation_rules(settings);
-    let portal = &settings.portal.url;
-    let mut failures = Vec::new();
-    for kind in MailKind::all() {
-        let ctx = match kind {
-            MailKind::Module(t) => {
-                let sample = SAMPLE_EVENTS
-                    .iter()
-                    .filter_map(|s| parse_event(s.as_bytes(), &rules).ok())
-                    .find(|e| e.event_type == t);
-                let Some(EventBody::Module(m)) = sample.map(|e| e.body) else {
-                    failures.push((
-                        kind.as_str().into(),
-                        "no valid sample event (check mail.allowed_link_hosts)".into(),
-                    ));
-                    continue;
-                };
-                context::module_context(kind.as_str(), &m, "Fysiotherapie Noord", portal)
-            }
-            _ => {
-                let notice = json!({
-                    "event_id": "9b2f4c1e-3a57-4c6f-9d0e-000000000005",
-                    "event_type": "contract.voorstel_aangeboden",
-                    "event_label": "Er is een contractvoorstel aangeboden",
-                    "module": "Contracteermodule",
-                    "recht": "contracteren",
-                    "contract_naam": "Overeenkomst fysiotherapie 2027",
-                    "zorgverzekeraar_naam": "Zorgverzekeraar Noord",
-                    "uiterste_acceptatiedatum": "2026-11-12",
-                    "gebruiker_naam": "P. Jansen",
-                    "gebruikersnummer": "10000000000002",
-                    "agb_code": "04123456",
-                    "reden": "het adres werd door de ontvangende mailserver geweigerd",
-                });
-                context::notice_context(
-                    kind.as_str(),
-                    Some("04123456"),
-                    Some("Fysiotherapie Noord"),
-                    &notice,
-                    portal,
-                )
-            }
-        };
-        if let Err(e) = templates.render(kind, &ctx) {
-            failures.push((kind.as_str().into(), e.to_string()));
-        }
-    }
-    failures
-}
-
-/// `notifier templates check`.
-pub fn templates_check(settings: &Settings) -> Result<(), CliError> {
-    let templates = app::load_templates(settings)?;
-    let failures = check_all(&templates, settings);
-    for kind in MailKind::all() {
-        match failures.iter().find(|(k, _)| k == kind.as_str()) {
-            Some((_, e)) => println!("FAIL  {}: {e}", kind.as_str()),
-            None => println!("ok    {}", kind.as_str()),
-        }
-    }
-    if failures.is_empty() {
-        println!("all {} templates render", MailKind::all().len());
-        Ok(())
-    } else {
-        Err(CliError::Problem(format!(
-            "{} templates failed to render",
-            failures.len()
-        )))
-    }
-}
 
 /// `notifier demo`.
 pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Result<(), CliError> {

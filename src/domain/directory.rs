@@ -37,6 +37,16 @@ impl Recht {
         }
     }
 
+    /// The right as a mail names it: "Contracteren".
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Uitvragen => "Uitvragen",
+            Self::Contracteren => "Contracteren",
+            Self::Onderhandelen => "Onderhandelen",
+            Self::Naleving => "Naleving",
+        }
+    }
+
     /// The Dutch name of the module the right opens.
     pub fn module(self) -> &'static str {
         match self {

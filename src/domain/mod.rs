@@ -5,10 +5,12 @@
 //! - [`directory`]: users, links, rights, the `versie` rule.
 //! - [`recipients`]: who gets which mail, and why.
 //! - [`delivery`]: mail kinds, delivery states, attempt outcomes, retries.
+//! - [`calendar`]: the Dutch calendar day, Dutch dates, days to a deadline.
 //! - [`bounce`]: signed bounce tags (VERP).
 //! - [`dsn`]: what a message read back says, and what it is taken for.
 
 pub mod bounce;
+pub mod calendar;
 pub mod delivery;
 pub mod directory;
 pub mod dsn;

@@ -83,6 +83,63 @@ impl PlannedDelivery {
     }
 }
 
+/// Why a mail reached its address, as the mail itself says it: the rules
+/// that chose the address and how many users it serves (a shared address
+/// is told so, without naming the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressee {
+    /// Deduplicated, in the delivery's order.
+    pub rules: Vec<Rule>,
+    pub users: usize,
+}
+
+impl Addressee {
+    /// The addressee of a delivery planned with `rules` for `users` users.
+    pub fn planned(rules: &Rules, users: usize) -> Self {
+        Self {
+            rules: rules.0.clone(),
+            users,
+        }
+    }
+
+    /// The addressee of a delivery planned with `planned` rules once some
+    /// of its users were dropped or moved: the users still at the address
+    /// have the stored `rules` (one per user, the first that chose them),
+    /// and `actor_here` says whether the event's actor is one of them.
+    /// Rules are kept in the planned order.
+    pub fn of_users(planned: &Rules, rules: &[Rule], actor_here: bool) -> Self {
+        let applies = |r: &Rule| rules.contains(r) || (*r == Rule::Actor && actor_here);
+        let mut kept: Vec<Rule> = planned.0.iter().copied().filter(applies).collect();
+        for r in rules {
+            if !kept.contains(r) {
+                kept.push(*r);
+            }
+        }
+        Self {
+            rules: kept,
+            users: rules.len(),
+        }
+    }
+
+    /// The template context `ontvanger`: `redenen` (one `{regel, recht}` per
+    /// rule, `recht` the right's title for U) and `gedeeld` (the number of
+    /// users sharing the address, or null when it serves one).
+    pub fn context(&self) -> Value {
+        let redenen: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| match r {
+                Rule::U(recht) => json!({ "regel": "U", "recht": recht.title() }),
+                other => json!({ "regel": other.label(), "recht": null }),
+            })
+            .collect();
+        json!({
+            "redenen": redenen,
+            "gedeeld": (self.users > 1).then_some(self.users),
+        })
+    }
+}
+
 /// Every rule that chose a delivery's address, as the delivery stores them
 /// (joined by `+`: `U(onderhandelen)+ACTOR`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +442,8 @@ fn add_no_recipient_notice(
         "event_label": event.event_type.label(),
         "module": right.module(),
         "recht": right.as_str(),
+        "agb_code": event.agb_code.as_str(),
+        "zorgverzekeraar_naam": event.zorgverzekeraar.naam,
     });
     for m in contact_persons(dir) {
         g.add(
@@ -419,6 +478,7 @@ fn add_no_signer_notice(
         "contract_naam": event.data["contract_naam"],
         "zorgverzekeraar_naam": event.zorgverzekeraar.naam,
         "uiterste_acceptatiedatum": event.data["uiterste_acceptatiedatum"],
+        "agb_code": event.agb_code.as_str(),
     });
     let before = g.out.len();
     if event.event_type == EventType::HerinneringAcceptatie {
@@ -545,6 +605,7 @@ pub fn undeliverable_notices(
         "event_type": event_type.as_str(),
         "event_label": event_type.label(),
         "reden": reden,
+        "agb_code": dir.agb_code.as_str(),
     });
     for m in contact_persons(dir) {
         g.add(
@@ -562,6 +623,30 @@ pub fn undeliverable_notices(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_addressee_keeps_the_planned_order_and_tells_a_shared_address() {
+        let planned = Rules(vec![Rule::U(Recht::Onderhandelen), Rule::Actor]);
+        let a = Addressee::planned(&planned, 2);
+        assert_eq!(
+            a.context(),
+            json!({
+                "redenen": [{"regel": "U", "recht": "Onderhandelen"}, {"regel": "ACTOR", "recht": null}],
+                "gedeeld": 2,
+            })
+        );
+        // The actor moved away: the one user left was chosen by U only.
+        let left = Addressee::of_users(&planned, &[Rule::U(Recht::Onderhandelen)], false);
+        assert_eq!(left.rules, vec![Rule::U(Recht::Onderhandelen)]);
+        assert_eq!(left.context()["gedeeld"], Value::Null);
+        // The actor stayed; its stored rule is U (the first that chose it).
+        let actor = Addressee::of_users(&planned, &[Rule::U(Recht::Onderhandelen)], true);
+        assert_eq!(actor.rules, planned.0);
+        assert_eq!(
+            Addressee::planned(&Rules(vec![Rule::Address]), 0).context()["gedeeld"],
+            Value::Null
+        );
+    }
     #[test]
     fn the_recheck_keeps_the_planned_address_while_anyone_has_it() {
         let send = |address: &str, others: &[&str]| AddressCheck::Send {

@@ -1,7 +1,8 @@
 //! Builds the MIME message for one delivery: multipart/alternative with a
 //! plain-text and an HTML part, both quoted-printable with CRLF line endings
 //! (so no content can end the SMTP data early), a Message-ID derived from the
-//! delivery id, `Auto-Submitted: auto-generated`, and, when bounces are
+//! delivery id, `Auto-Submitted: auto-generated` and
+//! `X-Auto-Response-Suppress: All`, and, when bounces are
 //! tagged, `X-Notifier-Tag` (docs/bounces.md).
 
 use super::MailError;
@@ -11,21 +12,41 @@ use lettre::message::header::{
 };
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 
-/// `Auto-Submitted: auto-generated` (RFC 3834): tells auto-responders not to answer.
-#[derive(Debug, Clone, Copy)]
-struct AutoSubmitted;
+/// A header whose value never changes.
+macro_rules! fixed_header {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $value:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        struct $ty;
 
-impl Header for AutoSubmitted {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("Auto-Submitted")
-    }
-    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Self)
-    }
-    fn display(&self) -> HeaderValue {
-        HeaderValue::new(Self::name(), "auto-generated".into())
-    }
+        impl Header for $ty {
+            fn name() -> HeaderName {
+                HeaderName::new_from_ascii_str($name)
+            }
+            fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(Self)
+            }
+            fn display(&self) -> HeaderValue {
+                HeaderValue::new(Self::name(), $value.into())
+            }
+        }
+    };
 }
+
+fixed_header!(
+    /// `Auto-Submitted: auto-generated` (RFC 3834): tells auto-responders not to answer.
+    AutoSubmitted,
+    "Auto-Submitted",
+    "auto-generated"
+);
+
+fixed_header!(
+    /// `X-Auto-Response-Suppress: All`: the same for Exchange and Outlook,
+    /// which do not read `Auto-Submitted` (out-of-office, read receipts).
+    AutoResponseSuppress,
+    "X-Auto-Response-Suppress",
+    "All"
+);
 
 /// `X-Notifier-Tag: TAG`: the delivery's signed bounce tag, so that a bounce
 /// that quotes the original headers can be matched even when the envelope
@@ -85,7 +106,8 @@ pub fn build_tagged(
         .to(to)
         .subject(mail.subject.clone())
         .message_id(Some(format!("<{message_id}>")))
-        .header(AutoSubmitted);
+        .header(AutoSubmitted)
+        .header(AutoResponseSuppress);
     if let Some(tag) = tag {
         builder = builder.header(NotifierTag(tag.to_owned()));
     }
@@ -123,6 +145,7 @@ mod tests {
         // SMTP codec's dot-stuffing covers it (checked end to end in tests/it).
         assert!(s.contains("Message-ID: <id-1@x>"));
         assert!(s.contains("Auto-Submitted: auto-generated"));
+        assert!(s.contains("\r\nX-Auto-Response-Suppress: All\r\n"));
         assert!(s.contains("quoted-printable"));
         assert!(!s.contains("X-Notifier-Tag"));
         let tagged = build_tagged(

@@ -15,7 +15,7 @@ use crate::domain::delivery::{
     Unknown,
 };
 use crate::domain::event::{EventBody, EventType, ModuleEvent, ValidationRules, parse_event};
-use crate::domain::recipients::{self, AddressCheck};
+use crate::domain::recipients::{self, AddressCheck, Addressee, Rule, Rules};
 use crate::mail::classify::redact_addresses;
 use crate::mail::relay::{Breaker, CircuitState, RateLimiter, RefusalVerdict};
 use crate::mail::{Mailer, SendReport, context, message};
@@ -118,6 +118,8 @@ enum Recheck {
     Send {
         address: String,
         at_ms: i64,
+        /// Why the mail reaches `address`, from the users it serves now.
+        addressee: Addressee,
     },
     Cancel(String),
 }
@@ -125,6 +127,8 @@ enum Recheck {
 /// A delivery's mail, prepared before the re-check.
 struct Prepared {
     rendered: Result<RenderedMail, String>,
+    /// The addressee the mail was rendered for (the planned one).
+    addressee: Addressee,
     /// Built for the planned address (`None` when that failed: it is built
     /// again, and its error kept, once the address is known).
     prebuilt: Option<Vec<u8>>,
@@ -327,6 +331,8 @@ impl Dispatcher {
                 enhanced_code: None,
                 detail: "send abandoned at shutdown: no reply within shutdown.grace; the relay may have the mail (it is sent again with the same Message-ID)".into(),
                 policy_rejection: false,
+                template_source: Some(self.templates.provenance(w.kind).source.clone()),
+                template_version: Some(self.templates.provenance(w.kind).version.clone()),
             };
             let next = Transition::Retry {
                 due_ms: ms(Utc::now()),
@@ -563,9 +569,16 @@ impl Dispatcher {
         event_ids.sort_unstable();
         event_ids.dedup();
         let events = ev::get_events(&mut conn, &event_ids).await?;
+        // A notice about a directory event (a revocation) has its AGB code
+        // in the notice, not in the event.
+        let notice_agbs: Vec<String> = claimed
+            .iter()
+            .filter_map(|d| notice_agb(d.notice.as_deref()?))
+            .collect();
         let mut agbs: Vec<&str> = events
             .values()
             .filter_map(|e| e.agb_code.as_deref())
+            .chain(notice_agbs.iter().map(String::as_str))
             .collect();
         agbs.sort_unstable();
         agbs.dedup();
@@ -703,8 +716,8 @@ impl Dispatcher {
         if self.stopping.load(Ordering::SeqCst) {
             return self.finish_released(&d, rec).await;
         }
-        let (kind, to_address) = match (&d.kind, &d.rule) {
-            (Ok(kind), Ok(rules)) => (*kind, rules.is_address()),
+        let (kind, rules) = match (&d.kind, &d.rule) {
+            (Ok(kind), Ok(rules)) => (*kind, rules),
             (Err(unknown), _) => return self.fail_unknown(&d, rec, "mail kind", unknown).await,
             (_, Err(unknown)) => return self.fail_unknown(&d, rec, "rule", unknown).await,
         };
@@ -717,18 +730,28 @@ impl Dispatcher {
         // Rendered first, and built for the planned address: the CPU work of
         // a mail is done before the directory is read, so that the read is
         // as close to the send as it can be.
-        let prepared = self.render_and_build(kind, &d, data, event);
+        let planned = Addressee::planned(rules, usize::try_from(d.served).unwrap_or(0));
+        let prepared = self.render_and_build(kind, &d, data, event, planned);
 
         // Then a relay connection and the rate limit's turn, and only then
         // the re-check: the directory is read as late as a send of its own
         // would read it, not while this delivery waits behind the others.
         let connection = self.wire.acquire().await.expect("semaphore never closed");
         let permit = self.limiter.acquire().await;
-        let (address, checked_at) = if to_address {
-            (d.address.clone(), None)
+        let (address, checked_at, addressee) = if rules.is_address() {
+            (d.address.clone(), None, prepared.addressee.clone())
         } else {
-            match self.recheck(&d, recheck).await? {
-                Recheck::Send { address, at_ms } => (address, Some(at_ms)),
+            let actor = match data.parsed.get(&d.event_id) {
+                Some(Ok(m)) => m.data["actor_gebruikersnummer"].as_str(),
+                _ => None,
+            };
+            let planned = &prepared.addressee;
+            match self.recheck(&d, (rules, planned, actor), recheck).await? {
+                Recheck::Send {
+                    address,
+                    at_ms,
+                    addressee,
+                } => (address, Some(at_ms), addressee),
                 Recheck::Cancel(reason) => {
                     return self
                         .finish(rec, &d, kind, None, Transition::Cancelled { reason })
@@ -743,7 +766,7 @@ impl Dispatcher {
                 .await;
         }
         let sender = self.envelope_sender(prepared.tag.as_deref());
-        let bytes = match self.build_for(prepared, &d, &address) {
+        let bytes = match self.build_for(prepared, (kind, &d, data, event), &address, addressee) {
             Ok(b) => b,
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
@@ -779,18 +802,9 @@ impl Dispatcher {
         d: &Claimed,
         data: &RoundData,
         event: &ev::EventRow,
+        addressee: Addressee,
     ) -> Prepared {
-        let rendered = self.render(
-            kind,
-            d,
-            data.parsed.get(&d.event_id),
-            event.agb_code.as_deref(),
-            event
-                .agb_code
-                .as_ref()
-                .and_then(|a| data.praktijk.get(a))
-                .map(String::as_str),
-        );
+        let rendered = self.render(kind, d, data, event, &addressee);
         // Never logged: with the tag, a bounce for the delivery could be forged.
         let tag = (self.cfg.bounce_tagging.as_ref()).map(|(_, key)| bounce::tag(&d.id, key));
         let prebuilt = rendered
@@ -799,6 +813,7 @@ impl Dispatcher {
             .and_then(|m| self.build(&d.address, m, d, tag.as_deref()).ok());
         Prepared {
             rendered,
+            addressee,
             prebuilt,
             tag,
         }
@@ -825,14 +840,29 @@ impl Dispatcher {
     }
 
     /// The bytes to send to `address`: the prebuilt mail when the re-check
-    /// kept the planned address, else the mail built for the new one.
-    fn build_for(&self, prepared: Prepared, d: &Claimed, address: &str) -> Result<Vec<u8>, String> {
+    /// kept the planned address and addressee, else the mail built (and,
+    /// for another addressee, rendered) again.
+    fn build_for(
+        &self,
+        prepared: Prepared,
+        (kind, d, data, event): (MailKind, &Claimed, &RoundData, &ev::EventRow),
+        address: &str,
+        addressee: Addressee,
+    ) -> Result<Vec<u8>, String> {
+        let same = addressee == prepared.addressee;
         match prepared.prebuilt {
-            Some(bytes) if address == d.address => Ok(bytes),
-            _ => prepared.rendered.and_then(|m| {
-                self.build(address, &m, d, prepared.tag.as_deref())
-                    .map_err(|e| e.to_string())
-            }),
+            Some(bytes) if same && address == d.address => Ok(bytes),
+            _ => {
+                let rendered = if same {
+                    prepared.rendered
+                } else {
+                    self.render(kind, d, data, event, &addressee)
+                };
+                rendered.and_then(|m| {
+                    self.build(address, &m, d, prepared.tag.as_deref())
+                        .map_err(|e| e.to_string())
+                })
+            }
         }
     }
 
@@ -864,7 +894,12 @@ impl Dispatcher {
     /// The send-time re-check: revoked users dropped, the current address
     /// used, users who no longer share an address split off, and the
     /// address taken for the event and kind.
-    async fn recheck(&self, d: &Claimed, recheck: &Rechecker) -> Result<Recheck, StoreError> {
+    async fn recheck(
+        &self,
+        d: &Claimed,
+        (rules, planned, actor): (&Rules, &Addressee, Option<&str>),
+        recheck: &Rechecker,
+    ) -> Result<Recheck, StoreError> {
         let checked = recheck.served_now(&d.id).await?;
         let active = checked.served.iter().filter(|u| u.is_active());
         let address = match recipients::recheck_addresses(
@@ -891,7 +926,24 @@ impl Dispatcher {
                 "cancelled as duplicate: the user's current address already got this mail".into(),
             ));
         }
+        let here: Vec<&dl::ServedNow> = checked
+            .served
+            .iter()
+            .filter(|u| u.is_active() && u.email.as_deref() == Some(address.as_str()))
+            .collect();
+        // Every user still here: the mail says what was planned (a user's
+        // stored rule is only the first that chose it).
+        let addressee = if here.len() == checked.served.len() {
+            planned.clone()
+        } else {
+            let rules_here: Vec<Rule> = here.iter().map(|u| u.rule).collect();
+            let actor_here = here
+                .iter()
+                .any(|u| Some(u.gebruikersnummer.as_str()) == actor);
+            Addressee::of_users(rules, &rules_here, actor_here)
+        };
         Ok(Recheck::Send {
+            addressee,
             address,
             at_ms: checked.at_ms,
         })
@@ -961,6 +1013,8 @@ impl Dispatcher {
             enhanced_code: report.enhanced_code.clone(),
             detail: report.detail.clone(),
             policy_rejection: refusal == Some(RefusalVerdict::Recipient),
+            template_source: Some(self.templates.provenance(s.kind).source.clone()),
+            template_version: Some(self.templates.provenance(s.kind).version.clone()),
         };
         self.log_attempt(d, s.event, &report, now);
         let t = self
@@ -1033,17 +1087,22 @@ impl Dispatcher {
         }
     }
 
+    /// The mail of `d` for `addressee`, rendered now (deadlines count from today).
     fn render(
         &self,
         kind: MailKind,
         d: &Claimed,
-        parsed: Option<&Result<ModuleEvent, String>>,
-        agb: Option<&str>,
-        praktijk: Option<&str>,
+        data: &RoundData,
+        event: &ev::EventRow,
+        addressee: &Addressee,
     ) -> Result<RenderedMail, String> {
+        let notice_agb = d.notice.as_deref().and_then(notice_agb);
+        let agb = event.agb_code.as_deref().or(notice_agb.as_deref());
+        let praktijk = agb.and_then(|a| data.praktijk.get(a)).map(String::as_str);
+        let common = context::Common::at(Utc::now(), &self.cfg.portal_url, addressee);
         let ctx = match kind {
             MailKind::Module(_) => {
-                let m = match parsed {
+                let m = match data.parsed.get(&d.event_id) {
                     Some(Ok(m)) => m,
                     Some(Err(reason)) => return Err(reason.clone()),
                     None => return Err("stored event is not a module event".into()),
@@ -1051,7 +1110,7 @@ impl Dispatcher {
                 let praktijk = praktijk
                     .map(str::to_owned)
                     .unwrap_or_else(|| m.agb_code.to_string());
-                context::module_context(kind.as_str(), m, &praktijk, &self.cfg.portal_url)
+                context::module_context(kind.as_str(), m, &praktijk, &common)
             }
             _ => {
                 let notice: serde_json::Value = d
@@ -1061,8 +1120,7 @@ impl Dispatcher {
                     .transpose()
                     .map_err(|e| format!("stored notice is not JSON: {e}"))?
                     .unwrap_or_default();
-                let agb = agb.or_else(|| notice.get("agb_code").and_then(|v| v.as_str()));
-                context::notice_context(kind.as_str(), agb, praktijk, &notice, &self.cfg.portal_url)
+                context::notice_context(kind.as_str(), agb, praktijk, &notice, &common)
             }
         };
         self.templates.render(kind, &ctx).map_err(|e| {
@@ -1279,4 +1337,9 @@ fn undeliverable_reason(outcome: AttemptOutcome) -> &'static str {
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "notifier".into())
+}
+/// The AGB code a stored notice is about, when it names one.
+fn notice_agb(notice: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(notice).ok()?;
+    v.get("agb_code")?.as_str().map(str::to_owned)
 }

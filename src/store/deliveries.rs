@@ -60,6 +60,8 @@ pub struct Claimed {
     pub policy_rejections: i64,
     /// The address this delivery has taken for its event and kind.
     pub claimed_address: Option<String>,
+    /// How many users it serves (as planned; the re-check may drop some).
+    pub served: i64,
 }
 
 impl Claimed {
@@ -118,7 +120,8 @@ pub async fn claim(
                 WHERE {cond} ORDER BY due_at, id LIMIT $4 {lock}) \
              UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
              WHERE {picked} AND {cond} \
-             RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address"
+             RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address, \
+                (SELECT COUNT(*) FROM delivery_users du WHERE du.delivery_id = deliveries.id) AS served"
         );
         rows.extend(
             sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -146,6 +149,7 @@ pub async fn claim(
                 message_id: r.try_get("message_id")?,
                 policy_rejections: r.try_get("policy_rejections")?,
                 claimed_address: r.try_get("claimed_address")?,
+                served: r.try_get("served")?,
             })
         })
         .collect()
@@ -373,6 +377,11 @@ pub struct AttemptRecord {
     /// A 5.7.x refusal of the recipient at RCPT, counted toward the two
     /// retries such a refusal gets.
     pub policy_rejection: bool,
+    /// Where the templates that rendered this mail came from: `builtin` or
+    /// the `mail.templates_dir` path ([`crate::templates::Provenance`]).
+    pub template_source: Option<String>,
+    /// The hash of those templates, as `notifier templates check` prints it.
+    pub template_version: Option<String>,
 }
 
 pub use crate::domain::delivery::Transition;
@@ -552,7 +561,7 @@ fn move_sql(mut b: Binds, n: usize) -> String {
 }
 
 /// Values per row of [`attempts_sql`].
-const ATTEMPT_COLS: usize = 9;
+const ATTEMPT_COLS: usize = 11;
 
 /// Records the attempts `(delivery id, attempt number, attempt)`.
 async fn insert_attempts(
@@ -571,7 +580,9 @@ async fn insert_attempts(
             .bind(a.smtp_code)
             .bind(a.enhanced_code.as_deref().map(storable))
             .bind(storable(&truncate(&a.detail, 1000)))
-            .bind(a.checked_at_ms);
+            .bind(a.checked_at_ms)
+            .bind(a.template_source.as_deref().map(storable))
+            .bind(a.template_version.as_deref().map(storable));
     }
     q.execute(&mut *conn).await?;
     Ok(())
@@ -584,7 +595,8 @@ fn attempts_sql(mut b: Binds, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at) VALUES {values}"
+        "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at, \
+         template_source, template_version) VALUES {values}"
     )
 }
 
@@ -795,6 +807,11 @@ pub struct DeliveryRow {
     pub sent_at: Option<i64>,
     pub last_error: Option<String>,
     pub about: String,
+    /// The template source of the delivery's last SMTP attempt (`None`:
+    /// no attempt yet, or one recorded before schema version 5).
+    pub template_source: Option<String>,
+    /// The template version of that attempt.
+    pub template_version: Option<String>,
 }
 
 /// Filters for listing deliveries.
@@ -834,10 +851,17 @@ pub async fn list(
         w.int("d.created_at", "<", v);
     }
     let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+    // The last SMTP attempt is the one numbered with the attempt count: an
+    // attempt takes the count it raises as its number, and the count never
+    // goes down. One lookup by the (delivery_id, n) index; reports read back
+    // (no number) never match.
     let sql = format!(
         "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
-         d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about \
-         FROM deliveries d JOIN events e ON e.id = d.event_id{} ORDER BY d.created_at, d.id{limit}",
+         d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about, \
+         la.template_source, la.template_version \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         LEFT JOIN attempts la ON la.delivery_id = d.id AND la.n = d.attempts{} \
+         ORDER BY d.created_at, d.id{limit}",
         w.clause()
     );
     let q = w.bind(sqlx::query(sqlx::AssertSqlSafe(sql)));
@@ -866,6 +890,8 @@ pub async fn list(
                 sent_at: r.try_get("sent_at")?,
                 last_error: r.try_get("last_error")?,
                 about: r.try_get("about")?,
+                template_source: r.try_get("template_source")?,
+                template_version: r.try_get("template_version")?,
             })
         })
         .collect()
@@ -883,6 +909,11 @@ pub struct AttemptRow {
     pub enhanced_code: Option<String>,
     pub detail: Option<String>,
     pub checked_at: Option<i64>,
+    /// Where the templates that rendered the mail came from (`None` for a
+    /// report read back, and for attempts recorded before schema version 5).
+    pub template_source: Option<String>,
+    /// The hash of those templates (12 hex characters).
+    pub template_version: Option<String>,
 }
 
 /// The attempt log of one delivery, in the order it happened.
@@ -891,7 +922,8 @@ pub async fn attempts(
     delivery_id: &str,
 ) -> Result<Vec<AttemptRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at FROM attempts WHERE delivery_id = $1 ORDER BY started_at, n",
+        "SELECT n, started_at, duration_ms, outcome, smtp_code, enhanced_code, detail, checked_at, template_source, template_version \
+         FROM attempts WHERE delivery_id = $1 ORDER BY started_at, n",
     )
     .bind(delivery_id)
     .fetch_all(&mut *conn)
@@ -914,6 +946,8 @@ pub async fn attempts(
                 enhanced_code: r.try_get("enhanced_code")?,
                 detail: r.try_get("detail")?,
                 checked_at: r.try_get("checked_at")?,
+                template_source: r.try_get("template_source")?,
+                template_version: r.try_get("template_version")?,
             })
         })
         .collect()

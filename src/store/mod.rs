@@ -223,6 +223,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "bounces",
         include_str!("../../migrations/sqlite/0004_bounces.sql"),
     ),
+    (
+        5,
+        "attempt_templates",
+        include_str!("../../migrations/sqlite/0005_attempt_templates.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -244,6 +249,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "bounces",
         include_str!("../../migrations/postgres/0004_bounces.sql"),
+    ),
+    (
+        5,
+        "attempt_templates",
+        include_str!("../../migrations/postgres/0005_attempt_templates.sql"),
     ),
 ];
 

@@ -180,6 +180,8 @@ const TABLES: &[Table] = &[
             ("enhanced_code", Text),
             ("detail", Text),
             ("checked_at", Int),
+            ("template_source", Text),
+            ("template_version", Text),
         ],
     },
     Table {

@@ -2,6 +2,7 @@
 
 use crate::support::smtp_server::TestSmtpServer;
 use crate::support::{TestConfig, cli, fresh, sample_directory, stderr, stdout};
+use notifier::domain::delivery::MailKind;
 
 // Multi-threaded: the SMTP server must keep running while this thread waits on the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +311,210 @@ async fn directory_import_refuses_addresses_the_sender_cannot_use() {
             stderr(&out)
         );
     }
+}
+
+#[tokio::test]
+async fn templates_check_fails_a_template_that_prints_event_text_unescaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("tpl");
+    crate::support::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        &tpl,
+    );
+    let html = tpl.join("contract.geaccepteerd/html.hbs");
+    let src = std::fs::read_to_string(&html).unwrap();
+    assert!(src.contains("{{data.contract_naam}}"));
+    std::fs::write(
+        &html,
+        src.replace("{{data.contract_naam}}", "{{{data.contract_naam}}}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["templates", "check"])
+        .env("NOTIFIER_MAIL__TEMPLATES_DIR", &tpl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let report = stdout(&out);
+    // Only the hostile data shows it: the sample's names are plain.
+    assert!(
+        report.contains("FAIL  contract.geaccepteerd")
+            && report.contains("[hostile] the HTML prints event text unescaped"),
+        "{report}"
+    );
+    assert!(!report.contains("[sample]"), "{report}");
+    assert!(
+        report.contains(&format!("templates: {}", tpl.display())),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn templates_preview_writes_every_kind_and_render_prints_one_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestConfig::new(dir.path()).settings();
+    let out_dir = dir.path().join("preview");
+    let out = cli(
+        &s,
+        &[
+            "templates",
+            "preview",
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let kinds: Vec<MailKind> = MailKind::all();
+    for kind in &kinds {
+        for variant in ["", ".hostile"] {
+            for ext in ["html", "txt", "eml"] {
+                let f = out_dir.join(format!("{}{variant}.{ext}", kind.as_str()));
+                let body =
+                    std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                assert!(body.contains("Zorginkoopportaal"), "{}", f.display());
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        kinds.len() * 6
+    );
+    // Previews render as on the samples' day: the deadline lies ahead.
+    let txt = std::fs::read_to_string(out_dir.join("contract.voorstel_aangeboden.txt")).unwrap();
+    assert!(txt.contains("12 november 2026, over 29 dagen"), "{txt}");
+
+    // One hand-written event, one part, as on a given day.
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, fresh("contract.voorstel_aangeboden").to_string()).unwrap();
+    let e = event.to_str().unwrap();
+    let args = [
+        "templates",
+        "render",
+        "contract.voorstel_aangeboden",
+        "--event",
+        e,
+    ];
+    let text = cli(
+        &s,
+        &[&args[..], &["--part", "text", "--today", "2026-11-12"]].concat(),
+    );
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text = stdout(&text);
+    assert!(text.contains("12 november 2026, vandaag"), "{text}");
+    assert!(
+        text.contains("https://zip.example.nl/contract/C-2027-118734"),
+        "{text}"
+    );
+    let eml = stdout(&cli(&s, &args));
+    assert!(
+        eml.contains("\r\nSubject: Contractvoorstel"),
+        "the default part is the whole message: {eml}"
+    );
+    let html = stdout(&cli(&s, &[&args[..], &["--part", "html"]].concat()));
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+
+    // A kind that is not the event's: refused with the reason.
+    let wrong = cli(
+        &s,
+        &["templates", "render", "uitvraag.beoordeeld", "--event", e],
+    );
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        stderr(&wrong).contains("not a uitvraag.beoordeeld"),
+        "{}",
+        stderr(&wrong)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_render_takes_an_exported_notice_and_send_test_reaches_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = TestSmtpServer::start().await;
+    let s = TestConfig::new(dir.path()).smtp(&smtp.url()).settings();
+    assert!(cli(&s, &["migrate"]).status.success());
+    let d = dir.path().join("directory.jsonl");
+    std::fs::write(&d, sample_directory()).unwrap();
+    assert!(
+        cli(&s, &["directory", "import", d.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // A module event nobody can receive: the contact persons get a notice.
+    let mut e = fresh("naleving.aanleververzoek");
+    e["data"]["agb_code"] = "04765432".into();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, format!("{e}\n")).unwrap();
+    assert!(
+        cli(&s, &["ingest", events.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let export = dir.path().join("export.jsonl");
+    assert!(
+        cli(&s, &["export", "--output", export.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let line = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("\"table\":\"deliveries\"") && l.contains("beheer.geen_ontvanger"))
+        .expect("the notice's delivery is exported")
+        .to_owned();
+    let f = dir.path().join("notice.json");
+    std::fs::write(&f, &line).unwrap();
+    let out = cli(
+        &s,
+        &[
+            "templates",
+            "render",
+            "beheer.geen_ontvanger",
+            "--event",
+            f.to_str().unwrap(),
+            "--part",
+            "text",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("omdat u contactpersoon bent voor AGB-code 04765432"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = cli(
+        &s,
+        &[
+            "templates",
+            "send-test",
+            "contract.herinnering_acceptatie",
+            "--to",
+            "beheerder@zip.example.nl",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mails = smtp
+        .wait_for_count(1, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let m = mails.last().unwrap();
+    assert_eq!(m.rcpt_to, ["beheerder@zip.example.nl"]);
+    let p = crate::support::parse_mail(m);
+    assert!(p.subject.starts_with("[TEST] "), "{}", p.subject);
+
+    // A relay that refuses: exit 1 with the relay's reason; not an address in it.
+    smtp.reply_for_rcpt("beheerder", "550 5.1.1 no such user");
+    let out = cli(
+        &s,
+        &[
+            "templates",
+            "send-test",
+            "contract.herinnering_acceptatie",
+            "--to",
+            "beheerder@zip.example.nl",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("550"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("beheerder@"), "{}", stderr(&out));
 }

@@ -771,3 +771,213 @@ async fn without_a_bounce_address_the_envelope_sender_is_the_from_address_and_th
     }
     app.stop().await;
 }
+
+/// `notifier ARGS` on `settings`' database with `env` on top, run off the
+/// runtime the in-process service shares so it keeps serving meanwhile.
+async fn notifier_cli(
+    settings: &notifier::config::Settings,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let settings = settings.clone();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::support::cli_env(&settings, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+/// The version `notifier templates check` prints for `kind`, with the
+/// templates of `dir` (`None`: the built-in ones).
+async fn checked_version(
+    settings: &notifier::config::Settings,
+    kind: &str,
+    dir: Option<&std::path::Path>,
+) -> String {
+    let dir = dir.map_or(String::new(), |d| d.display().to_string());
+    let out = notifier_cli(
+        settings,
+        &["templates", "check"],
+        &[("NOTIFIER_MAIL__TEMPLATES_DIR", &dir)],
+    )
+    .await;
+    let text = crate::support::stdout(&out);
+    // `ok    KIND   VERSION` or `FAIL  KIND   VERSION  [variant] reason`.
+    text.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            (words.next() == Some(kind)).then(|| words.next().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no line for {kind}: {text}"))
+}
+
+/// The templates every SMTP attempt of event `id` recorded, as `events show
+/// --format json` gives them: (kind, source, version) per attempt. Checks on
+/// the way that reports read back record none, and that `deliveries list
+/// --format json` gives each delivery those of its last attempt.
+async fn recorded_templates(
+    app: &crate::support::TestApp,
+    id: &str,
+) -> Vec<(String, String, String)> {
+    let shown = notifier_cli(
+        &app.settings,
+        &["events", "show", id, "--format", "json"],
+        &[],
+    )
+    .await;
+    crate::support::ok(&shown);
+    let listed = notifier_cli(
+        &app.settings,
+        &["deliveries", "list", "--event", id, "--format", "json"],
+        &[],
+    )
+    .await;
+    crate::support::ok(&listed);
+    let listed = crate::support::json(&listed);
+    let mut out = Vec::new();
+    for d in crate::support::json(&shown)["deliveries"]
+        .as_array()
+        .unwrap()
+    {
+        let mut last = (serde_json::Value::Null, serde_json::Value::Null);
+        for a in d["attempt_log"].as_array().unwrap() {
+            let (source, version) = (&a["template_source"], &a["template_version"]);
+            if a["n"].is_null() {
+                assert!(
+                    source.is_null() && version.is_null(),
+                    "a report rendered nothing: {a}"
+                );
+                continue;
+            }
+            let v = version
+                .as_str()
+                .unwrap_or_else(|| panic!("no template_version: {a}"));
+            assert!(
+                v.len() == 12
+                    && v.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "template_version is 12 hex characters: {a}"
+            );
+            out.push((
+                d["kind"].as_str().unwrap().to_owned(),
+                source
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no template_source: {a}"))
+                    .to_owned(),
+                v.to_owned(),
+            ));
+            last = (source.clone(), version.clone());
+        }
+        let row = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == d["id"])
+            .unwrap_or_else(|| panic!("{} not in deliveries list", d["id"]));
+        assert_eq!(
+            (&row["template_source"], &row["template_version"]),
+            (&last.0, &last.1),
+            "deliveries list gives the last attempt's templates: {row}"
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_attempt_records_the_templates_that_rendered_its_mail() {
+    const KIND: &str = "contract.voorstel_aangeboden";
+    // The built-in templates; one address is greylisted once, so one
+    // delivery has two attempts.
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    app.smtp
+        .reply_for_rcpt_times("j.devries", "450 4.2.0 try again later", 1);
+    let event = fresh(KIND);
+    let id = event["id"].as_str().unwrap().to_owned();
+    let rows = app.publish_and_settle(&event).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{rows:?}"
+    );
+    let builtin = checked_version(&app.settings, KIND, None).await;
+    let attempts = recorded_templates(&app, &id).await;
+    assert_eq!(
+        attempts,
+        vec![(KIND.to_owned(), "builtin".to_owned(), builtin.clone()); 3],
+        "the 450, the retry and the other address's mail"
+    );
+    let table = notifier_cli(&app.settings, &["events", "show", &id], &[]).await;
+    let table = crate::support::stdout(&table);
+    assert_eq!(
+        table
+            .matches(&format!("templates {builtin} (builtin)"))
+            .count(),
+        3,
+        "{table}"
+    );
+    app.stop().await;
+
+    // A template release in `mail.templates_dir` that changes this kind's HTML.
+    let releases = tempfile::tempdir().unwrap();
+    let dir = releases.path().join("templates-2");
+    crate::support::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        &dir,
+    );
+    let html = dir.join(KIND).join("html.hbs");
+    let source = std::fs::read_to_string(&html).unwrap();
+    assert!(source.contains("Met vriendelijke groet,"));
+    std::fs::write(
+        &html,
+        source.replace("Met vriendelijke groet,", "Met vriendelijke groeten,"),
+    )
+    .unwrap();
+    let other = "uitvraag.beoordeeld";
+    let s = crate::support::TestConfig::new(releases.path()).settings();
+    assert_eq!(
+        checked_version(&s, other, Some(&dir)).await,
+        checked_version(&s, other, None).await,
+        "a kind whose files did not change keeps its version"
+    );
+
+    let app = spawn_app(&format!(
+        "[mail]\ntemplates_dir = {}",
+        toml::Value::from(dir.display().to_string())
+    ))
+    .await;
+    app.import_directory(&sample_directory()).await;
+    let event = fresh(KIND);
+    let id = event["id"].as_str().unwrap().to_owned();
+    let rows = app.publish_and_settle(&event).await;
+    assert!(
+        rows.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{rows:?}"
+    );
+    let mails = app.parsed_mails();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails
+            .iter()
+            .all(|m| m.html.contains("Met vriendelijke groeten,"))
+    );
+    let released = checked_version(&app.settings, KIND, Some(&dir)).await;
+    assert_ne!(
+        released, builtin,
+        "the changed html.hbs changes the version"
+    );
+    let attempts = recorded_templates(&app, &id).await;
+    assert_eq!(
+        attempts,
+        vec![(KIND.to_owned(), dir.display().to_string(), released); 2],
+        "source is the templates_dir path"
+    );
+    app.stop().await;
+}

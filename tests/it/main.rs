@@ -9,6 +9,7 @@ mod dispatch_faults;
 mod faults;
 mod ingest_faults;
 mod instances;
+mod mails;
 mod ops;
 mod outages;
 mod pipeline;

@@ -34,7 +34,8 @@ async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() 
         let p = parse_mail(m);
         assert_eq!(
             p.subject,
-            "Contractvoorstel Overeenkomst fysiotherapie 2027 van Zorgverzekeraar Noord"
+            // No organisatie.bijgewerkt here: the AGB code names the practice.
+            "Contractvoorstel van Zorgverzekeraar Noord voor 04123456: Overeenkomst fysiotherapie 2027"
         );
         assert!(
             p.text.contains("Alleen een tekenbevoegde"),
@@ -55,6 +56,7 @@ async fn voorstel_aangeboden_mails_each_active_address_with_contracteren_once() 
             "footer: no opt-out"
         );
         assert!(p.raw.contains("Auto-Submitted: auto-generated"));
+        assert!(p.raw.contains("X-Auto-Response-Suppress: All"));
         let d = rows
             .iter()
             .find(|d| d.recipient == m.rcpt_to[0])

@@ -166,7 +166,9 @@ proptest! {
         let EventBody::Module(m) = e.body else { panic!("module event") };
         let templates = notifier::templates::Templates::load(None).unwrap();
         let kind = MailKind::Module(EventType::VoorstelAangeboden);
-        let ctx = notifier::mail::context::module_context(kind.as_str(), &m, &praktijk, "https://zip.example.nl");
+        let addressee = notifier::templates::samples::planned_addressee(kind);
+        let common = notifier::mail::context::Common::at(chrono::Utc::now(), "https://zip.example.nl", &addressee);
+        let ctx = notifier::mail::context::module_context(kind.as_str(), &m, &praktijk, &common);
         let mail = templates.render(kind, &ctx).unwrap();
         prop_assert!(!mail.subject.contains('\n') && !mail.subject.contains('\r'));
         // The same mail with plain values: a raw text that the template's
@@ -177,7 +179,7 @@ proptest! {
         let p = parse_event(plain.to_string().as_bytes(), &rules()).unwrap();
         let EventBody::Module(pm) = p.body else { panic!("module event") };
         let baseline = templates
-            .render(kind, &notifier::mail::context::module_context(kind.as_str(), &pm, "X", "https://zip.example.nl"))
+            .render(kind, &notifier::mail::context::module_context(kind.as_str(), &pm, "X", &common))
             .unwrap();
         for raw in [&naam, &verzekeraar, &praktijk] {
             if raw.contains('<') && !baseline.html.contains(raw.as_str()) {
@@ -195,7 +197,7 @@ proptest! {
         names.sort();
         prop_assert_eq!(
             names,
-            ["auto-submitted", "content-type", "date", "from", "message-id", "mime-version", "subject", "to"]
+            ["auto-submitted", "content-type", "date", "from", "message-id", "mime-version", "subject", "to", "x-auto-response-suppress"]
                 .map(String::from)
                 .to_vec()
         );

@@ -167,6 +167,8 @@ fn attempt(outcome: AttemptOutcome, code: Option<i64>) -> AttemptRecord {
         enhanced_code: code.map(|c| format!("{}.0.0", c / 100)),
         detail: format!("reply {code:?}"),
         policy_rejection: false,
+        template_source: Some("builtin".into()),
+        template_version: Some("0123456789ab".into()),
     }
 }
 
@@ -1924,6 +1926,85 @@ async fn a_mixed_batch_resolves_as_if_ingested_one_by_one(store: Store) {
     assert!(of(&messages[2]).contains(&t("contract.geaccepteerd", "u5@c.example", "pending")));
 }
 
+async fn attempts_record_the_templates_that_rendered_them(store: Store) {
+    use notifier::domain::delivery::LogOutcome;
+    use notifier::store::bounces::{self as bx, ReportEntry};
+    let ids = event_with_deliveries(&store, "e-t", 1, 1).await;
+    // Not due while the other one is tried.
+    let untried = event_with_deliveries(&store, "e-u", 1, 1_000_000).await;
+    let dir = "/etc/notifier/templates-2026.11 \u{e9}";
+    let retry = Transition::Retry {
+        due_ms: 1,
+        retry_step: 1,
+        error: "450".into(),
+        sent_to: None,
+    };
+    let sent = Transition::Sent {
+        sent_to: "u0@praktijk.example".into(),
+        at_ms: 3_000,
+    };
+    // Attempt 1 from the built-in templates, attempt 2 from a directory.
+    for (at, (t, source, version)) in [
+        (&retry, "builtin", "0123456789ab"),
+        (&sent, dir, "ba9876543210"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = claim(&store, "me", 10 + at as i64, 1, 1).await;
+        assert_eq!(c[0].id, ids[0]);
+        let a = AttemptRecord {
+            template_source: Some(source.into()),
+            template_version: Some(version.into()),
+            ..attempt(AttemptOutcome::Transient, Some(450))
+        };
+        assert!(finish(&store, &ids[0], "me", Some(&a), t).await);
+    }
+    // A report read back rendered nothing.
+    let mut tx = store.begin().await.unwrap();
+    bx::add_report_entry(
+        &mut tx,
+        &ReportEntry {
+            delivery_id: &ids[0],
+            at_ms: 10_000,
+            outcome: LogOutcome::Delayed,
+            enhanced_code: Some("4.2.2"),
+            smtp_code: None,
+            detail: "4.2.2 full",
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut conn = store.pool().acquire().await.unwrap();
+    let log = dl::attempts(&mut conn, &ids[0]).await.unwrap();
+    assert_eq!(
+        log.iter()
+            .map(|a| (
+                a.n,
+                a.template_source.as_deref(),
+                a.template_version.as_deref()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (Some(1), Some("builtin"), Some("0123456789ab")),
+            (Some(2), Some(dir), Some("ba9876543210")),
+            (None, None, None),
+        ]
+    );
+    drop(conn);
+    // The list gives those of the last SMTP attempt, not of the report;
+    // nothing for a delivery not tried yet.
+    let rows = list(&store, DeliveryFilter::default()).await;
+    let of = |id: &str| {
+        let d = rows.iter().find(|d| d.id == id).unwrap();
+        (d.template_source.as_deref(), d.template_version.as_deref())
+    };
+    assert_eq!(of(&ids[0]), (Some(dir), Some("ba9876543210")));
+    assert_eq!(of(&untried[0]), (None, None));
+}
+
 // ---------------------------------------------------------------- bounces
 
 async fn bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery(store: Store) {
@@ -2151,6 +2232,7 @@ contract!(
     a_policy_refusal_is_counted_and_undone_once,
     attempts_are_numbered_and_retries_keep_their_step,
     a_group_of_finishes_is_recorded_together_and_fenced_per_delivery,
+    attempts_record_the_templates_that_rendered_them,
     a_revocation_cancels_only_mails_without_another_active_user,
     split_off_moves_users_to_their_own_delivery,
     a_split_revives_the_cancelled_delivery_planned_for_the_address,

@@ -114,13 +114,26 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     assert!(stdout(&out).contains("deliveries 3"), "{}", stdout(&out));
     let text = std::fs::read_to_string(&file).unwrap();
     let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(header["schema_version"], 4, "the latest migration");
+    assert_eq!(header["schema_version"], 5, "the latest migration");
     assert_eq!(header["tables"]["deliveries"], 3);
-    assert!(
-        text.lines().skip(1).all(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["table"].is_string()
-        })
-    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().all(|v| v["table"].is_string()));
+    // Each attempt names the templates that rendered it (compared below,
+    // with every other column, after the move).
+    let attempts: Vec<_> = lines.iter().filter(|v| v["table"] == "attempts").collect();
+    assert_eq!(attempts.len(), 2, "the 450 and the sent attempt");
+    for a in attempts {
+        assert_eq!(a["template_source"], "builtin", "{a}");
+        assert_eq!(
+            a["template_version"].as_str().map(str::len),
+            Some(12),
+            "{a}"
+        );
+    }
 
     // 2. Migrate and import into PostgreSQL.
     let pg = TestDb::postgres().await;
