@@ -16,6 +16,7 @@ mod events;
 mod operator;
 mod process;
 pub mod proxy;
+pub mod roles;
 pub mod smtp_server;
 
 pub use app::{
