@@ -92,7 +92,12 @@ fn sent_headers(app: &TestApp, address: &str) -> String {
 
 /// A Postfix `bounce(8)` report: multipart/report with the notification,
 /// message/delivery-status and text/rfc822-headers.
-pub(crate) fn postfix_dsn(final_recipient: &str, action: &str, status: &str, returned: &str) -> String {
+pub(crate) fn postfix_dsn(
+    final_recipient: &str,
+    action: &str,
+    status: &str,
+    returned: &str,
+) -> String {
     format!(
         "Return-Path: <>\r\n\
          From: MAILER-DAEMON@mx.fysio-noord.example (Mail Delivery System)\r\n\

@@ -318,9 +318,9 @@ async fn event_data_is_escaped_and_cannot_end_the_smtp_data() {
             "the whole body arrived: the lone dots did not end the data"
         );
         assert!(
-            p.text.replace("\r\n", "\n").contains(
-                "alert(1)</script>\n.\nRegel drie\n.\nRegel vier\n.\nSlot"
-            ),
+            p.text
+                .replace("\r\n", "\n")
+                .contains("alert(1)</script>\n.\nRegel drie\n.\nRegel vier\n.\nSlot"),
             "each lone dot arrived as a line of text: {:?}",
             p.text
         );

@@ -5,7 +5,9 @@
 //! permission regexes, in a vhost of the test's own). The rights must be
 //! enough for the whole pipeline, and no more than documented.
 
-use crate::bounces::{BOUNCE_ADDRESS, EVENT, JANSEN, SETTINGS as BOUNCE_SETTINGS, postfix_dsn, verp};
+use crate::bounces::{
+    BOUNCE_ADDRESS, EVENT, JANSEN, SETTINGS as BOUNCE_SETTINGS, postfix_dsn, verp,
+};
 use crate::support::roles::{
     BrokerAccounts, PgRoles, documented_amqp_names, documented_permissions, repo_file,
 };
@@ -158,11 +160,19 @@ async fn migrate_as_the_owner_run_as_the_runtime_role_with_the_documented_broker
     assert_eq!(mails.len(), 2);
 
     let store = Store::connect(&runtime_url, 2).await.unwrap();
-    let rows = crate::support::wait_for_deliveries(&store, Some(&event_id), WAIT, "both sent", |r| {
-        r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
-    })
-    .await;
-    let out = notifier(&["deliveries", "list", "--event", &event_id, "--format", "json"]);
+    let rows =
+        crate::support::wait_for_deliveries(&store, Some(&event_id), WAIT, "both sent", |r| {
+            r.len() == 2 && r.iter().all(|d| d.status == DeliveryStatus::Sent)
+        })
+        .await;
+    let out = notifier(&[
+        "deliveries",
+        "list",
+        "--event",
+        &event_id,
+        "--format",
+        "json",
+    ]);
     ok(&out);
     let listed = json(&out);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
@@ -214,7 +224,12 @@ async fn migrate_as_the_owner_run_as_the_runtime_role_with_the_documented_broker
 
     assert!(run.terminate(), "{}", run.log_text());
     let log = run.log_text().to_lowercase();
-    for refusal in ["permission denied", "must be owner", "access_refused", "skipping"] {
+    for refusal in [
+        "permission denied",
+        "must be owner",
+        "access_refused",
+        "skipping",
+    ] {
         assert!(!log.contains(refusal), "{refusal}: {log}");
     }
 }

@@ -5,7 +5,7 @@
 //! settings; [`TestDb`] the per-test databases; [`cli`] runs one command of
 //! the real binary, [`Deployment`] and [`RunProcess`] `notifier run`
 //! processes, [`Installation`] an operator's installation driven with the
-//! binary.
+//! binary, [`roles`] the least-privilege accounts of the deploy files.
 
 mod app;
 mod broker;
