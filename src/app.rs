@@ -65,10 +65,11 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<Store, Sta
             ))
         })?;
     if migrate {
-        store
-            .migrate()
-            .await
-            .map_err(|e| StartError::Dependency(e.to_string()))?;
+        store.migrate().await.map_err(|e| match e {
+            // A configuration mistake (the runtime role's URL), not an outage.
+            e @ crate::store::StoreError::MayNotMigrate(_) => StartError::Config(e.to_string()),
+            e => StartError::Dependency(e.to_string()),
+        })?;
     } else {
         store
             .check_schema()

@@ -110,11 +110,30 @@ const CODES_PER_STATEMENT: usize = 500;
 /// change (`notifier directory import`): on PostgreSQL, a query planned on
 /// the statistics of an empty directory hashes whole tables where an index
 /// lookup would do. SQLite plans from its indexes and needs nothing.
+///
+/// Only the tables' owner (the migration role of deploy/postgres/roles.sql)
+/// may ANALYZE them on PostgreSQL 15; for anyone else PostgreSQL skips each
+/// table with a warning. The runtime role therefore leaves it to
+/// autovacuum, which analyzes a table within about a minute of a change
+/// this large.
 pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    if conn.backend_name() != <sqlx::Sqlite as sqlx::Database>::NAME {
+    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        return Ok(());
+    }
+    let owns_all: bool = sqlx::query_scalar(
+        "SELECT bool_and(pg_has_role(relowner, 'USAGE')) FROM pg_class \
+         WHERE oid IN ('users'::regclass, 'user_links'::regclass, 'organisations'::regclass)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if owns_all {
         sqlx::query("ANALYZE users, user_links, organisations")
             .execute(&mut *conn)
             .await?;
+    } else {
+        tracing::info!(
+            "planner statistics left to autovacuum: the database user does not own the directory tables (the runtime role)"
+        );
     }
     Ok(())
 }

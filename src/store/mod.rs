@@ -70,6 +70,12 @@ pub enum StoreError {
         .current.map_or_else(|| "none".to_owned(), |v| v.to_string())
     )]
     Behind { current: Option<i64>, latest: i64 },
+    /// The database user may not create or alter tables: a runtime role
+    /// (deploy/postgres/roles.sql) asked to migrate.
+    #[error(
+        "the database user in database.url may not change the schema ({0}): it looks like the runtime role, which has no DDL rights. Run `notifier migrate` with the migration role's database.url, and give `run` database.migrate_on_start = false (see deploy/postgres/README.md)"
+    )]
+    MayNotMigrate(String),
     #[error("{0}")]
     Locked(String),
     #[error("stored data is inconsistent: {0}")]
@@ -332,10 +338,23 @@ impl Store {
         )
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. A user without the right to create or
+    /// alter tables gets [`StoreError::MayNotMigrate`]; even with nothing
+    /// pending, sqlx begins with `CREATE TABLE IF NOT EXISTS
+    /// _sqlx_migrations`, which PostgreSQL refuses such a user.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        self.migrator().run(&self.pool).await?;
-        Ok(())
+        use sqlx::migrate::MigrateError;
+        self.migrator().run(&self.pool).await.map_err(|e| match &e {
+            MigrateError::Execute(sqlx::Error::Database(d))
+            | MigrateError::ExecuteMigration(sqlx::Error::Database(d), _)
+                // insufficient_privilege: "permission denied for schema
+                // public", "must be owner of table ...".
+                if d.code().as_deref() == Some("42501") =>
+            {
+                StoreError::MayNotMigrate(d.message().to_owned())
+            }
+            _ => e.into(),
+        })
     }
 
     /// Fails with [`StoreError::Behind`] when migrations are pending.

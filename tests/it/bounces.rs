@@ -13,12 +13,12 @@ use notifier::store::deliveries::DeliveryRow;
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-const BOUNCE_ADDRESS: &str = "bounces@zip.example";
+pub(crate) const BOUNCE_ADDRESS: &str = "bounces@zip.example";
 const BOUNCE_KEY: &str = "test-bounce-key-0123456789abcdef-0123";
-const SETTINGS: &str = "[smtp]\nbounce_address = \"bounces@zip.example\"\nbounce_key = \"test-bounce-key-0123456789abcdef-0123\"";
-const JANSEN: &str = "p.jansen@fysio-noord.example";
+pub(crate) const SETTINGS: &str = "[smtp]\nbounce_address = \"bounces@zip.example\"\nbounce_key = \"test-bounce-key-0123456789abcdef-0123\"";
+pub(crate) const JANSEN: &str = "p.jansen@fysio-noord.example";
 const DE_VRIES: &str = "j.devries@fysio-noord.example";
-const EVENT: &str = "uitvraag.vragenlijst_klaargezet";
+pub(crate) const EVENT: &str = "uitvraag.vragenlijst_klaargezet";
 
 fn key() -> BounceKey {
     BounceKey::parse(BOUNCE_KEY).unwrap()
@@ -74,7 +74,7 @@ async fn notifier(settings: &Settings, args: &[&str]) -> Output {
 }
 
 /// The envelope recipient for `delivery_id`: `bounces+TAG@zip.example`.
-fn verp(delivery_id: &str) -> String {
+pub(crate) fn verp(delivery_id: &str) -> String {
     format!("bounces+{}@zip.example", tag(delivery_id, &key()))
 }
 
@@ -92,7 +92,12 @@ fn sent_headers(app: &TestApp, address: &str) -> String {
 
 /// A Postfix `bounce(8)` report: multipart/report with the notification,
 /// message/delivery-status and text/rfc822-headers.
-fn postfix_dsn(final_recipient: &str, action: &str, status: &str, returned: &str) -> String {
+pub(crate) fn postfix_dsn(
+    final_recipient: &str,
+    action: &str,
+    status: &str,
+    returned: &str,
+) -> String {
     format!(
         "Return-Path: <>\r\n\
          From: MAILER-DAEMON@mx.fysio-noord.example (Mail Delivery System)\r\n\

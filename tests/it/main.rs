@@ -13,6 +13,7 @@ mod mails;
 mod ops;
 mod outages;
 mod pipeline;
+mod privileges;
 mod properties;
 mod recipients;
 mod relay_faults;

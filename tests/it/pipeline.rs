@@ -290,13 +290,18 @@ async fn directory_events_follow_the_versie_rule() {
     app.stop().await;
 }
 
+/// Also the proof for RUSTSEC-2026-0561 (lettre before 0.11.24 does not
+/// dot-stuff a "." after a bare LF or CR) named in deny.toml: a lone "."
+/// after a bare LF, a CRLF and a bare CR arrives as text, the SMTP data is
+/// not cut short, and no bare LF or CR reaches the wire, because
+/// `mail::message::crlf` normalises every line ending before lettre sees the body.
 #[tokio::test]
 async fn event_data_is_escaped_and_cannot_end_the_smtp_data() {
     let app = spawn_app("").await;
     app.import_directory(&sample_directory()).await;
     let mut event = fresh("uitvraag.aanvulling_gevraagd");
     event["data"]["toelichting"] =
-        "Regel een <script>alert(1)</script>\n.\nRegel drie\r\n.\r\nSlot".into();
+        "Regel een <script>alert(1)</script>\n.\nRegel drie\r\n.\r\nRegel vier\r.\rSlot".into();
     event["data"]["vragenlijst_naam"] = "Lijst\r\nBcc: kwaad@evil.example".into();
     let id = event["id"].as_str().unwrap().to_owned();
     app.publish(&event).await;
@@ -312,6 +317,17 @@ async fn event_data_is_escaped_and_cannot_end_the_smtp_data() {
             p.text.contains("Slot"),
             "the whole body arrived: the lone dots did not end the data"
         );
+        assert!(
+            p.text
+                .replace("\r\n", "\n")
+                .contains("alert(1)</script>\n.\nRegel drie\n.\nRegel vier\n.\nSlot"),
+            "each lone dot arrived as a line of text: {:?}",
+            p.text
+        );
+        let bare = m.wire.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n')
+            || m.wire.windows(2).any(|w| w[0] != b'\r' && w[1] == b'\n')
+            || m.wire.first() == Some(&b'\n');
+        assert!(!bare, "a bare LF or CR went over the wire");
         assert!(!p.html.contains("<script>"));
         assert!(p.html.contains("&lt;script&gt;"));
         let headers = p.raw.split("\r\n\r\n").next().unwrap().to_lowercase();

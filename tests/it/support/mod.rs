@@ -5,7 +5,7 @@
 //! settings; [`TestDb`] the per-test databases; [`cli`] runs one command of
 //! the real binary, [`Deployment`] and [`RunProcess`] `notifier run`
 //! processes, [`Installation`] an operator's installation driven with the
-//! binary.
+//! binary, [`roles`] the least-privilege accounts of the deploy files.
 
 mod app;
 mod broker;
@@ -16,6 +16,7 @@ mod events;
 mod operator;
 mod process;
 pub mod proxy;
+pub mod roles;
 pub mod smtp_server;
 
 pub use app::{

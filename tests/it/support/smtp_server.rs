@@ -29,6 +29,9 @@ pub struct ReceivedMail {
     /// Raw message after dot-unstuffing: every line terminated by CRLF
     /// (also for lines the client ended with a bare LF); the final `.` is excluded.
     pub data: Vec<u8>,
+    /// The data as it came over the wire: still dot-stuffed, with the
+    /// client's own line endings, up to (without) the final `.` line.
+    pub wire: Vec<u8>,
     /// 1-based number of the TCP connection that carried the message
     /// (the same numbering as [`TestSmtpServer::connections`]).
     pub connection: u64,
@@ -506,17 +509,28 @@ fn is_positive(reply: &str) -> bool {
 
 /// Reads one line without its terminator (CRLF or bare LF); `None` at EOF.
 async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
+    Ok(read_raw_line(r).await?.map(|mut line| {
+        strip_terminator(&mut line);
+        line
+    }))
+}
+
+/// Reads one line with its terminator as sent; `None` at EOF.
+async fn read_raw_line<R: AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     if r.read_until(b'\n', &mut line).await? == 0 {
         return Ok(None);
     }
+    Ok(Some(line))
+}
+
+fn strip_terminator(line: &mut Vec<u8>) {
     if line.last() == Some(&b'\n') {
         line.pop();
     }
     if line.last() == Some(&b'\r') {
         line.pop();
     }
-    Ok(Some(line))
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &str) -> io::Result<()> {
@@ -637,13 +651,17 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                     "DATA" => {
                         send(&mut io, &pick("354 go ahead")).await?;
                         let mut data = Vec::new();
+                        let mut wire = Vec::new();
                         loop {
-                            let Some(line) = read_line(&mut io).await? else {
+                            let Some(raw) = read_raw_line(&mut io).await? else {
                                 return Ok(());
                             };
+                            let mut line = raw.clone();
+                            strip_terminator(&mut line);
                             if line == b"." {
                                 break;
                             }
+                            wire.extend_from_slice(&raw);
                             // Undo dot-stuffing (RFC 5321 4.5.2).
                             let body = if line.first() == Some(&b'.') {
                                 &line[1..]
@@ -657,6 +675,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                             from: from.take().unwrap_or_default(),
                             rcpt_to: std::mem::take(&mut rcpts),
                             data,
+                            wire,
                             connection: id,
                         };
                         shared.data_tx.send_modify(|n| *n += 1);
