@@ -82,12 +82,14 @@ pub struct RecipientReport {
 }
 
 impl RecipientReport {
-    /// True when this report is about `address` (compared case-insensitively).
+    /// True when this report is about `address` (compared without case,
+    /// and a domain by its A-label: a mail to `info@bücher.example` went
+    /// out as `info@xn--bcher-kva.example`).
     fn is_about(&self, address: &str) -> bool {
         [&self.final_recipient, &self.original_recipient]
             .into_iter()
             .flatten()
-            .any(|a| a.eq_ignore_ascii_case(address.trim()))
+            .any(|a| super::ids::same_mailbox(a, address))
     }
 
     fn status_class(&self) -> Option<char> {
