@@ -466,6 +466,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bounce_that_reports_the_a_label_is_about_the_international_address() {
+        let dsn = DSN
+            .replace("Jan@Praktijk.example", "Info@xn--bcher-kva.example")
+            .replace(
+                "rfc822;jan@praktijk.example",
+                "rfc822;info@xn--bcher-kva.example",
+            );
+        let idn = Tagged {
+            address: "info@bücher.example",
+            ..sent()
+        };
+        let v = judge(
+            Some(&report(&dsn)),
+            &TagMatch::Delivery(ID.into()),
+            Some(idn),
+        );
+        assert_eq!((v.outcome, v.effect), (BounceOutcome::Hard, Effect::Bounce));
+    }
+
+    #[test]
     fn a_hard_bounce_about_another_address_changes_nothing() {
         let other = Tagged {
             address: "piet@praktijk.example",
