@@ -82,12 +82,14 @@ pub struct RecipientReport {
 }
 
 impl RecipientReport {
-    /// True when this report is about `address` (compared case-insensitively).
+    /// True when this report is about `address` (compared without case,
+    /// and a domain by its A-label: a mail to `info@bücher.example` went
+    /// out as `info@xn--bcher-kva.example`).
     fn is_about(&self, address: &str) -> bool {
         [&self.final_recipient, &self.original_recipient]
             .into_iter()
             .flatten()
-            .any(|a| a.eq_ignore_ascii_case(address.trim()))
+            .any(|a| super::ids::same_mailbox(a, address))
     }
 
     fn status_class(&self) -> Option<char> {
@@ -461,6 +463,26 @@ mod tests {
             (v.outcome, v.effect),
             (BounceOutcome::Hard, Effect::Nothing)
         );
+    }
+
+    #[test]
+    fn a_bounce_that_reports_the_a_label_is_about_the_international_address() {
+        let dsn = DSN
+            .replace("Jan@Praktijk.example", "Info@xn--bcher-kva.example")
+            .replace(
+                "rfc822;jan@praktijk.example",
+                "rfc822;info@xn--bcher-kva.example",
+            );
+        let idn = Tagged {
+            address: "info@bücher.example",
+            ..sent()
+        };
+        let v = judge(
+            Some(&report(&dsn)),
+            &TagMatch::Delivery(ID.into()),
+            Some(idn),
+        );
+        assert_eq!((v.outcome, v.effect), (BounceOutcome::Hard, Effect::Bounce));
     }
 
     #[test]

@@ -255,10 +255,17 @@ pub struct Resolution {
 }
 
 /// Groups (user, rule) pairs by address into planned deliveries of one kind.
+///
+/// Addresses group by their lower-cased form. A shared address registered
+/// in several casings is sent to as the user with the lowest
+/// gebruikersnummer registered it (the send-time re-check picks the same
+/// way), so the choice does not depend on which rule saw whom first.
 #[derive(Default)]
 struct Grouper {
     by_key: BTreeMap<(String, String), usize>,
     out: Vec<PlannedDelivery>,
+    /// Per planned delivery: whose registered form its address has.
+    form_of: Vec<Gebruikersnummer>,
 }
 
 impl Grouper {
@@ -282,17 +289,32 @@ impl Grouper {
             ),
         };
         let key = (kind.as_str().to_owned(), address.as_str().to_owned());
-        let idx = *self.by_key.entry(key).or_insert_with(|| {
-            self.out.push(PlannedDelivery {
-                kind,
-                address,
-                rules: vec![],
-                users: vec![],
-                about: String::new(),
-                notice: notice.cloned(),
-            });
-            self.out.len() - 1
-        });
+        let nr = match who {
+            Who::Member(m) => &m.gebruikersnummer,
+            Who::User(u) => &u.gebruikersnummer,
+        };
+        let idx = match self.by_key.get(&key) {
+            Some(&idx) => {
+                if *nr < self.form_of[idx] {
+                    self.out[idx].address = address;
+                    self.form_of[idx] = nr.clone();
+                }
+                idx
+            }
+            None => {
+                self.out.push(PlannedDelivery {
+                    kind,
+                    address,
+                    rules: vec![],
+                    users: vec![],
+                    about: String::new(),
+                    notice: notice.cloned(),
+                });
+                self.form_of.push(nr.clone());
+                self.by_key.insert(key, self.out.len() - 1);
+                self.out.len() - 1
+            }
+        };
         let d = &mut self.out[idx];
         if !d.rules.contains(&rule) {
             d.rules.push(rule);
@@ -773,6 +795,34 @@ mod tests {
     const A: &str = "10000000000001";
     const B: &str = "10000000000002";
     const C: &str = "10000000000003";
+
+    #[test]
+    fn a_shared_address_in_two_casings_is_one_mail_sent_as_the_lowest_number_registered_it() {
+        // C (the higher number) comes first.
+        let d = dir(vec![
+            member(C, "gedeeld@p.nl", &[Onderhandelen], false, false, true),
+            member(B, "Gedeeld@P.nl", &[Onderhandelen], false, true, true),
+        ]);
+        let actor = DirectoryUser {
+            gebruikersnummer: Gebruikersnummer::parse(C).unwrap(),
+            naam: "C".into(),
+            email: EmailAddress::parse("gedeeld@p.nl").unwrap(),
+            status: UserStatus::Actief,
+            versie: 1,
+        };
+        for actor in [None, Some(&actor)] {
+            let r = resolve_module(
+                &event(EventType::OnderhandelingGeaccordeerd, Some(C)),
+                "e",
+                &d,
+                actor,
+            );
+            assert_eq!(r.deliveries.len(), 1);
+            assert_eq!(r.deliveries[0].address.as_str(), "gedeeld@p.nl");
+            assert_eq!(r.deliveries[0].address.registered(), "Gedeeld@P.nl");
+            assert_eq!(r.deliveries[0].users.len(), 2);
+        }
+    }
 
     #[test]
     fn rules_per_event_type() {

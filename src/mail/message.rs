@@ -6,6 +6,7 @@
 //! tagged, `X-Notifier-Tag` (docs/bounces.md).
 
 use super::MailError;
+use crate::domain::ids::smtp_form;
 use crate::templates::RenderedMail;
 use lettre::message::header::{
     ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
@@ -90,11 +91,21 @@ pub fn build_tagged(
     message_id: &str,
     tag: Option<&str>,
 ) -> Result<Vec<u8>, MailError> {
-    let to: Mailbox = to.parse().map_err(|e| {
+    // The header fields carry the addresses as the envelope does: an ASCII
+    // local part at an international domain with the domain's A-label (so
+    // the message stays ASCII), a non-ASCII local part as UTF-8 (RFC 6532;
+    // such a mail only goes to a relay that offers SMTPUTF8).
+    let to: Mailbox = smtp_form(to).text.parse().map_err(|e| {
         MailError::Build(format!(
             "recipient address rejected by the mail builder: {e}"
         ))
     })?;
+    let from = Mailbox::new(
+        from.name.clone(),
+        smtp_form(from.email.as_ref()).text.parse().map_err(|e| {
+            MailError::Build(format!("smtp.from rejected by the mail builder: {e}"))
+        })?,
+    );
     let part = |ct: ContentType, body: &str| {
         SinglePart::builder().header(ct).body(
             Body::new_with_encoding(crlf(body), ContentTransferEncoding::QuotedPrintable)
@@ -102,7 +113,7 @@ pub fn build_tagged(
         )
     };
     let mut builder = lettre::Message::builder()
-        .from(from.clone())
+        .from(from)
         .to(to)
         .subject(mail.subject.clone())
         .message_id(Some(format!("<{message_id}>")))
@@ -161,5 +172,27 @@ mod tests {
             t.contains("\r\nX-Notifier-Tag: 0190b3c45d6e7f809a1b2c3d4e5f6a7b.0123456789abcdef\r\n")
         );
         assert!(t.contains("Message-ID: <id-1@x>"));
+    }
+
+    #[test]
+    fn addresses_in_the_header_are_written_as_in_the_envelope() {
+        let m = RenderedMail {
+            subject: "S".into(),
+            html: "<p>a</p>".into(),
+            text: "a".into(),
+        };
+        let from = "Portal <noreply@zip.example.nl>".parse().unwrap();
+        let s = |to: &str| String::from_utf8(build(&from, to, &m, "id@x").unwrap()).unwrap();
+        assert!(
+            s("J.deVries@Fysio-Noord.example")
+                .contains("\r\nTo: J.deVries@Fysio-Noord.example\r\n")
+        );
+        let idn = s("Info@Bücher.example");
+        assert!(
+            idn.contains("\r\nTo: Info@xn--bcher-kva.example\r\n"),
+            "{idn}"
+        );
+        assert!(idn.is_ascii());
+        assert!(s("jörg@bücher.example").contains("\r\nTo: jörg@bücher.example\r\n"));
     }
 }

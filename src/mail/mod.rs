@@ -41,6 +41,10 @@ pub struct SendReport {
     /// The relay did not answer within `smtp.timeout` (a relay that greets
     /// and then hangs): counts toward the circuit breaker.
     pub timed_out: bool,
+    /// The recipient address has no ASCII form and the relay does not offer
+    /// SMTPUTF8: permanent, nothing was sent, and the contact persons'
+    /// notice says why.
+    pub no_smtputf8: bool,
 }
 
 impl SendReport {
@@ -55,6 +59,7 @@ impl SendReport {
             retry_hint: None,
             recipient_policy: false,
             timed_out: false,
+            no_smtputf8: false,
         }
     }
 
@@ -74,6 +79,7 @@ impl SendReport {
             retry_hint: None,
             recipient_policy: false,
             timed_out: false,
+            no_smtputf8: false,
         }
     }
 }

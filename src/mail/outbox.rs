@@ -40,6 +40,7 @@ impl Outbox {
                 retry_hint: None,
                 recipient_policy: false,
                 timed_out: false,
+                no_smtputf8: false,
             },
         }
     }

@@ -3,15 +3,23 @@
 //! sets it and waits for the relay's delayed ACK on every mail, ~23 mails/s per
 //! connection), and a transaction driven step by step (MAIL, RCPT, DATA,
 //! message) so every failure is classified by the step it happened in.
+//!
+//! International addresses (RFC 6531): an address is sent in its SMTP form
+//! ([`smtp_form`]); one whose local part is not ASCII goes only to a relay
+//! whose EHLO offers SMTPUTF8, with `MAIL FROM:<…> SMTPUTF8`. To a relay
+//! without it nothing is sent: the delivery fails as permanent. (lettre's
+//! own `send` refuses such an envelope too, but this pool drives the
+//! commands itself and must check.)
 
 use super::classify::{Step, classify_reply, enhanced_code, is_recipient_policy};
 use super::{SendReport, SmtpTarget, TlsMode};
 use crate::domain::delivery::{AttemptOutcome, retry_hint};
+use crate::domain::ids::smtp_form;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use std::error::Error as _;
 use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore};
@@ -136,8 +144,14 @@ impl SmtpPool {
     /// Sends one message to one recipient and classifies what happened.
     pub async fn send(&self, from: &str, to: &str, bytes: &[u8]) -> SendReport {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
-        let (from, to) = match (from.parse::<Address>(), to.parse::<Address>()) {
-            (Ok(f), Ok(t)) => (f, t),
+        let (from, to) = (smtp_form(from), smtp_form(to));
+        let envelope = match (from.text.parse::<Address>(), to.text.parse::<Address>()) {
+            (Ok(f), Ok(t)) => Envelope {
+                from: f,
+                to: t,
+                from_needs_smtputf8: from.needs_smtputf8,
+                to_needs_smtputf8: to.needs_smtputf8,
+            },
             (Err(_), _) => return relay_fault("smtp.from is not a valid address".into()),
             (_, Err(_)) => {
                 return SendReport::permanent("the recipient address is not valid for SMTP".into());
@@ -155,13 +169,13 @@ impl SmtpPool {
                 Err(r) => return r,
             },
         };
-        let (report, conn) = self.transaction(conn, &from, &to, bytes).await;
+        let (report, conn) = self.transaction(conn, &envelope, bytes).await;
         if was_reused && report.connect_failed {
             let conn = match self.connect().await {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            let (report, conn) = self.transaction(conn, &from, &to, bytes).await;
+            let (report, conn) = self.transaction(conn, &envelope, bytes).await;
             self.give_back(conn).await;
             return report;
         }
@@ -182,16 +196,21 @@ impl SmtpPool {
     async fn transaction(
         &self,
         mut conn: AsyncSmtpConnection,
-        from: &Address,
-        to: &Address,
+        envelope: &Envelope,
         bytes: &[u8],
     ) -> (SendReport, Option<AsyncSmtpConnection>) {
+        let parameters = match mail_parameters(&conn, envelope, bytes) {
+            Ok(p) => p,
+            // Nothing was said: the connection stays as it was.
+            Err(report) => return (report, Some(conn)),
+        };
         let mut step = Step::Mail;
         let result = tokio::time::timeout(self.timeout, async {
             step = Step::Mail;
-            conn.command(Mail::new(Some(from.clone()), vec![])).await?;
+            conn.command(Mail::new(Some(envelope.from.clone()), parameters))
+                .await?;
             step = Step::Rcpt;
-            conn.command(Rcpt::new(to.clone(), vec![])).await?;
+            conn.command(Rcpt::new(envelope.to.clone(), vec![])).await?;
             step = Step::Data;
             conn.command(Data).await?;
             step = Step::Message;
@@ -239,6 +258,7 @@ impl SmtpPool {
                     retry_hint: None,
                     recipient_policy: false,
                     timed_out: true,
+                    no_smtputf8: false,
                 };
                 drop(conn);
                 (report, None)
@@ -253,6 +273,49 @@ impl SmtpPool {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
         }
     }
+}
+
+/// The sender and the recipient of one transaction, in their SMTP forms.
+struct Envelope {
+    from: Address,
+    to: Address,
+    from_needs_smtputf8: bool,
+    to_needs_smtputf8: bool,
+}
+
+/// The detail (last_error) of a delivery whose address needs SMTPUTF8.
+pub const NO_SMTPUTF8: &str = "the relay does not support international addresses (no SMTPUTF8); the address needs an ASCII form or a relay that offers SMTPUTF8";
+
+/// The parameters of `MAIL FROM` for `envelope` on `conn`, or why the
+/// transaction cannot start: an address that needs SMTPUTF8 at a relay
+/// whose EHLO did not offer it is never sent (RFC 6531 §3.2).
+fn mail_parameters(
+    conn: &AsyncSmtpConnection,
+    envelope: &Envelope,
+    bytes: &[u8],
+) -> Result<Vec<MailParameter>, SendReport> {
+    let info = conn.server_info();
+    let mut parameters = Vec::new();
+    if envelope.from_needs_smtputf8 || envelope.to_needs_smtputf8 {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            if envelope.from_needs_smtputf8 {
+                return Err(relay_fault(
+                    "the envelope sender (smtp.from or smtp.bounce_address) has a non-ASCII local part and the relay does not offer SMTPUTF8; use an ASCII sender address or a relay that offers SMTPUTF8".into(),
+                ));
+            }
+            return Err(SendReport {
+                no_smtputf8: true,
+                ..SendReport::permanent(NO_SMTPUTF8.into())
+            });
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    // The bodies are quoted-printable; only UTF-8 header fields (an
+    // international address in To:) make the message 8-bit.
+    if !bytes.is_ascii() && info.supports_feature(Extension::EightBitMime) {
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Ok(parameters)
 }
 
 fn reply_text(e: &lettre::transport::smtp::Error) -> String {
@@ -276,6 +339,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
                 .flatten(),
             recipient_policy: is_recipient_policy(step, code, &text),
             timed_out: false,
+            no_smtputf8: false,
             // 421 means the relay is closing the connection: a relay-level condition.
             connect_failed: code == 421,
             detail: format!("{code} {text}"),
@@ -293,6 +357,7 @@ fn attempt_error(step: Step, e: &lettre::transport::smtp::Error) -> SendReport {
             retry_hint: None,
             recipient_policy: false,
             timed_out: false,
+            no_smtputf8: false,
         },
         _ if is_tls_failure(e) => relay_fault(format!("TLS with the relay failed: {detail}")),
         _ => connection_failed(format!(
@@ -316,6 +381,7 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
             retry_hint: None,
             recipient_policy: false,
             timed_out: false,
+            no_smtputf8: false,
         };
     }
     if is_tls_failure(e) {

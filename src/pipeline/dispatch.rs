@@ -114,9 +114,11 @@ struct RoundData {
 
 /// What the re-check decided for a delivery.
 enum Recheck {
-    /// Send to `address`; the directory was read at `at_ms`.
+    /// Send to `address` (lower-cased, as compared) written `rcpt` (as
+    /// registered); the directory was read at `at_ms`.
     Send {
         address: String,
+        rcpt: String,
         at_ms: i64,
         /// Why the mail reaches `address`, from the users it serves now.
         addressee: Addressee,
@@ -142,7 +144,10 @@ struct Sending<'a> {
     d: &'a Claimed,
     kind: MailKind,
     event: &'a ev::EventRow,
+    /// Lower-cased: what the breaker and the delivery record compare.
     address: &'a str,
+    /// The address as registered: what RCPT TO carries.
+    rcpt: &'a str,
     /// The envelope sender (MAIL FROM).
     sender: &'a str,
     checked_at: Option<i64>,
@@ -738,8 +743,9 @@ impl Dispatcher {
         // would read it, not while this delivery waits behind the others.
         let connection = self.wire.acquire().await.expect("semaphore never closed");
         let permit = self.limiter.acquire().await;
-        let (address, checked_at, addressee) = if rules.is_address() {
-            (d.address.clone(), None, prepared.addressee.clone())
+        let (address, rcpt, checked_at, addressee) = if rules.is_address() {
+            let rcpt = planned_rcpt(&d);
+            (d.address.clone(), rcpt, None, prepared.addressee.clone())
         } else {
             let actor = match data.parsed.get(&d.event_id) {
                 Some(Ok(m)) => m.data["actor_gebruikersnummer"].as_str(),
@@ -749,9 +755,10 @@ impl Dispatcher {
             match self.recheck(&d, (rules, planned, actor), recheck).await? {
                 Recheck::Send {
                     address,
+                    rcpt,
                     at_ms,
                     addressee,
-                } => (address, Some(at_ms), addressee),
+                } => (address, rcpt, Some(at_ms), addressee),
                 Recheck::Cancel(reason) => {
                     return self
                         .finish(rec, &d, kind, None, Transition::Cancelled { reason })
@@ -760,13 +767,13 @@ impl Dispatcher {
             }
         };
 
-        if address.parse::<lettre::Address>().is_err() {
+        if rcpt.parse::<lettre::Address>().is_err() {
             return self
                 .fail_undeliverable(&d, kind, rec, &event.event_type)
                 .await;
         }
         let sender = self.envelope_sender(prepared.tag.as_deref());
-        let bytes = match self.build_for(prepared, (kind, &d, data, event), &address, addressee) {
+        let bytes = match self.build_for(prepared, (kind, &d, data, event), &rcpt, addressee) {
             Ok(b) => b,
             Err(reason) => {
                 error!(%reason, "cannot build the mail: failed (fix, then `notifier replay deliveries --status failed`)");
@@ -789,6 +796,7 @@ impl Dispatcher {
             kind,
             event,
             address: &address,
+            rcpt: &rcpt,
             sender: &sender,
             checked_at,
         };
@@ -810,7 +818,7 @@ impl Dispatcher {
         let prebuilt = rendered
             .as_ref()
             .ok()
-            .and_then(|m| self.build(&d.address, m, d, tag.as_deref()).ok());
+            .and_then(|m| self.build(&planned_rcpt(d), m, d, tag.as_deref()).ok());
         Prepared {
             rendered,
             addressee,
@@ -839,19 +847,19 @@ impl Dispatcher {
         }
     }
 
-    /// The bytes to send to `address`: the prebuilt mail when the re-check
-    /// kept the planned address and addressee, else the mail built (and,
-    /// for another addressee, rendered) again.
+    /// The bytes to send to `rcpt`: the prebuilt mail when the re-check
+    /// kept the planned address (as registered) and addressee, else the
+    /// mail built (and, for another addressee, rendered) again.
     fn build_for(
         &self,
         prepared: Prepared,
         (kind, d, data, event): (MailKind, &Claimed, &RoundData, &ev::EventRow),
-        address: &str,
+        rcpt: &str,
         addressee: Addressee,
     ) -> Result<Vec<u8>, String> {
         let same = addressee == prepared.addressee;
         match prepared.prebuilt {
-            Some(bytes) if same && address == d.address => Ok(bytes),
+            Some(bytes) if same && rcpt == planned_rcpt(d) => Ok(bytes),
             _ => {
                 let rendered = if same {
                     prepared.rendered
@@ -859,7 +867,7 @@ impl Dispatcher {
                     self.render(kind, d, data, event, &addressee)
                 };
                 rendered.and_then(|m| {
-                    self.build(address, &m, d, prepared.tag.as_deref())
+                    self.build(rcpt, &m, d, prepared.tag.as_deref())
                         .map_err(|e| e.to_string())
                 })
             }
@@ -931,6 +939,14 @@ impl Dispatcher {
             .iter()
             .filter(|u| u.is_active() && u.email.as_deref() == Some(address.as_str()))
             .collect();
+        // Sent as registered (a local part may be case-sensitive); an
+        // address registered in several casings as the lowest
+        // gebruikersnummer here registered it, as the planner chose.
+        let rcpt = here
+            .iter()
+            .min_by(|a, b| a.gebruikersnummer.cmp(&b.gebruikersnummer))
+            .and_then(|u| u.email_registered.clone())
+            .unwrap_or_else(|| address.clone());
         // Every user still here: the mail says what was planned (a user's
         // stored rule is only the first that chose it).
         let addressee = if here.len() == checked.served.len() {
@@ -945,6 +961,7 @@ impl Dispatcher {
         Ok(Recheck::Send {
             addressee,
             address,
+            rcpt,
             at_ms: checked.at_ms,
         })
     }
@@ -996,7 +1013,7 @@ impl Dispatcher {
                 clock,
             },
         );
-        let mut report = self.mailer.send(s.sender, s.address, &d.id, bytes).await;
+        let mut report = self.mailer.send(s.sender, s.rcpt, &d.id, bytes).await;
         let duration = clock.elapsed();
         drop(turn);
         let refusal = self.judge_refusal(&mut report, s.address, &d.id).await?;
@@ -1305,7 +1322,7 @@ impl Dispatcher {
             event_type,
             address: &d.address,
         };
-        let reden = undeliverable_reason(r.outcome);
+        let reden = undeliverable_reason(r);
         let n = escalation::escalate(
             &mut tx,
             failed,
@@ -1327,12 +1344,22 @@ impl Dispatcher {
 }
 
 /// The `reden` a `beheer.onbestelbaar` notice gives for the failure.
-fn undeliverable_reason(outcome: AttemptOutcome) -> &'static str {
-    if outcome == AttemptOutcome::Permanent {
+fn undeliverable_reason(r: &SendReport) -> &'static str {
+    if r.no_smtputf8 {
+        escalation::REASON_NO_SMTPUTF8
+    } else if r.outcome == AttemptOutcome::Permanent {
         escalation::REASON_REFUSED
     } else {
         escalation::REASON_EXPIRED
     }
+}
+
+/// The planned address of `d` as registered (the lower-cased one in rows
+/// that do not keep it).
+fn planned_rcpt(d: &Claimed) -> String {
+    crate::domain::ids::EmailAddress::stored(d.address.clone(), d.address_registered.clone())
+        .registered()
+        .to_owned()
 }
 
 fn hostname() -> String {

@@ -32,6 +32,11 @@ pub struct Undeliverable<'a> {
 /// The `reden` a notice gives when the relay refused the address at once.
 pub const REASON_REFUSED: &str = "het adres werd door de ontvangende mailserver geweigerd";
 
+/// The `reden` a notice gives when the address has no ASCII form (a
+/// non-ASCII local part) and the relay does not offer SMTPUTF8.
+pub const REASON_NO_SMTPUTF8: &str =
+    "de ontvangende server ondersteunt geen internationale adressen";
+
 /// The `reden` a notice gives when the deadline passed.
 pub const REASON_EXPIRED: &str = "het bericht kon binnen de termijn niet worden afgeleverd";
 

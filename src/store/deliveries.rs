@@ -49,7 +49,11 @@ pub struct Claimed {
     pub event_id: String,
     pub kind: Result<MailKind, Unknown>,
     pub about: String,
+    /// Lower-cased: compared with the directory's addresses.
     pub address: String,
+    /// `address` as registered when the delivery was planned (NULL in rows
+    /// from before migration 0007 and in split-off deliveries).
+    pub address_registered: Option<String>,
     pub rule: Result<Rules, Unknown>,
     pub notice: Option<String>,
     pub attempts: i64,
@@ -120,7 +124,7 @@ pub async fn claim(
                 WHERE {cond} ORDER BY due_at, id LIMIT $4 {lock}) \
              UPDATE deliveries SET status = 'sending', lease_until = $1, lease_owner = $2 \
              WHERE {picked} AND {cond} \
-             RETURNING id, event_id, kind, about, address, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address, \
+             RETURNING id, event_id, kind, about, address, address_registered, rule, notice, attempts, retry_step, deadline, message_id, policy_rejections, claimed_address, \
                 (SELECT COUNT(*) FROM delivery_users du WHERE du.delivery_id = deliveries.id) AS served"
         );
         rows.extend(
@@ -141,6 +145,7 @@ pub async fn claim(
                 kind: MailKind::parse_stored(r.try_get("kind")?),
                 about: r.try_get("about")?,
                 address: r.try_get("address")?,
+                address_registered: r.try_get("address_registered")?,
                 rule: Rules::parse(r.try_get("rule")?).ok_or_else(|| Unknown(r.get("rule"))),
                 notice: r.try_get("notice")?,
                 attempts: r.try_get("attempts")?,
@@ -164,7 +169,11 @@ pub struct ServedNow {
     pub versie: i64,
     /// `None` when the user vanished from the directory.
     pub naam: Option<String>,
+    /// The lower-cased address (what the delivery's address is compared with).
     pub email: Option<String>,
+    /// The address as registered (what a mail is sent to), when the
+    /// directory has it and it is the same address as `email`.
+    pub email_registered: Option<String>,
     pub status: Option<UserStatus>,
 }
 
@@ -173,6 +182,19 @@ impl ServedNow {
     pub fn is_active(&self) -> bool {
         self.status == Some(UserStatus::Actief)
     }
+}
+
+/// The registered form of a stored address, when there is one and it is
+/// the same address as the lower-cased `email` (see [`EmailAddress::stored`]).
+///
+/// [`EmailAddress::stored`]: crate::domain::ids::EmailAddress::stored
+fn registered_form(email: Option<String>, registered: Option<String>) -> Option<String> {
+    let email = email?;
+    Some(
+        crate::domain::ids::EmailAddress::stored(email, registered)
+            .registered()
+            .to_owned(),
+    )
 }
 
 /// A stored rule label as a [`Rule`].
@@ -221,6 +243,7 @@ pub async fn served_users_of(
             "SELECT du.delivery_id, du.gebruikersnummer, du.rule, du.versie, \
              (SELECT u.naam FROM users u WHERE u.gebruikersnummer = du.gebruikersnummer) AS naam, \
              (SELECT u.email FROM users u WHERE u.gebruikersnummer = du.gebruikersnummer) AS email, \
+             (SELECT u.email_registered FROM users u WHERE u.gebruikersnummer = du.gebruikersnummer) AS email_registered, \
              (SELECT u.status FROM users u WHERE u.gebruikersnummer = du.gebruikersnummer) AS status \
              FROM delivery_users du \
              WHERE du.delivery_id IN ({}) ORDER BY du.delivery_id, du.gebruikersnummer",
@@ -239,6 +262,10 @@ pub async fn served_users_of(
                     rule: rule_of(r.try_get("rule")?)?,
                     versie: r.try_get("versie")?,
                     naam: r.try_get("naam")?,
+                    email_registered: registered_form(
+                        r.try_get("email")?,
+                        r.try_get("email_registered")?,
+                    ),
                     email: r.try_get("email")?,
                     status: user_status_of(r.try_get("status")?)?,
                 });

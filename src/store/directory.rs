@@ -19,7 +19,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<DirectoryUser, StoreError> {
         gebruikersnummer: Gebruikersnummer::parse(&row.try_get::<String, _>("gebruikersnummer")?)
             .map_err(|_| corrupt("gebruikersnummer"))?,
         naam: row.try_get("naam")?,
-        email: EmailAddress::stored(row.try_get("email")?),
+        email: EmailAddress::stored(row.try_get("email")?, row.try_get("email_registered")?),
         status: UserStatus::parse(&row.try_get::<String, _>("status")?)
             .ok_or_else(|| corrupt("status"))?,
         versie: row.try_get("versie")?,
@@ -56,7 +56,7 @@ async fn select_user(
     lock: &'static str,
 ) -> Result<Option<DirectoryUser>, StoreError> {
     let sql = format!(
-        "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer = $1{lock}"
+        "SELECT gebruikersnummer, naam, email, email_registered, status, versie FROM users WHERE gebruikersnummer = $1{lock}"
     );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(nr.as_str())
@@ -173,7 +173,7 @@ pub async fn agb_snapshots(
             }
         }
         let sql = format!(
-            "SELECT l.agb_code, u.gebruikersnummer, u.naam, u.email, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
+            "SELECT l.agb_code, u.gebruikersnummer, u.naam, u.email, u.email_registered, u.status, u.versie, l.rechten, l.tekenbevoegd, l.contactpersoon \
              FROM user_links l JOIN users u ON u.gebruikersnummer = l.gebruikersnummer \
              WHERE l.agb_code IN ({list}) ORDER BY l.agb_code, u.gebruikersnummer"
         );
@@ -214,7 +214,7 @@ pub async fn get_users(
     let mut out = HashMap::with_capacity(nrs.len());
     for chunk in nrs.chunks(CODES_PER_STATEMENT) {
         let sql = format!(
-            "SELECT gebruikersnummer, naam, email, status, versie FROM users WHERE gebruikersnummer IN ({})",
+            "SELECT gebruikersnummer, naam, email, email_registered, status, versie FROM users WHERE gebruikersnummer IN ({})",
             super::Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -256,14 +256,16 @@ pub async fn apply_user(
     }
     // The WHERE makes the write itself conditional: a concurrent newer write wins.
     let done = sqlx::query(
-        "INSERT INTO users (gebruikersnummer, naam, email, status, versie, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO users (gebruikersnummer, naam, email, email_registered, status, versie, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (gebruikersnummer) DO UPDATE SET naam = excluded.naam, email = excluded.email, \
+         email_registered = excluded.email_registered, \
          status = excluded.status, versie = excluded.versie, updated_at = excluded.updated_at \
          WHERE users.versie < excluded.versie",
     )
     .bind(rec.gebruikersnummer.as_str())
     .bind(&rec.naam)
     .bind(rec.email.as_str())
+    .bind(rec.email.registered())
     .bind(rec.status.as_str())
     .bind(rec.versie)
     .bind(now_ms)
@@ -303,7 +305,8 @@ pub enum UserChange {
     UnknownUser,
 }
 
-/// Sets a user's address (`gebruiker.emailadres_gewijzigd`).
+/// Sets a user's address (`gebruiker.emailadres_gewijzigd`): the
+/// lower-cased form and the form as registered, together.
 pub async fn set_email(
     conn: &mut AnyConnection,
     nr: &Gebruikersnummer,
@@ -311,7 +314,17 @@ pub async fn set_email(
     versie: i64,
     now_ms: i64,
 ) -> Result<UserChange, StoreError> {
-    conditional_user_update(conn, nr, versie, "email", email.as_str(), now_ms).await
+    conditional_user_update(
+        conn,
+        nr,
+        versie,
+        &[
+            ("email", email.as_str()),
+            ("email_registered", email.registered()),
+        ],
+        now_ms,
+    )
+    .await
 }
 
 /// Marks a user `ingetrokken` (`certificaat.ingetrokken`).
@@ -325,8 +338,7 @@ pub async fn revoke(
         conn,
         nr,
         versie,
-        "status",
-        UserStatus::Ingetrokken.as_str(),
+        &[("status", UserStatus::Ingetrokken.as_str())],
         now_ms,
     )
     .await
@@ -336,8 +348,7 @@ async fn conditional_user_update(
     conn: &mut AnyConnection,
     nr: &Gebruikersnummer,
     versie: i64,
-    column: &'static str,
-    value: &str,
+    set: &[(&'static str, &str)],
     now_ms: i64,
 ) -> Result<UserChange, StoreError> {
     let Some(stored) = stored_user_versie(conn, nr).await? else {
@@ -346,17 +357,22 @@ async fn conditional_user_update(
     if versie <= stored {
         return Ok(UserChange::Stale);
     }
+    let columns: String = set
+        .iter()
+        .enumerate()
+        .map(|(i, (column, _))| format!("{column} = ${}, ", i + 4))
+        .collect();
     let sql = format!(
-        "UPDATE users SET {column} = $1, versie = $2, updated_at = $3 WHERE gebruikersnummer = $4 AND versie < $2"
+        "UPDATE users SET {columns}versie = $1, updated_at = $2 WHERE gebruikersnummer = $3 AND versie < $1"
     );
-    let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(value)
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(versie)
         .bind(now_ms)
-        .bind(nr.as_str())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        .bind(nr.as_str());
+    for (_, value) in set {
+        q = q.bind(*value);
+    }
+    let n = q.execute(&mut *conn).await?.rows_affected();
     Ok(if n == 1 {
         UserChange::Applied
     } else {

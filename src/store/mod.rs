@@ -234,6 +234,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt_templates",
         include_str!("../../migrations/sqlite/0005_attempt_templates.sql"),
     ),
+    (
+        7,
+        "registered_addresses",
+        include_str!("../../migrations/sqlite/0007_registered_addresses.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -260,6 +265,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "attempt_templates",
         include_str!("../../migrations/postgres/0005_attempt_templates.sql"),
+    ),
+    (
+        7,
+        "registered_addresses",
+        include_str!("../../migrations/postgres/0007_registered_addresses.sql"),
     ),
 ];
 

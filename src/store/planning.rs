@@ -19,7 +19,7 @@ const MAX_PARAMS: usize = 32766;
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Parameters of one delivery row.
-const DELIVERY_PARAMS: usize = 12;
+const DELIVERY_PARAMS: usize = 13;
 /// Parameters of one `delivery_users` row.
 const SERVED_PARAMS: usize = 4;
 const _: () = assert!(ROWS_PER_STATEMENT * DELIVERY_PARAMS <= MAX_PARAMS);
@@ -84,7 +84,7 @@ pub async fn insert_planned_rows(
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, rule, notice, due_at, deadline, message_id, created_at, status) \
+            "INSERT INTO deliveries (id, event_id, kind, about, address, claimed_address, address_registered, rule, notice, due_at, deadline, message_id, created_at, status) \
              VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
         );
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -98,6 +98,7 @@ pub async fn insert_planned_rows(
                 .bind(p.about.clone())
                 .bind(address.clone())
                 .bind(address)
+                .bind(p.address.registered().to_owned())
                 .bind(p.rule_label())
                 .bind(p.notice.as_ref().map(|v| v.to_string()))
                 .bind(due_ms)

@@ -90,6 +90,7 @@ const TABLES: &[Table] = &[
             ("status", Text),
             ("versie", Int),
             ("updated_at", Int),
+            ("email_registered", Text),
         ],
     },
     Table {
@@ -153,6 +154,7 @@ const TABLES: &[Table] = &[
             ("last_error", Text),
             ("policy_rejections", Int),
             ("claimed_address", Text),
+            ("address_registered", Text),
         ],
     },
     Table {

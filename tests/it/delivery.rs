@@ -981,3 +981,134 @@ async fn every_attempt_records_the_templates_that_rendered_its_mail() {
     );
     app.stop().await;
 }
+
+/// Users at an international address, and a contact person to tell.
+async fn app_with_international_addresses(offer_smtputf8: bool) -> crate::support::TestApp {
+    use crate::support::{Role, active_user};
+    let app = spawn_app("").await;
+    // Before the service's first connection: its EHLO is what counts.
+    app.smtp.offer_smtputf8(offer_smtputf8);
+    let agb = "04999001";
+    app.import_users(&[
+        active_user(
+            "70000000000001",
+            "jörg@bücher.example",
+            agb,
+            &["uitvragen"],
+            Role::Member,
+        ),
+        active_user(
+            "70000000000002",
+            "Info@Bücher.example",
+            agb,
+            &["uitvragen"],
+            Role::Member,
+        ),
+        active_user(
+            "70000000000003",
+            "cp@praktijk.example",
+            agb,
+            &["contracteren"],
+            Role::Contactpersoon,
+        ),
+    ])
+    .await;
+    app
+}
+
+#[tokio::test]
+async fn an_international_address_is_sent_with_smtputf8_when_the_relay_offers_it() {
+    let app = app_with_international_addresses(true).await;
+    let rows = app
+        .publish_and_settle(&crate::support::fresh_for(
+            "uitvraag.vragenlijst_klaargezet",
+            "04999001",
+        ))
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(
+        rows.iter().all(|d| d.status == DeliveryStatus::Sent),
+        "{rows:#?}"
+    );
+    let mails = app.smtp.messages();
+    let to = |rcpt: &str| {
+        mails
+            .iter()
+            .find(|m| m.rcpt_to == [rcpt])
+            .unwrap_or_else(|| panic!("no mail to {rcpt}: {mails:#?}"))
+    };
+    let jorg = to("jörg@bücher.example");
+    assert!(
+        jorg.mail_params.iter().any(|p| p == "SMTPUTF8"),
+        "{:?}",
+        jorg.mail_params
+    );
+    assert!(jorg.data_str().contains("\r\nTo: jörg@bücher.example\r\n"));
+    // An ASCII local part needs no SMTPUTF8: the domain goes as its A-label.
+    let info = to("Info@xn--bcher-kva.example");
+    assert!(info.mail_params.iter().all(|p| p != "SMTPUTF8"));
+    assert!(info.data.is_ascii());
+    assert!(
+        info.data_str()
+            .contains("\r\nTo: Info@xn--bcher-kva.example\r\n")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_smtputf8_an_international_address_fails_for_good_and_the_contact_persons_are_told()
+{
+    let app = app_with_international_addresses(false).await;
+    let e = crate::support::fresh_for("uitvraag.vragenlijst_klaargezet", "04999001");
+    let id = e["id"].as_str().unwrap().to_owned();
+    let rows = app.publish_and_settle(&e).await;
+    let jorg = rows
+        .iter()
+        .find(|d| d.recipient == "jörg@bücher.example")
+        .unwrap();
+    assert_eq!(jorg.status, DeliveryStatus::Failed, "{jorg:#?}");
+    assert_eq!(jorg.attempts, 1, "permanent: not retried");
+    assert_eq!(
+        jorg.last_error.as_deref(),
+        Some(
+            "the relay does not support international addresses (no SMTPUTF8); the address needs an ASCII form or a relay that offers SMTPUTF8"
+        )
+    );
+    let info = rows
+        .iter()
+        .find(|d| d.recipient == "info@bücher.example")
+        .unwrap();
+    assert_eq!(
+        info.status,
+        DeliveryStatus::Sent,
+        "the A-label needs no SMTPUTF8"
+    );
+
+    let notice = app.wait_sent(&id, "beheer.onbestelbaar").await;
+    assert_eq!(notice.recipient, "cp@praktijk.example");
+    let mail = app
+        .parsed_mails()
+        .into_iter()
+        .find(|m| m.message_id == notice.message_id)
+        .unwrap();
+    assert!(
+        mail.text
+            .contains("de ontvangende server ondersteunt geen internationale adressen"),
+        "{}",
+        mail.text
+    );
+    assert!(mail.text.contains("70000000000001"), "{}", mail.text);
+    // Nothing but ASCII reached the relay: no raw UTF-8 in any command.
+    let commands = app.smtp.commands();
+    assert!(
+        commands.iter().all(|c| c.is_ascii()),
+        "a non-ASCII command was sent: {commands:#?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c == "RCPT TO:<Info@xn--bcher-kva.example>"),
+        "{commands:#?}"
+    );
+    app.stop().await;
+}

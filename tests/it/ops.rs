@@ -746,7 +746,8 @@ async fn a_dead_lettered_message_shows_up_in_quarantine_and_redrives() {
     );
     // The running service sends it.
     let mails = app.wait_mails(1).await;
-    assert_eq!(mails[0].rcpt_to, vec!["praktijk@fysio-noord.example"]);
+    // A. Bakker, as registered.
+    assert_eq!(mails[0].rcpt_to, vec!["Praktijk@Fysio-Noord.example"]);
     app.wait_deliveries(Some(&id_of(&e)), "sent", |r| {
         r.len() == 1 && r[0].status == DeliveryStatus::Sent
     })

@@ -512,3 +512,118 @@ async fn a_stored_address_the_sender_cannot_use_is_undeliverable_and_escalated()
     assert_eq!(n.recipient, "cp@praktijk.example");
     app.stop().await;
 }
+
+/// The local part keeps its case (RFC 5321 §2.4): what the portal
+/// registered is what RCPT TO and To: carry, whether it came from `directory
+/// import`, `gebruiker.emailadres_gewijzigd` or `gebruiker.bijgewerkt`;
+/// deliveries compare, group and record the lower-cased form.
+#[tokio::test]
+async fn addresses_are_sent_as_registered_and_compared_in_lower_case() {
+    let app = spawn_app("").await;
+    app.import_directory(&sample_directory()).await;
+    let sent_to = |app: &crate::support::TestApp, message_id: &str| {
+        let m = app
+            .smtp
+            .messages()
+            .into_iter()
+            .find(|m| crate::support::parse_mail(m).message_id == message_id)
+            .expect("the mail of the delivery");
+        (m.rcpt_to[0].clone(), m.data_str())
+    };
+
+    // A change of case only is no change of address: one confirmation, to
+    // the address as now registered, and no security notice.
+    let mut change = fresh("gebruiker.emailadres_gewijzigd");
+    change["data"]["gebruikersnummer"] = "10000000000001".into();
+    change["data"]["oud_email"] = "j.devries@fysio-noord.example".into();
+    change["data"]["nieuw_email"] = "J.deVries@Fysio-Noord.example".into();
+    change["data"]["versie"] = 8.into();
+    let rows = app.publish_and_settle(&change).await;
+    assert_eq!(
+        kinds(&rows),
+        vec![row(
+            "gebruiker.emailadres_gewijzigd",
+            "j.devries@fysio-noord.example",
+            "sent"
+        )]
+    );
+    let (rcpt, data) = sent_to(&app, &rows[0].message_id);
+    assert_eq!(rcpt, "J.deVries@Fysio-Noord.example");
+    assert!(data.contains("\r\nTo: J.deVries@Fysio-Noord.example\r\n"));
+
+    // A new user through gebruiker.bijgewerkt.
+    let nieuw = active_user(
+        "10000000000006",
+        "K.Nieuw@Fysio-Noord.example",
+        "04123456",
+        &["uitvragen"],
+        Role::Member,
+    );
+    let nieuw = user_event(nieuw);
+    app.publish(&nieuw).await;
+    app.wait_event(nieuw["id"].as_str().unwrap()).await;
+    let rows = app.publish_and_settle(&fresh("uitvraag.beoordeeld")).await;
+    for (compared, registered) in [
+        (
+            "j.devries@fysio-noord.example",
+            "J.deVries@Fysio-Noord.example",
+        ),
+        ("k.nieuw@fysio-noord.example", "K.Nieuw@Fysio-Noord.example"),
+        (
+            "p.jansen@fysio-noord.example",
+            "p.jansen@fysio-noord.example",
+        ),
+    ] {
+        let d = rows
+            .iter()
+            .find(|d| d.recipient == compared)
+            .unwrap_or_else(|| panic!("no delivery to {compared}: {rows:#?}"));
+        assert_eq!(d.status, DeliveryStatus::Sent);
+        assert_eq!(sent_to(&app, &d.message_id).0, registered);
+    }
+
+    // A. Bakker (10000000000003) registered Praktijk@Fysio-Noord.example,
+    // S. Visser (10000000000004) praktijk@fysio-noord.example: one mailbox,
+    // one mail, written as the lower gebruikersnummer registered it.
+    let before = app.smtp.count();
+    let rows = app
+        .publish_and_settle(&fresh("onderhandeling.voorstel_gedaan"))
+        .await;
+    let shared = rows
+        .iter()
+        .find(|d| d.recipient == "praktijk@fysio-noord.example")
+        .unwrap();
+    assert_eq!(shared.status, DeliveryStatus::Sent);
+    assert_eq!(
+        sent_to(&app, &shared.message_id).0,
+        "Praktijk@Fysio-Noord.example"
+    );
+    let to_praktijk = app.smtp.messages()[before..]
+        .iter()
+        .filter(|m| m.rcpt_to[0].eq_ignore_ascii_case("praktijk@fysio-noord.example"))
+        .count();
+    assert_eq!(to_praktijk, 1, "one mail per address, whatever its case");
+
+    // The security notice to an old address goes to it as it was registered.
+    let mut moved = fresh("gebruiker.emailadres_gewijzigd");
+    moved["data"]["gebruikersnummer"] = "10000000000003".into();
+    moved["data"]["oud_email"] = "praktijk@fysio-noord.example".into();
+    moved["data"]["nieuw_email"] = "A.Bakker@Elders.example".into();
+    moved["data"]["versie"] = 2.into();
+    let rows = app.publish_and_settle(&moved).await;
+    let old = rows
+        .iter()
+        .find(|d| d.kind == "gebruiker.emailadres_gewijzigd.oud_adres")
+        .unwrap();
+    assert_eq!(old.recipient, "praktijk@fysio-noord.example");
+    assert_eq!(
+        sent_to(&app, &old.message_id).0,
+        "Praktijk@Fysio-Noord.example"
+    );
+    let new = rows
+        .iter()
+        .find(|d| d.kind == "gebruiker.emailadres_gewijzigd")
+        .unwrap();
+    assert_eq!(sent_to(&app, &new.message_id).0, "A.Bakker@Elders.example");
+    app.stop().await;
+}

@@ -602,6 +602,84 @@ async fn address_changes_and_revocations_follow_the_versie_rule(store: Store) {
     assert_eq!((u.status.as_str(), u.versie), ("ingetrokken", 4));
 }
 
+/// The directory keeps each address as registered next to the lower-cased
+/// form it compares; deliveries keep the lower-cased one and, besides it,
+/// the form planned.
+async fn addresses_are_kept_as_registered_next_to_the_compared_form(store: Store) {
+    let mut c = store.pool().acquire().await.unwrap();
+    dir::apply_user(&mut c, &user(1, "J.deVries@Praktijk.example", 1, true), 1)
+        .await
+        .unwrap();
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (u.email.as_str(), u.email.registered()),
+        ("j.devries@praktijk.example", "J.deVries@Praktijk.example")
+    );
+    let snapshot = dir::agb_snapshot(&mut c, &AgbCode::parse(AGB).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot.members[0].email.registered(),
+        "J.deVries@Praktijk.example"
+    );
+    let new = EmailAddress::parse("Nieuw.Adres@Praktijk.example").unwrap();
+    let changed = dir::set_email(&mut c, &nr(1), &new, 2, 2).await.unwrap();
+    assert_eq!(changed, UserChange::Applied);
+    let u = dir::get_users(&mut c, &[nr(1)])
+        .await
+        .unwrap()
+        .remove(&nr(1))
+        .unwrap();
+    assert_eq!(
+        (u.email.as_str(), u.email.registered()),
+        (
+            "nieuw.adres@praktijk.example",
+            "Nieuw.Adres@Praktijk.example"
+        )
+    );
+
+    add_event(&store, "e-registered").await;
+    let id = plan(
+        &mut c,
+        "e-registered",
+        &planned("Nieuw.Adres@Praktijk.example", &[1]),
+        10,
+        1_000_000,
+    )
+    .await;
+    let served = dl::served_users(&mut c, &id).await.unwrap();
+    assert_eq!(
+        served[0].email.as_deref(),
+        Some("nieuw.adres@praktijk.example")
+    );
+    assert_eq!(
+        served[0].email_registered.as_deref(),
+        Some("Nieuw.Adres@Praktijk.example")
+    );
+    drop(c);
+    let claimed = claim(&store, "me", 20, 1_000, 10).await;
+    assert_eq!(claimed[0].address, "nieuw.adres@praktijk.example");
+    assert_eq!(
+        claimed[0].address_registered.as_deref(),
+        Some("Nieuw.Adres@Praktijk.example")
+    );
+
+    // A row written before migration 0007 has no registered form: the
+    // compared one stands in for it.
+    let mut c = store.pool().acquire().await.unwrap();
+    sqlx::query("UPDATE users SET email_registered = NULL")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let u = dir::get_user(&mut c, &nr(1)).await.unwrap().unwrap();
+    assert_eq!(u.email.registered(), "nieuw.adres@praktijk.example");
+    let served = dl::served_users(&mut c, &id).await.unwrap();
+    assert_eq!(
+        served[0].email_registered.as_deref(),
+        Some("nieuw.adres@praktijk.example")
+    );
+}
+
 async fn organisations_follow_the_versie_rule(store: Store) {
     let mut c = store.pool().acquire().await.unwrap();
     let agb = AgbCode::parse(AGB).unwrap();
@@ -2222,6 +2300,7 @@ contract!(
     directory_applies_only_newer_versions,
     concurrent_directory_writes_never_overwrite_a_newer_version,
     address_changes_and_revocations_follow_the_versie_rule,
+    addresses_are_kept_as_registered_next_to_the_compared_form,
     organisations_follow_the_versie_rule,
     planning_the_same_mail_twice_creates_one_delivery,
     concurrent_claimers_never_get_the_same_delivery,

@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 pub struct ReceivedMail {
     /// Reverse path from `MAIL FROM:<..>`, without the angle brackets.
     pub from: String,
+    /// The parameters after the reverse path (`SMTPUTF8`, `BODY=8BITMIME`).
+    pub mail_params: Vec<String>,
     /// Accepted recipients from `RCPT TO:<..>`, without angle brackets, in order.
     pub rcpt_to: Vec<String>,
     /// Raw message after dot-unstuffing: every line terminated by CRLF
@@ -65,6 +67,8 @@ struct Script {
     /// Waits this long before answering a command with this verb.
     stall_command: Option<(String, Duration)>,
     refuse_connections: bool,
+    /// EHLO does not offer SMTPUTF8.
+    without_smtputf8: bool,
 }
 
 /// Adds or replaces the rule with this key; `times == Some(0)` just removes it.
@@ -100,6 +104,8 @@ struct State {
     accepted_at: Vec<Instant>,
     dropped: Vec<ReceivedMail>,
     connections: u64,
+    /// Every command line received, in order (lossy UTF-8).
+    commands: Vec<String>,
 }
 
 /// TLS the server offers.
@@ -253,6 +259,12 @@ impl TestSmtpServer {
         self.shared.state().dropped.clone()
     }
 
+    /// Every command line received so far (`MAIL FROM:<a@b> SMTPUTF8`,
+    /// `RCPT TO:<c@d>`, ...), in order, refused ones included.
+    pub fn commands(&self) -> Vec<String> {
+        self.shared.state().commands.clone()
+    }
+
     /// Total TCP connections accepted so far (including refused ones).
     pub fn connections(&self) -> u64 {
         self.shared.state().connections
@@ -389,6 +401,12 @@ impl TestSmtpServer {
     /// relay that greets and then hangs at `MAIL`). `None` disables.
     pub fn stall_command(&self, verb: &str, delay: Option<Duration>) {
         self.shared.script().stall_command = delay.map(|d| (verb.to_uppercase(), d));
+    }
+
+    /// Whether EHLO offers SMTPUTF8 (it does unless told otherwise); for
+    /// sessions that greet after this call.
+    pub fn offer_smtputf8(&self, on: bool) {
+        self.shared.script().without_smtputf8 = !on;
     }
 
     /// While true, accepted TCP connections are closed at once, without greeting.
@@ -538,6 +556,15 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &str) -> io::Result<()> {
     w.flush().await
 }
 
+/// The parameters after the path of `FROM:<a@b> PARAMS`.
+fn path_params(arg: &str) -> Vec<String> {
+    let rest = match arg.find('>') {
+        Some(end) => &arg[end + 1..],
+        None => arg.split_once(char::is_whitespace).map_or("", |(_, r)| r),
+    };
+    rest.split_whitespace().map(str::to_string).collect()
+}
+
 /// Extracts the address from `FROM:<a@b> PARAMS` / `TO:<a@b>`, without brackets.
 fn parse_path(arg: &str, prefix: &str) -> Option<String> {
     let head = arg.get(..prefix.len())?;
@@ -569,13 +596,20 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
     }
 
     let mut from: Option<String> = None;
+    let mut mail_params: Vec<String> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
+    let smtputf8 = if shared.script().without_smtputf8 {
+        ""
+    } else {
+        "250-SMTPUTF8\r\n"
+    };
     loop {
         let Some(line) = read_line(&mut io).await? else {
             return Ok(());
         };
         let text = String::from_utf8_lossy(&line).into_owned();
         let text = text.trim();
+        shared.state().commands.push(text.to_string());
         let verb = text
             .split_whitespace()
             .next()
@@ -602,9 +636,11 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                     "EHLO" => {
                         (from, rcpts) = (None, Vec::new());
                         if matches!(shared.tls, Tls::Upgrade(_)) && !tls_active {
-                            pick("250-test-smtp\r\n250-STARTTLS\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                            pick(&format!(
+                                "250-test-smtp\r\n250-STARTTLS\r\n{smtputf8}250 8BITMIME"
+                            ))
                         } else {
-                            pick("250-test-smtp\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                            pick(&format!("250-test-smtp\r\n{smtputf8}250 8BITMIME"))
                         }
                     }
                     "STARTTLS" => match (&shared.tls, tls_active) {
@@ -628,6 +664,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                     "MAIL" => match parse_path(arg, "FROM:") {
                         Some(addr) => {
                             (from, rcpts) = (Some(addr), Vec::new());
+                            mail_params = path_params(arg);
                             pick("250 2.1.0 Ok")
                         }
                         None => "501 5.5.4 Syntax: MAIL FROM:<address>".to_string(),
@@ -673,6 +710,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                         }
                         let mail = ReceivedMail {
                             from: from.take().unwrap_or_default(),
+                            mail_params: std::mem::take(&mut mail_params),
                             rcpt_to: std::mem::take(&mut rcpts),
                             data,
                             wire,
