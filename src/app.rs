@@ -104,6 +104,26 @@ pub fn ingestor(settings: &Settings, store: &Store, metrics: &Metrics) -> Ingest
     )
 }
 
+/// The relay (or the outbox) of `smtp.*`. Refuses (exit 2) credentials
+/// that would travel without verified TLS and an unusable `smtp.ca_file`:
+/// every command that sends builds its mailer here.
+pub fn mailer(settings: &Settings) -> Result<Mailer, StartError> {
+    let options = settings
+        .smtp
+        .pool_options()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if options.accept_invalid_certs && settings.smtp.target().is_some() {
+        warn!(
+            "smtp.danger_accept_invalid_certs = true: the relay's certificate is not checked, so anyone on the path can read the mail; trust the relay's CA with smtp.ca_file instead"
+        );
+    }
+    Ok(Mailer::new(
+        settings.smtp.target(),
+        &settings.smtp.outbox_dir,
+        options,
+    ))
+}
+
 /// A dispatcher for `store`.
 pub fn dispatcher(
     settings: &Settings,
@@ -111,11 +131,7 @@ pub fn dispatcher(
     metrics: &Metrics,
 ) -> Result<Dispatcher, StartError> {
     let templates = Arc::new(load_templates(settings)?);
-    let mailer = Mailer::new(
-        settings.smtp.target(),
-        &settings.smtp.outbox_dir,
-        settings.smtp.pool_options(),
-    );
+    let mailer = mailer(settings)?;
     let cfg = DispatchConfig {
         from: settings.smtp.from.clone(),
         portal_url: settings.portal.url.clone(),
@@ -218,6 +234,10 @@ impl App {
     /// `http.listen`. Nothing runs yet: the broker is first contacted in
     /// [`App::run`].
     pub async fn build(settings: Settings) -> Result<App, StartError> {
+        // Transport security first: a refused setting touches nothing.
+        let config = |e: crate::config::ConfigError| StartError::Config(e.to_string());
+        settings.smtp.check_transport_security().map_err(config)?;
+        let amqp_tls = crate::broker::tls_config(&settings.amqp).map_err(config)?;
         let lock = RunLock::acquire(&settings.database.url)
             .map_err(|e| StartError::Config(e.to_string()))?;
         let store = open_store(&settings, settings.database.migrate_on_start).await?;
@@ -230,6 +250,7 @@ impl App {
             metrics.clone(),
             health.clone(),
         )
+        .with_tls(amqp_tls)
         .with_due_signal(DueSignal::new(dispatcher.waker(), store.clone()));
         let listen = settings.http.listen;
         let cannot_bind = |e| StartError::Config(format!("http.listen {listen}: cannot bind: {e}"));

@@ -4,7 +4,8 @@
 
 use crate::domain::bounce::{BounceAddress, BounceKey};
 use crate::mail::smtp::PoolOptions;
-use crate::mail::target::{Relay, SmtpTarget};
+use crate::mail::target::{Relay, SmtpTarget, TlsMode};
+use crate::tls::CaFile;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use lettre::message::Mailbox;
@@ -102,6 +103,9 @@ pub struct AmqpSettings {
     pub batch_max_bytes: usize,
     pub reconnect_min: HumanDuration,
     pub reconnect_max: HumanDuration,
+    /// A PEM file with the CA(s) of an `amqps://` broker, trusted next to
+    /// the system's roots; empty: the system's roots only.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +132,9 @@ pub struct SmtpSettings {
     pub timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
     pub danger_accept_invalid_certs: bool,
+    /// A PEM file with the CA(s) of the relay, trusted next to the system's
+    /// roots; empty: the system's roots only.
+    pub ca_file: String,
     /// Where bounces go (VERP): `local@domain`, empty for none.
     #[serde(deserialize_with = "bounce_address")]
     pub bounce_address: Option<BounceAddress>,
@@ -388,15 +395,73 @@ impl SmtpSettings {
         Some((address, key))
     }
 
-    /// The relay connection pool's options.
-    pub fn pool_options(&self) -> PoolOptions {
-        PoolOptions {
+    /// The relay connection pool's options, with `smtp.ca_file` loaded,
+    /// after [`Self::check_transport_security`]: what every command that
+    /// talks to the relay builds its pool from.
+    pub fn pool_options(&self) -> Result<PoolOptions, ConfigError> {
+        self.check_transport_security()?;
+        let ca = match &self.url {
+            Relay::Smtp(_) => CaFile::load_optional("smtp.ca_file", &self.ca_file)
+                .map_err(ConfigError::Invalid)?,
+            Relay::Outbox => None,
+        };
+        Ok(PoolOptions {
             hello_name: self.hello_name.clone(),
             concurrency: self.concurrency,
             timeout: self.timeout.0,
             connect_timeout: self.connect_timeout.0,
             accept_invalid_certs: self.danger_accept_invalid_certs,
+            ca,
+        })
+    }
+
+    /// Credentials never cross the network unencrypted or to a server whose
+    /// certificate was not verified: they need `tls=required` or `smtps://`
+    /// with certificate checks on. A stripped STARTTLS (`tls=opportunistic`)
+    /// would otherwise hand the password to whoever sits on the path.
+    pub fn check_transport_security(&self) -> Result<(), ConfigError> {
+        let Some(t) = self.target() else {
+            return Ok(());
+        };
+        let bad = |key: &str, what: &str| Err(ConfigError::Invalid(format!("{key}: {what}")));
+        if t.credentials.is_some() {
+            match t.tls {
+                TlsMode::None => {
+                    return bad(
+                        "smtp.url",
+                        "credentials are set (in smtp.url or smtp.username/smtp.password) but smtp.url has no TLS, so the password would cross the network in clear text: use smtp://HOST:587?tls=required or smtps://HOST:465, or remove the credentials",
+                    );
+                }
+                TlsMode::StartTlsOpportunistic => {
+                    return bad(
+                        "smtp.url",
+                        "credentials are set (in smtp.url or smtp.username/smtp.password) but tls=opportunistic sends them in clear text whenever the relay does not offer STARTTLS, and anyone on the path can strip that offer: use tls=required or smtps://",
+                    );
+                }
+                TlsMode::StartTlsRequired | TlsMode::Implicit => {}
+            }
+            if self.danger_accept_invalid_certs {
+                return bad(
+                    "smtp.danger_accept_invalid_certs",
+                    "is true while credentials are set: any server that answers in the relay's place would get the password; trust the relay's CA with smtp.ca_file instead and set danger_accept_invalid_certs = false",
+                );
+            }
         }
+        if !self.ca_file.is_empty() {
+            if self.danger_accept_invalid_certs {
+                return bad(
+                    "smtp.ca_file",
+                    "is set together with smtp.danger_accept_invalid_certs = true, which turns every certificate check off, this CA's included: set danger_accept_invalid_certs = false",
+                );
+            }
+            if t.tls == TlsMode::None {
+                return bad(
+                    "smtp.ca_file",
+                    "is set but smtp.url uses no TLS: add ?tls=required or use smtps://, or leave smtp.ca_file empty",
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -467,6 +532,70 @@ mod tests {
             .merge(Toml::string("[dispatch]\nlease = \"2s\""));
         let e = Settings::from_figment(fig).unwrap_err().to_string();
         assert!(e.contains("dispatch.lease: must be at least 3s"), "{e}");
+    }
+
+    fn smtp(toml: &str) -> SmtpSettings {
+        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
+        Settings::from_figment(fig).unwrap().smtp
+    }
+
+    #[test]
+    fn credentials_need_tls_that_is_required_and_verified() {
+        for (toml, key, why) in [
+            ("[smtp]\nurl = \"smtp://u:p@relay\"", "smtp.url:", "no TLS"),
+            (
+                "[smtp]\nurl = \"smtp://relay?tls=none\"\nusername = \"u\"",
+                "smtp.url:",
+                "no TLS",
+            ),
+            (
+                "[smtp]\nurl = \"smtp://u:p@relay?tls=opportunistic\"",
+                "smtp.url:",
+                "tls=opportunistic",
+            ),
+            (
+                "[smtp]\nurl = \"smtps://u:p@relay\"\ndanger_accept_invalid_certs = true",
+                "smtp.danger_accept_invalid_certs:",
+                "smtp.ca_file",
+            ),
+            (
+                "[smtp]\nurl = \"smtps://relay\"\nca_file = \"/x.pem\"\ndanger_accept_invalid_certs = true",
+                "smtp.ca_file:",
+                "danger_accept_invalid_certs = false",
+            ),
+            (
+                "[smtp]\nurl = \"smtp://relay\"\nca_file = \"/x.pem\"",
+                "smtp.ca_file:",
+                "no TLS",
+            ),
+        ] {
+            let s = smtp(toml);
+            let e = s.check_transport_security().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(why), "{toml}: {e}");
+            assert!(s.pool_options().is_err(), "{toml}");
+        }
+        for ok in [
+            "[smtp]\nurl = \"smtp://u:p@relay?tls=required\"",
+            "[smtp]\nurl = \"smtps://relay\"\nusername = \"u\"\npassword = \"p\"",
+            "[smtp]\nurl = \"smtp://relay?tls=opportunistic\"",
+            "[smtp]\nurl = \"smtp://relay\"",
+            "[smtp]\nurl = \"smtps://relay\"\ndanger_accept_invalid_certs = true",
+            "[smtp]\nusername = \"u\"",
+        ] {
+            assert!(smtp(ok).pool_options().is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_names_the_key() {
+        let e = smtp("[smtp]\nurl = \"smtps://relay\"\nca_file = \"/nonexistent/ca.pem\"")
+            .pool_options()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("smtp.ca_file: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]

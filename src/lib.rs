@@ -17,3 +17,4 @@ pub mod ops;
 pub mod pipeline;
 pub mod store;
 pub mod templates;
+pub mod tls;

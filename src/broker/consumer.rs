@@ -30,8 +30,9 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{ConnectionProperties, DefaultConnectionBuilder};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct Consumer {
     health: Arc<Health>,
     /// Told when a batch committed deliveries (they are due at once).
     due: Option<DueSignal>,
+    /// For `amqps://` ([`super::tls_config`]).
+    tls: OwnedTLSConfig,
 }
 
 impl Consumer {
@@ -62,7 +65,15 @@ impl Consumer {
             metrics,
             health,
             due: None,
+            tls: OwnedTLSConfig::default(),
         }
+    }
+
+    /// Connects over `amqps://` with `tls` ([`super::tls_config`]) instead
+    /// of the system's roots alone.
+    pub fn with_tls(mut self, tls: OwnedTLSConfig) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Wakes the dispatchers through `due` after every commit that added deliveries.
@@ -86,8 +97,10 @@ impl Consumer {
                     if started.elapsed() > max {
                         backoff = min;
                     }
+                    let hint = super::session_error_hint(&e);
+                    self.health.set_amqp_reason(Some(format!("{e}; {hint}")));
                     error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                        "RabbitMQ session ended; reconnecting (check that the broker at amqp.url is up)");
+                        "RabbitMQ session ended; reconnecting ({hint})");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         () = shutdown.cancelled() => {}
@@ -106,17 +119,21 @@ impl Consumer {
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let s = &self.settings;
-        let conn = Connection::connect(
-            &s.url,
-            ConnectionProperties::default().with_connection_name("zorginkoop-notifier".into()),
-        )
-        .await?;
+        let conn = DefaultConnectionBuilder::new()?
+            .with_uri_str(s.url.clone())
+            .with_properties(
+                ConnectionProperties::default().with_connection_name("zorginkoop-notifier".into()),
+            )
+            .with_tls_config(self.tls.clone())
+            .connect()
+            .await?;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, s).await?;
         let mut events = consume(&ch, &s.queue, s.prefetch).await?;
         let dead_ch = conn.create_channel().await?;
         let mut dead = consume(&dead_ch, &s.dead_letter_queue, s.prefetch).await?;
         self.set_connected(true);
+        self.health.set_amqp_reason(None);
         info!(queue = %s.queue, prefetch = s.prefetch, "consuming portal events");
 
         // A delivery read ahead that did not fit the batch before it.

@@ -307,11 +307,7 @@ pub async fn send_test(settings: &Settings, kind: &str, to: &str) -> Result<(), 
         &format!("{id}@notifier"),
     )
     .map_err(|e| CliError::Problem(e.to_string()))?;
-    let mailer = crate::mail::Mailer::new(
-        settings.smtp.target(),
-        &settings.smtp.outbox_dir,
-        settings.smtp.pool_options(),
-    );
+    let mailer = app::mailer(settings)?;
     let report = mailer
         .send(settings.smtp.from.email.as_ref(), to.as_ref(), &id, &bytes)
         .await;

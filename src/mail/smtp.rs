@@ -15,9 +15,10 @@ use super::classify::{Step, classify_reply, enhanced_code, is_recipient_policy};
 use super::{SendReport, SmtpTarget, TlsMode};
 use crate::domain::delivery::{AttemptOutcome, retry_hint};
 use crate::domain::ids::smtp_form;
+use crate::tls::CaFile;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use std::error::Error as _;
@@ -33,6 +34,7 @@ pub struct SmtpPool {
     timeout: Duration,
     connect_timeout: Duration,
     accept_invalid_certs: bool,
+    ca: Option<CaFile>,
 }
 
 /// How the pool talks to its relay (from `smtp.*`).
@@ -47,6 +49,8 @@ pub struct PoolOptions {
     /// The longest wait for a connection and its greeting.
     pub connect_timeout: Duration,
     pub accept_invalid_certs: bool,
+    /// `smtp.ca_file`: trusted next to the system's roots.
+    pub ca: Option<CaFile>,
 }
 
 impl SmtpPool {
@@ -60,14 +64,22 @@ impl SmtpPool {
             timeout: o.timeout,
             connect_timeout: o.connect_timeout,
             accept_invalid_certs: o.accept_invalid_certs,
+            ca: o.ca,
         }
     }
 
+    /// The relay's certificate is checked against the system's roots plus
+    /// `smtp.ca_file`, for the host name in `smtp.url`.
     fn tls_parameters(&self) -> Result<TlsParameters, SendReport> {
-        TlsParameters::builder(self.target.host.clone())
-            .dangerous_accept_invalid_certs(self.accept_invalid_certs)
-            .build_rustls()
-            .map_err(|e| relay_fault(format!("cannot set up TLS for the relay: {e}")))
+        let cannot = |e: lettre::transport::smtp::Error| {
+            relay_fault(format!("cannot set up TLS for the relay: {e}"))
+        };
+        let mut b = TlsParameters::builder(self.target.host.clone())
+            .dangerous_accept_invalid_certs(self.accept_invalid_certs);
+        if let Some(ca) = &self.ca {
+            b = b.add_root_certificate(Certificate::from_pem(ca.pem().as_bytes()).map_err(cannot)?);
+        }
+        b.build_rustls().map_err(cannot)
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendReport> {
@@ -386,7 +398,7 @@ fn connect_error(e: &lettre::transport::smtp::Error) -> SendReport {
     }
     if is_tls_failure(e) {
         return relay_fault(format!(
-            "TLS with the relay failed (certificate or protocol): {e}; fix the relay's certificate or smtp.url"
+            "TLS with the relay failed (certificate or protocol): {e}; the relay's certificate must be for the host in smtp.url and signed by a CA in the system's roots or in smtp.ca_file"
         ));
     }
     connection_failed(format!("cannot talk to the relay: {e}"))

@@ -89,6 +89,13 @@ pub enum TlsMode {
     Implicit,
 }
 
+impl TlsMode {
+    /// Every connection is encrypted (or nothing is sent).
+    pub fn always_tls(self) -> bool {
+        matches!(self, Self::StartTlsRequired | Self::Implicit)
+    }
+}
+
 impl SmtpTarget {
     /// Parses `smtp://host:port[?tls=required|opportunistic|none]` or
     /// `smtps://[user:pass@]host:port`; the error says what to write instead.
@@ -119,12 +126,14 @@ impl SmtpTarget {
             }
             (other, _) => return Err(format!("scheme {other}: expected smtp or smtps")),
         };
-        let credentials = (!u.username().is_empty()).then(|| {
-            (
-                percent_decode(u.username()),
-                percent_decode(u.password().unwrap_or_default()),
-            )
-        });
+        let credentials = if u.username().is_empty() {
+            None
+        } else {
+            Some((
+                percent_decode(u.username())?,
+                percent_decode(u.password().unwrap_or_default())?,
+            ))
+        };
         Ok(Self {
             host,
             port: u.port().unwrap_or(default_port),
@@ -134,11 +143,13 @@ impl SmtpTarget {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+/// Decodes the URL's user or password as lettre's own URL parser does:
+/// `%XX` only. Not as a form: `+` stays a plus and `&` is part of it.
+fn percent_decode(s: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| "the user or password is not UTF-8 once percent-decoded".to_owned())
 }
 
 #[cfg(test)]
@@ -188,6 +199,24 @@ mod tests {
             assert_eq!(a.credentials, b.credentials);
         }
         assert_eq!(Relay::Outbox.url(), "");
+    }
+
+    #[test]
+    fn user_info_is_percent_decoded_not_form_decoded() {
+        let t = SmtpTarget::parse("smtps://user:a+b&c@relay").unwrap();
+        assert_eq!(t.credentials, Some(("user".into(), "a+b&c".into())));
+        let t = SmtpTarget::parse("smtps://us%2Ber:a%20b%25@relay").unwrap();
+        assert_eq!(t.credentials, Some(("us+er".into(), "a b%".into())));
+        let relay = Relay::try_from("smtps://user:a+b&c@relay".to_owned()).unwrap();
+        let Relay::Smtp(again) = Relay::try_from(relay.url()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(again.credentials, Some(("user".into(), "a+b&c".into())));
+        assert!(
+            SmtpTarget::parse("smtps://user:%FF@relay")
+                .unwrap_err()
+                .contains("not UTF-8")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Liveness and readiness state shared by the loops and the HTTP endpoints.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What readiness looks at, updated by the consumer and dispatch.
@@ -7,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     amqp: AtomicBool,
     db: AtomicBool,
+    /// Why the last broker session ended (e.g. a certificate the worker
+    /// does not trust), until a session consumes again.
+    amqp_reason: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -15,7 +19,21 @@ impl Health {
         Self {
             amqp: AtomicBool::new(false),
             db: AtomicBool::new(true),
+            amqp_reason: Mutex::new(None),
         }
+    }
+
+    /// Why the broker is not consumed (`None`: it is, or was never tried).
+    pub fn set_amqp_reason(&self, reason: Option<String>) {
+        *self.amqp_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// The last reason set by [`Self::set_amqp_reason`].
+    pub fn amqp_reason(&self) -> Option<String> {
+        self.amqp_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The consumer is connected and consuming.

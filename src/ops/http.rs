@@ -41,6 +41,7 @@ async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
         "ready": ready,
         "database": if db_ok { "ok" } else { "unavailable" },
         "broker": if amqp_ok { "consuming" } else { "not consuming" },
+        "broker_reason": if amqp_ok { None } else { s.health.amqp_reason() },
         "relay_circuit": circuit.as_str(),
         "relay_reason": if relay_ok { None } else { s.breaker.last_reason() },
     });

@@ -18,6 +18,7 @@ mod process;
 pub mod proxy;
 pub mod roles;
 pub mod smtp_server;
+pub mod tls;
 
 pub use app::{
     HOLD_SENDING, TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared, spawn_app_with,

@@ -71,6 +71,27 @@ struct Script {
     without_smtputf8: bool,
 }
 
+/// AUTH as a relay that requires it: what it offers and what it accepts.
+struct AuthRequirement {
+    user: String,
+    password: String,
+    /// Offered in EHLO, e.g. `"PLAIN LOGIN"`.
+    mechanisms: String,
+}
+
+/// One AUTH the client sent, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthAttempt {
+    /// `PLAIN` or `LOGIN`.
+    pub mechanism: String,
+    pub user: String,
+    pub password: String,
+    /// Whether the session was encrypted when the credentials came.
+    pub over_tls: bool,
+    /// Whether they matched and were accepted.
+    pub accepted: bool,
+}
+
 /// Adds or replaces the rule with this key; `times == Some(0)` just removes it.
 fn set_rule(rules: &mut Vec<Rule>, key: String, reply: &str, times: Option<usize>) {
     rules.retain(|r| r.key != key);
@@ -106,6 +127,9 @@ struct State {
     connections: u64,
     /// Every command line received, in order (lossy UTF-8).
     commands: Vec<String>,
+    /// The verb of every command received, in order, over all connections.
+    verbs: Vec<String>,
+    auth_attempts: Vec<AuthAttempt>,
 }
 
 /// TLS the server offers.
@@ -143,6 +167,7 @@ fn self_signed_acceptor() -> tokio_rustls::TlsAcceptor {
 
 struct Shared {
     tls: Tls,
+    auth: Mutex<Option<AuthRequirement>>,
     state: Mutex<State>,
     script: Mutex<Script>,
     /// Number of accepted messages, for `wait_for_count`.
@@ -194,12 +219,24 @@ impl TestSmtpServer {
         Self::start_with(Tls::Implicit(self_signed_acceptor())).await
     }
 
+    /// Offers STARTTLS with the certificate of `acceptor` (e.g. a
+    /// [`super::tls::TestCa`]'s).
+    pub async fn start_starttls_with(acceptor: tokio_rustls::TlsAcceptor) -> TestSmtpServer {
+        Self::start_with(Tls::Upgrade(acceptor)).await
+    }
+
+    /// Speaks TLS from the first byte with the certificate of `acceptor`.
+    pub async fn start_implicit_tls_with(acceptor: tokio_rustls::TlsAcceptor) -> TestSmtpServer {
+        Self::start_with(Tls::Implicit(acceptor)).await
+    }
+
     async fn start_with(tls: Tls) -> TestSmtpServer {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .expect("test SMTP server: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("test SMTP server: local_addr");
         let shared = Arc::new(Shared {
             tls,
+            auth: Mutex::new(None),
             state: Mutex::new(State::default()),
             script: Mutex::new(Script::default()),
             count_tx: watch::channel(0).0,
@@ -223,6 +260,34 @@ impl TestSmtpServer {
     /// `smtp://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// `SCHEME://HOST:PORT`: the same server under another name (e.g.
+    /// `localhost`, the name in a test certificate).
+    pub fn url_as(&self, scheme: &str, host: &str) -> String {
+        format!("{scheme}://{host}:{}", self.addr.port())
+    }
+
+    /// From now on, offers AUTH with `mechanisms` (e.g. `"PLAIN LOGIN"` or
+    /// `"LOGIN"`) in EHLO, accepts only `user` with `password`, and
+    /// answers MAIL with 530 until a session has authenticated.
+    pub fn require_auth(&self, user: &str, password: &str, mechanisms: &str) {
+        *lock(&self.shared.auth) = Some(AuthRequirement {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            mechanisms: mechanisms.to_owned(),
+        });
+    }
+
+    /// Every AUTH received, decoded, in order.
+    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
+        self.shared.state().auth_attempts.clone()
+    }
+
+    /// The verb of every command received (`EHLO`, `STARTTLS`, `AUTH`,
+    /// `MAIL`, ...), in order, over all connections.
+    pub fn verbs(&self) -> Vec<String> {
+        self.shared.state().verbs.clone()
     }
 
     /// A view of what this server received that outlives it (for checks
@@ -598,11 +663,8 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
     let mut from: Option<String> = None;
     let mut mail_params: Vec<String> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
-    let smtputf8 = if shared.script().without_smtputf8 {
-        ""
-    } else {
-        "250-SMTPUTF8\r\n"
-    };
+    let offer_smtputf8 = !shared.script().without_smtputf8;
+    let mut authenticated = false;
     loop {
         let Some(line) = read_line(&mut io).await? else {
             return Ok(());
@@ -616,6 +678,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
             .unwrap_or("")
             .to_ascii_uppercase();
         let arg = text[verb.len()..].trim();
+        shared.state().verbs.push(verb.clone());
         let stall = shared
             .script()
             .stall_command
@@ -635,12 +698,46 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                 match verb.as_str() {
                     "EHLO" => {
                         (from, rcpts) = (None, Vec::new());
+                        let mut lines = vec!["test-smtp".to_string()];
                         if matches!(shared.tls, Tls::Upgrade(_)) && !tls_active {
-                            pick(&format!(
-                                "250-test-smtp\r\n250-STARTTLS\r\n{smtputf8}250 8BITMIME"
-                            ))
+                            lines.push("STARTTLS".into());
+                        }
+                        if let Some(a) = &*lock(&shared.auth) {
+                            lines.push(format!("AUTH {}", a.mechanisms));
+                        }
+                        if offer_smtputf8 {
+                            lines.push("SMTPUTF8".into());
+                        }
+                        lines.push("8BITMIME".into());
+                        let last = lines.len() - 1;
+                        let reply: Vec<String> = lines
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| format!("250{}{l}", if i == last { ' ' } else { '-' }))
+                            .collect();
+                        pick(&reply.join("\r\n"))
+                    }
+                    "AUTH" => {
+                        let Some((mechanism, user, password)) = read_auth(&mut io, arg).await?
+                        else {
+                            send(&mut io, "501 5.5.2 cannot decode the AUTH response").await?;
+                            continue;
+                        };
+                        let accepted = lock(&shared.auth)
+                            .as_ref()
+                            .is_some_and(|a| a.user == user && a.password == password);
+                        shared.state().auth_attempts.push(AuthAttempt {
+                            mechanism,
+                            user,
+                            password,
+                            over_tls: tls_active,
+                            accepted,
+                        });
+                        authenticated = accepted;
+                        if accepted {
+                            pick("235 2.7.0 Authentication successful")
                         } else {
-                            pick(&format!("250-test-smtp\r\n{smtputf8}250 8BITMIME"))
+                            "535 5.7.8 Authentication credentials invalid".to_string()
                         }
                     }
                     "STARTTLS" => match (&shared.tls, tls_active) {
@@ -652,6 +749,7 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                             };
                             io = BufReader::new(Box::new(tls) as Box<dyn Stream>);
                             tls_active = true;
+                            authenticated = false;
                             (from, rcpts) = (None, Vec::new());
                             continue;
                         }
@@ -660,6 +758,9 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                     "HELO" => {
                         (from, rcpts) = (None, Vec::new());
                         pick("250 test-smtp")
+                    }
+                    "MAIL" if lock(&shared.auth).is_some() && !authenticated => {
+                        "530 5.7.0 Authentication required".to_string()
                     }
                     "MAIL" => match parse_path(arg, "FROM:") {
                         Some(addr) => {
@@ -767,5 +868,52 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
         if reply.starts_with("421") {
             return Ok(());
         }
+    }
+}
+
+/// Reads the rest of an AUTH exchange (`arg` is what followed `AUTH`):
+/// PLAIN with or without an initial response, or LOGIN with its two
+/// challenges. Returns mechanism, user and password; `None` when the
+/// client's answer cannot be decoded.
+async fn read_auth<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    arg: &str,
+) -> io::Result<Option<(String, String, String)>> {
+    use base64::Engine as _;
+    let decode = |b64: &[u8]| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim_ascii())
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+    };
+    let mut parts = arg.split_whitespace();
+    let mechanism = parts.next().unwrap_or_default().to_ascii_uppercase();
+    let initial = parts.next().map(str::to_owned);
+    match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(r) => r.into_bytes(),
+                None => {
+                    send(io, "334 ").await?;
+                    read_line(io).await?.unwrap_or_default()
+                }
+            };
+            let Some(plain) = decode(&response) else {
+                return Ok(None);
+            };
+            let mut fields = plain.split('\0');
+            let (_authzid, user, password) = (fields.next(), fields.next(), fields.next());
+            Ok(user
+                .zip(password)
+                .map(|(u, p)| (mechanism, u.to_owned(), p.to_owned())))
+        }
+        "LOGIN" => {
+            send(io, "334 VXNlcm5hbWU6").await?;
+            let user = decode(&read_line(io).await?.unwrap_or_default());
+            send(io, "334 UGFzc3dvcmQ6").await?;
+            let password = decode(&read_line(io).await?.unwrap_or_default());
+            Ok(user.zip(password).map(|(u, p)| (mechanism, u, p)))
+        }
+        _ => Ok(None),
     }
 }
