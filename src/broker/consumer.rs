@@ -86,7 +86,8 @@ impl Consumer {
                     if started.elapsed() > max {
                         backoff = min;
                     }
-                    error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    // The URL is shown redacted: host, port and vhost, never the password.
+                    error!(error = %e, broker = %self.settings.url, retry_in_ms = backoff.as_millis() as u64,
                         "RabbitMQ session ended; reconnecting (check that the broker at amqp.url is up)");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -107,7 +108,7 @@ impl Consumer {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let s = &self.settings;
         let conn = Connection::connect(
-            &s.url,
+            s.url.expose_secret(),
             ConnectionProperties::default().with_connection_name("zorginkoop-notifier".into()),
         )
         .await?;

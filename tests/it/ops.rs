@@ -36,7 +36,9 @@ fn id_of(e: &Value) -> String {
 }
 
 async fn store(s: &Settings) -> Store {
-    Store::connect(&s.database.url, 2).await.unwrap()
+    Store::connect(s.database.url.expose_secret(), 2)
+        .await
+        .unwrap()
 }
 
 async fn deliveries(s: &Settings, event_id: Option<&str>) -> Vec<DeliveryRow> {
