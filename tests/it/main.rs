@@ -17,6 +17,7 @@ mod properties;
 mod recipients;
 mod relay_faults;
 mod reresolution;
+mod secrets;
 mod store_contract;
 mod support;
 mod transfer;

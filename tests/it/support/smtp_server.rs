@@ -97,6 +97,8 @@ struct State {
     accepted_at: Vec<Instant>,
     dropped: Vec<ReceivedMail>,
     connections: u64,
+    /// User and password of each `AUTH PLAIN`, in order.
+    logins: Vec<(String, String)>,
 }
 
 /// TLS the server offers.
@@ -248,6 +250,13 @@ impl TestSmtpServer {
     /// without a reply because of [`drop_after_data`](Self::drop_after_data).
     pub fn dropped_after_data(&self) -> Vec<ReceivedMail> {
         self.shared.state().dropped.clone()
+    }
+
+    /// User and password of each `AUTH PLAIN` so far (answered 235 unless
+    /// scripted otherwise with `reply_for_command("AUTH", ...)`). AUTH is
+    /// offered only over TLS, as a relay should.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        self.shared.state().logins.clone()
     }
 
     /// Total TCP connections accepted so far (including refused ones).
@@ -589,6 +598,8 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                         (from, rcpts) = (None, Vec::new());
                         if matches!(shared.tls, Tls::Upgrade(_)) && !tls_active {
                             pick("250-test-smtp\r\n250-STARTTLS\r\n250-SMTPUTF8\r\n250 8BITMIME")
+                        } else if tls_active {
+                            pick("250-test-smtp\r\n250-AUTH PLAIN\r\n250-SMTPUTF8\r\n250 8BITMIME")
                         } else {
                             pick("250-test-smtp\r\n250-SMTPUTF8\r\n250 8BITMIME")
                         }
@@ -691,6 +702,28 @@ async fn session(stream: Box<dyn Stream>, id: u64, shared: &Shared) -> io::Resul
                                 shared.count_tx.send_replace(n);
                                 end.unwrap_or_else(|| format!("250 2.0.0 Ok: queued as {n}"))
                             }
+                        }
+                    }
+                    // PLAIN with the initial response (RFC 4616), as lettre sends it.
+                    "AUTH" if tls_active => {
+                        use base64::Engine;
+                        let decoded = arg
+                            .strip_prefix("PLAIN ")
+                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                            .map(|b| String::from_utf8_lossy(&b).into_owned());
+                        let parts: Vec<&str> = decoded
+                            .as_deref()
+                            .map(|d| d.split('\0').collect())
+                            .unwrap_or_default();
+                        match parts.as_slice() {
+                            [_, user, pass] => {
+                                shared
+                                    .state()
+                                    .logins
+                                    .push(((*user).to_owned(), (*pass).to_owned()));
+                                pick("235 2.7.0 Authentication successful")
+                            }
+                            _ => "501 5.5.2 expected AUTH PLAIN <base64>".to_string(),
                         }
                     }
                     "RSET" => {
