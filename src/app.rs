@@ -9,7 +9,7 @@ use crate::domain::event::ValidationRules;
 use crate::mail::Mailer;
 use crate::mail::relay::{Breaker, RateLimiter};
 use crate::ops::health::Health;
-use crate::ops::http::{OpsState, router};
+use crate::ops::http::{OpsState, Relay, router};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::bounces::BounceReader;
 use crate::pipeline::dispatch::{DispatchConfig, Dispatcher};
@@ -41,7 +41,7 @@ pub enum StartError {
 /// short command) the database must exist and be current, so a command
 /// pointed at the wrong place stops instead of creating an empty database.
 pub async fn open_store(settings: &Settings, migrate: bool) -> Result<Store, StartError> {
-    let url = &settings.database.url;
+    let url = settings.database.url.expose_secret();
     if !migrate
         && let Some(path) = crate::store::sqlite_path(url)
         && !std::path::Path::new(&path).exists()
@@ -54,14 +54,14 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<Store, Sta
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}mode=rw")
     } else {
-        url.clone()
+        url.to_owned()
     };
     let store = Store::connect(&url, settings.database.max_connections)
         .await
         .map_err(|e| {
             StartError::Dependency(format!(
                 "cannot open the database at database.url ({}): {e}; check database.url (a new installation starts with `notifier migrate`)",
-                crate::config::redact_url(&settings.database.url)
+                settings.database.url
             ))
         })?;
     if migrate {
@@ -177,6 +177,8 @@ pub struct App {
     stuck_after: Duration,
     /// Reads `bounces.maildir` every `bounces.poll_interval`, when set.
     bounce_poll: Option<BouncePoll>,
+    /// `smtp.outbox_dir` when there is no relay (`smtp.url` empty).
+    outbox: Option<String>,
 }
 
 /// The maildir `run` reads bounces from.
@@ -238,7 +240,7 @@ impl App {
         let config = |e: crate::config::ConfigError| StartError::Config(e.to_string());
         settings.smtp.check_transport_security().map_err(config)?;
         let amqp_tls = crate::broker::tls_config(&settings.amqp).map_err(config)?;
-        let lock = RunLock::acquire(&settings.database.url)
+        let lock = RunLock::acquire(settings.database.url.expose_secret())
             .map_err(|e| StartError::Config(e.to_string()))?;
         let store = open_store(&settings, settings.database.migrate_on_start).await?;
         let metrics = Metrics::new();
@@ -270,6 +272,11 @@ impl App {
             grace: settings.shutdown.grace.0,
             stuck_after: settings.dispatch.stuck_after.0,
             bounce_poll,
+            outbox: settings
+                .smtp
+                .target()
+                .is_none()
+                .then(|| settings.smtp.outbox_dir.clone()),
         })
     }
 
@@ -290,6 +297,11 @@ impl App {
             health: self.health,
             breaker: dispatcher.breaker(),
             metrics: self.metrics.clone(),
+            relay: if self.outbox.is_some() {
+                Relay::Outbox
+            } else {
+                Relay::Smtp
+            },
         };
         let http = tokio::spawn(
             axum::serve(self.listener, router(ops))
@@ -304,6 +316,15 @@ impl App {
             shutdown.clone(),
         ));
         info!(http = %self.http_addr, backend = ?store.backend(), "notifier running");
+        if let Some(dir) = &self.outbox
+            && self.dispatch_enabled
+        {
+            // The default setting; fine for a demo, a silent disaster in production.
+            warn!(
+                outbox_dir = %dir,
+                "no smtp.url: mails are written to {dir} as .eml files and recorded as sent; nothing reaches a mailbox"
+            );
+        }
 
         let consume = self.consumer.run(shutdown.clone());
         let dispatch = async {

@@ -1,14 +1,23 @@
 //! Settings: the embedded `config/default.toml`, then an optional file
 //! (`--config`), then `NOTIFIER_<SECTION>__<KEY>` environment variables.
 //! A bad value is reported as one line naming the key.
+//!
+//! Secrets (`smtp.password`, `smtp.bounce_key`, and the URLs `amqp.url` and
+//! `database.url`, which carry passwords) may also come from a file named by
+//! the same key with `_file` (`smtp.password_file`,
+//! `NOTIFIER_SMTP__PASSWORD_FILE`, ...), e.g. a systemd credential. They are
+//! held in types whose `Debug` and `Display` never show them
+//! ([`SecretString`], [`SecretUrl`]); the real value is taken out with
+//! `expose_secret()` only where a connection is made or a tag is signed.
 
 use crate::domain::bounce::{BounceAddress, BounceKey};
 use crate::mail::smtp::PoolOptions;
 use crate::mail::target::{Relay, SmtpTarget, TlsMode};
 use crate::tls::CaFile;
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use lettre::message::Mailbox;
+pub use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
 use std::time::Duration;
@@ -60,6 +69,63 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A connection URL that may carry a password (`amqp.url`, `database.url`).
+/// `Debug` and `Display` show it with the password replaced by `***`, so it
+/// can be named in messages (its host, port, database) without leaking;
+/// [`SecretUrl::expose_secret`] gives the real one, for connecting.
+#[derive(Clone, Deserialize)]
+#[serde(from = "String")]
+pub struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    /// The URL as given.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    /// The URL with any password replaced by `***` (see [`redact_url`]).
+    pub fn redacted(&self) -> String {
+        redact_url(self.0.expose_secret())
+    }
+
+    /// The URL with its password: only for making the connection.
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Each secret with the key that names a file holding it instead.
+pub const SECRET_FILE_KEYS: [(&str, &str); 4] = [
+    ("smtp.password", "smtp.password_file"),
+    ("smtp.bounce_key", "smtp.bounce_key_file"),
+    ("amqp.url", "amqp.url_file"),
+    ("database.url", "database.url_file"),
+];
+
 /// All settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,7 +158,10 @@ pub struct BounceSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    pub url: String,
+    /// May carry the broker password: printed redacted.
+    pub url: SecretUrl,
+    /// A file holding `url` (read at load; empty: unused).
+    pub url_file: String,
     pub exchange: String,
     pub queue: String,
     pub dead_letter_exchange: String,
@@ -111,19 +180,24 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    pub url: String,
+    /// May carry the database password: printed redacted.
+    pub url: SecretUrl,
+    /// A file holding `url` (read at load; empty: unused).
+    pub url_file: String,
     pub max_connections: u32,
     pub migrate_on_start: bool,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
     /// Parsed once, here; an empty `smtp.url` is [`Relay::Outbox`].
     pub url: Relay,
     pub outbox_dir: String,
     pub username: String,
-    pub password: String,
+    pub password: SecretString,
+    /// A file holding `password` (read at load; empty: unused).
+    pub password_file: String,
     #[serde(deserialize_with = "mailbox")]
     pub from: Mailbox,
     pub hello_name: String,
@@ -139,18 +213,9 @@ pub struct SmtpSettings {
     #[serde(deserialize_with = "bounce_address")]
     pub bounce_address: Option<BounceAddress>,
     /// The secret that signs the bounce tags; required with `bounce_address`.
-    pub bounce_key: String,
-}
-
-impl std::fmt::Debug for SmtpSettings {
-    // Secrets never printed: the URL may carry a password too.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("url", &self.url)
-            .field("concurrency", &self.concurrency)
-            .field("max_rate", &self.max_rate)
-            .finish_non_exhaustive()
-    }
+    pub bounce_key: SecretString,
+    /// A file holding `bounce_key` (read at load; empty: unused).
+    pub bounce_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,18 +305,35 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("NOTIFIER_").split("__"));
+        let secrets: Vec<&str> = SECRET_FILE_KEYS.iter().map(|(key, _)| *key).collect();
+        let env = Env::prefixed("NOTIFIER_").split("__");
+        fig = fig.merge(env.clone().ignore(&secrets));
+        // Secrets from the environment are taken as the string they are:
+        // figment would read `12345` as a number, `[x` as an array, and its
+        // type error would then print the value.
+        for (key, value) in env.only(&secrets).iter() {
+            fig = fig.merge(Serialized::default(key.as_str(), value));
+        }
         Self::from_figment(fig)
     }
 
     /// Extracts and checks settings from a prepared figment (tests build their own).
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let fig = read_secret_files(fig)?;
         let s: Settings = fig.extract().map_err(|e| {
             let e = e.into_iter().next().expect("figment error has one entry");
-            let key = if e.path.is_empty() {
+            let path = e.path.join(".");
+            // figment's type errors quote the value (`found unsigned int
+            // `12345``): not for a secret.
+            if SECRET_FILE_KEYS.iter().any(|(key, _)| *key == path) {
+                return ConfigError::Invalid(format!(
+                    "{path}: expected a string (the value is not shown: it is a secret)"
+                ));
+            }
+            let key = if path.is_empty() {
                 String::new()
             } else {
-                format!("{}: ", e.path.join("."))
+                format!("{path}: ")
             };
             ConfigError::Invalid(format!("{key}{}", e.kind))
         })?;
@@ -275,26 +357,28 @@ impl Settings {
                 );
             }
         }
-        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+        let amqp_url = self.amqp.url.expose_secret();
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return bad(
                 "amqp.url",
                 "expected amqp://user:pass@host:port/vhost or amqps://...".into(),
             );
         }
-        if !(self.database.url.starts_with("sqlite:")
-            || self.database.url.starts_with("postgres://")
-            || self.database.url.starts_with("postgresql://"))
+        let database_url = self.database.url.expose_secret();
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
         {
             return bad(
                 "database.url",
                 format!(
                     "expected sqlite://FILE or postgres://..., got {:?}",
-                    redact_url(&self.database.url)
+                    self.database.url.redacted()
                 ),
             );
         }
         if self.smtp.bounce_address.is_some()
-            && let Err(e) = BounceKey::parse(&self.smtp.bounce_key)
+            && let Err(e) = BounceKey::parse(self.smtp.bounce_key.expose_secret())
         {
             return bad(
                 "smtp.bounce_key",
@@ -324,6 +408,9 @@ impl Settings {
         }
         if self.dispatch.batch_size == 0 {
             return bad("dispatch.batch_size", "must be at least 1".into());
+        }
+        if let Err(e) = check_log_filter(&self.log.level) {
+            return bad("log.level", e);
         }
         Ok(())
     }
@@ -355,6 +442,76 @@ impl Settings {
     }
 }
 
+/// Puts the content of each file named by a `*_file` key
+/// ([`SECRET_FILE_KEYS`]) in place of its secret. A secret set both ways
+/// (a value other than its default, and a file) is refused: which one wins
+/// would be a guess. The file's trailing line break (`\n` or `\r\n`, as
+/// `echo` and editors leave it) is not part of the secret. Errors name the
+/// key and the path, never the content.
+fn read_secret_files(mut fig: Figment) -> Result<Figment, ConfigError> {
+    let defaults = Figment::from(Toml::string(DEFAULT_TOML));
+    for (key, file_key) in SECRET_FILE_KEYS {
+        // Not a string: left to the extraction, which names the type error.
+        let Some(path) = fig
+            .find_value(file_key)
+            .ok()
+            .and_then(|v| v.into_string())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let value = fig.find_value(key).ok();
+        if value.is_some() && value != defaults.find_value(key).ok() {
+            return Err(ConfigError::Invalid(format!(
+                "{key} and {file_key} are both set: set one of them (the secret itself, or the file that holds it)"
+            )));
+        }
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ConfigError::Invalid(format!("{file_key}: cannot read {path}: {e}")))?;
+        let content = String::from_utf8(bytes)
+            .map_err(|_| ConfigError::Invalid(format!("{file_key}: {path} is not UTF-8 text")))?;
+        let secret = content
+            .strip_suffix("\r\n")
+            .or_else(|| content.strip_suffix('\n'))
+            .unwrap_or(&content);
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid(format!("{file_key}: {path} is empty")));
+        }
+        fig = fig.merge(Serialized::default(key, secret));
+    }
+    Ok(fig)
+}
+
+/// Checks a tracing filter the way `log.level` promises: comma-separated
+/// directives, each a level or `target=level` (`target[span{field}]=level`
+/// too). tracing itself reads a lone `inf0` as a target name at level
+/// trace, so a typo would silently log nothing.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s));
+    let mut any = false;
+    // No trimming: tracing takes " info" as a target, so a space is an error too.
+    for directive in filter.split(',').filter(|d| !d.is_empty()) {
+        any = true;
+        let ok = match directive.rsplit_once('=') {
+            Some((target, level)) => !target.is_empty() && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "{directive:?} is neither a level ({}) nor target=level (no spaces), e.g. \"info,notifier=debug\"",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    if !any {
+        return Err("empty: expected a level such as \"info\"".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?} is not a valid filter: {e}"))
+}
+
 fn bounce_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BounceAddress>, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -383,7 +540,10 @@ impl SmtpSettings {
         };
         let mut t = t.clone();
         if !self.username.is_empty() {
-            t.credentials = Some((self.username.clone(), self.password.clone()));
+            t.credentials = Some((
+                self.username.clone(),
+                self.password.expose_secret().to_owned(),
+            ));
         }
         Some(t)
     }
@@ -391,7 +551,7 @@ impl SmtpSettings {
     /// The bounce address with its key, when bounces are tagged.
     pub fn bounce_tagging(&self) -> Option<(BounceAddress, BounceKey)> {
         let address = self.bounce_address.clone()?;
-        let key = BounceKey::parse(&self.bounce_key).ok()?;
+        let key = BounceKey::parse(self.bounce_key.expose_secret()).ok()?;
         Some((address, key))
     }
 
@@ -465,16 +625,31 @@ impl SmtpSettings {
     }
 }
 
-/// A URL with any password replaced, for messages.
+/// A URL with any password replaced by `***`, for messages: the one in the
+/// user info, and a `password=` (PostgreSQL) query parameter.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable URL>".into(),
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return "<unparseable URL>".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    let secret_param = |k: &str| k.to_ascii_lowercase().contains("password");
+    if u.query_pairs().any(|(k, _)| secret_param(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
@@ -601,5 +776,184 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact_url("smtps://u:secret@h:465"), "smtps://u:***@h:465");
+        assert_eq!(
+            redact_url("postgres://db.example/notifier?sslmode=verify-full&password=secret"),
+            "postgres://db.example/notifier?sslmode=verify-full&password=***"
+        );
+        assert_eq!(redact_url("sqlite://notifier.db"), "sqlite://notifier.db");
+        assert_eq!(redact_url("not a url: secret"), "<unparseable URL>");
+    }
+
+    fn with(toml: &str) -> Result<Settings, String> {
+        Settings::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+            .map_err(|e| e.to_string())
+    }
+
+    const SMTP_PASSWORD: &str = "s3cr3t-smtp-unit-Zq9";
+    const BOUNCE_KEY: &str = "s3cr3t-bounce-unit-Zq9-0123456789abcdef";
+    const AMQP_PASSWORD: &str = "s3cr3t-amqp-unit-Zq9";
+    const DB_PASSWORD: &str = "s3cr3t-db-unit-Zq9";
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let s = with(&format!(
+            "[smtp]\nurl = \"smtps://relay.example\"\nusername = \"mailer\"\npassword = \"{SMTP_PASSWORD}\"\n\
+             bounce_address = \"bounces@zip.example.nl\"\nbounce_key = \"{BOUNCE_KEY}\"\n\
+             [amqp]\nurl = \"amqps://notifier:{AMQP_PASSWORD}@mq.example:5671/zip\"\n\
+             [database]\nurl = \"postgres://notifier:{DB_PASSWORD}@db.example/notifier\""
+        ))
+        .unwrap();
+        let printed = format!("{s:?}\n{s:#?}\n{}\n{}", s.amqp.url, s.database.url);
+        for secret in [SMTP_PASSWORD, BOUNCE_KEY, AMQP_PASSWORD, DB_PASSWORD] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("amqps://notifier:***@mq.example:5671/zip"),
+            "{printed}"
+        );
+        assert!(printed.contains("postgres://notifier:***@db.example/notifier"));
+        // The real values are there for whoever connects.
+        assert!(s.amqp.url.expose_secret().contains(AMQP_PASSWORD));
+        assert_eq!(s.smtp.password.expose_secret(), SMTP_PASSWORD);
+        let (_, pass) = s.smtp.target().unwrap().credentials.unwrap();
+        assert_eq!(pass, SMTP_PASSWORD);
+        assert!(s.smtp.bounce_tagging().is_some());
+    }
+
+    fn secret_file(dir: &Path, name: &str, content: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn each_secret_can_come_from_a_file_without_its_line_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let smtp = secret_file(d, "smtp", &format!("{SMTP_PASSWORD}\n"));
+        let key = secret_file(d, "key", &format!("{BOUNCE_KEY}\r\n"));
+        let amqp = secret_file(
+            d,
+            "amqp",
+            &format!("amqp://n:{AMQP_PASSWORD}@mq:5672/%2f\n"),
+        );
+        let db = secret_file(d, "db", &format!("postgres://n:{DB_PASSWORD}@db/n"));
+        let s = with(&format!(
+            "[smtp]\npassword_file = \"{smtp}\"\nbounce_key_file = \"{key}\"\n\
+             bounce_address = \"bounces@zip.example.nl\"\n\
+             [amqp]\nurl_file = \"{amqp}\"\n[database]\nurl_file = \"{db}\""
+        ))
+        .unwrap();
+        assert_eq!(s.smtp.password.expose_secret(), SMTP_PASSWORD);
+        assert_eq!(s.smtp.bounce_key.expose_secret(), BOUNCE_KEY);
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            format!("amqp://n:{AMQP_PASSWORD}@mq:5672/%2f")
+        );
+        assert_eq!(
+            s.database.url.expose_secret(),
+            format!("postgres://n:{DB_PASSWORD}@db/n")
+        );
+        // Only the last line break goes: a password may end in spaces.
+        let spaced = secret_file(d, "spaced", "pass word \n\n");
+        let s = with(&format!("[smtp]\npassword_file = \"{spaced}\"")).unwrap();
+        assert_eq!(s.smtp.password.expose_secret(), "pass word \n");
+    }
+
+    #[test]
+    fn a_secret_set_both_ways_is_refused_naming_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret_file(dir.path(), "p", SMTP_PASSWORD);
+        for (toml, keys) in [
+            (
+                format!("[smtp]\npassword = \"other\"\npassword_file = \"{file}\""),
+                "smtp.password and smtp.password_file are both set",
+            ),
+            (
+                format!("[amqp]\nurl = \"amqp://a:b@h/%2f\"\nurl_file = \"{file}\""),
+                "amqp.url and amqp.url_file are both set",
+            ),
+            (
+                format!("[database]\nurl = \"sqlite://x.db\"\nurl_file = \"{file}\""),
+                "database.url and database.url_file are both set",
+            ),
+            (
+                format!("[smtp]\nbounce_key = \"k\"\nbounce_key_file = \"{file}\""),
+                "smtp.bounce_key and smtp.bounce_key_file are both set",
+            ),
+        ] {
+            let e = with(&toml).unwrap_err();
+            assert!(e.contains(keys), "{e}");
+            assert!(!e.contains(SMTP_PASSWORD), "{e}");
+        }
+        // The default value and a file: the file is the one setting.
+        let url = secret_file(dir.path(), "u", "amqp://n:p@mq/%2f");
+        assert!(with(&format!("[amqp]\nurl_file = \"{url}\"")).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_secret_file_names_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing").display().to_string();
+        let e = with(&format!("[smtp]\npassword_file = \"{missing}\"")).unwrap_err();
+        assert!(e.contains("smtp.password_file: cannot read"), "{e}");
+        assert!(e.contains(&missing), "{e}");
+        let empty = secret_file(dir.path(), "empty", "\n");
+        let e = with(&format!("[database]\nurl_file = \"{empty}\"")).unwrap_err();
+        assert!(
+            e.contains("database.url_file:") && e.contains("is empty"),
+            "{e}"
+        );
+        // A file that holds a bad URL: named by its key, shown redacted.
+        let bad = secret_file(dir.path(), "bad", &format!("mysql://u:{DB_PASSWORD}@h/db"));
+        let e = with(&format!("[database]\nurl_file = \"{bad}\"")).unwrap_err();
+        assert!(e.contains("database.url: expected"), "{e}");
+        assert!(!e.contains(DB_PASSWORD), "{e}");
+    }
+
+    #[test]
+    fn log_level_must_be_levels_or_target_equals_level() {
+        for good in [
+            "info",
+            "INFO",
+            "warn,notifier=debug",
+            "info,lapin=warn,",
+            "off",
+            "notifier::pipeline[dispatch]=trace",
+        ] {
+            assert!(
+                check_log_filter(good).is_ok(),
+                "{good}: {:?}",
+                check_log_filter(good)
+            );
+        }
+        for bad in [
+            "inf0",
+            "notifier",
+            "info,notifier=verbose",
+            "=info",
+            "",
+            ",",
+            "info, lapin=warn",
+        ] {
+            assert!(check_log_filter(bad).is_err(), "{bad} passed");
+        }
+        let e = with("[log]\nlevel = \"inf0\"").unwrap_err();
+        assert!(e.contains("log.level") && e.contains("\"inf0\""), "{e}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_quoted() {
+        let e = with("[smtp]\npassword = 40961234").unwrap_err();
+        assert!(e.contains("smtp.password: expected a string"), "{e}");
+        assert!(!e.contains("40961234"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = with("[smtp]\npasword = \"x\"").unwrap_err();
+        assert!(e.contains("pasword"), "{e}");
+        let e = with("[smpt]\nurl = \"\"").unwrap_err();
+        assert!(e.contains("smpt"), "{e}");
     }
 }

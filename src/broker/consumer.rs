@@ -99,7 +99,8 @@ impl Consumer {
                     }
                     let hint = super::session_error_hint(&e);
                     self.health.set_amqp_reason(Some(format!("{e}; {hint}")));
-                    error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    // The URL is shown redacted: host, port and vhost, never the password.
+                    error!(error = %e, broker = %self.settings.url, retry_in_ms = backoff.as_millis() as u64,
                         "RabbitMQ session ended; reconnecting ({hint})");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -120,7 +121,7 @@ impl Consumer {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let s = &self.settings;
         let conn = DefaultConnectionBuilder::new()?
-            .with_uri_str(s.url.clone())
+            .with_uri_str(s.url.expose_secret().to_owned())
             .with_properties(
                 ConnectionProperties::default().with_connection_name("zorginkoop-notifier".into()),
             )

@@ -27,7 +27,7 @@ pub fn tls_config(
     use crate::config::ConfigError;
     let ca = crate::tls::CaFile::load_optional("amqp.ca_file", &s.ca_file)
         .map_err(ConfigError::Invalid)?;
-    if ca.is_some() && !s.url.starts_with("amqps://") {
+    if ca.is_some() && !s.url.expose_secret().starts_with("amqps://") {
         return Err(ConfigError::Invalid(
             "amqp.ca_file: is set but amqp.url is not amqps://, so no certificate is ever checked: use amqps://HOST:5671/VHOST, or leave amqp.ca_file empty".into(),
         ));

@@ -22,7 +22,7 @@ pub async fn demo(mut settings: Settings, database: &Path, outbox: &Path) -> Res
                 .map_err(|e| CliError::Usage(format!("cannot replace {p}: {e}")))?;
         }
     }
-    settings.database.url = format!("sqlite://{}", database.display());
+    settings.database.url = format!("sqlite://{}", database.display()).into();
     settings.smtp.url = crate::mail::Relay::Outbox;
     settings.smtp.outbox_dir = outbox.display().to_string();
     settings.smtp.max_rate = 0;

@@ -27,7 +27,7 @@ impl From<TransferError> for CliError {
 /// Holds the SQLite run lock for the command, so no `notifier run` changes the
 /// database while it is exported or imported.
 fn lock(settings: &Settings, verb: &str) -> Result<RunLock, CliError> {
-    RunLock::acquire(&settings.database.url).map_err(|e| match e {
+    RunLock::acquire(settings.database.url.expose_secret()).map_err(|e| match e {
         StoreError::Locked(m) => {
             CliError::Config(format!("stop `notifier run` before `notifier {verb}`: {m}"))
         }

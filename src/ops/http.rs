@@ -1,5 +1,6 @@
 //! HTTP for operators: `/healthz` (alive), `/readyz` (database, broker and
-//! relay all usable; the JSON says which is not) and `/metrics` (Prometheus).
+//! relay all usable; the JSON says which is not, and where mail goes) and
+//! `/metrics` (Prometheus).
 
 use super::health::Health;
 use super::metrics::Metrics;
@@ -20,6 +21,26 @@ pub struct OpsState {
     pub health: Arc<Health>,
     pub breaker: Arc<Breaker>,
     pub metrics: Metrics,
+    /// Where mail goes, as `/readyz` says it.
+    pub relay: Relay,
+}
+
+/// Where mail goes: `"relay": "smtp"` or `"relay": "outbox"` in `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// To the relay in `smtp.url`.
+    Smtp,
+    /// No `smtp.url`: `.eml` files in `smtp.outbox_dir`, reaching no mailbox.
+    Outbox,
+}
+
+impl Relay {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Outbox => "outbox",
+        }
+    }
 }
 
 /// The router.
@@ -44,6 +65,7 @@ async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
         "broker_reason": if amqp_ok { None } else { s.health.amqp_reason() },
         "relay_circuit": circuit.as_str(),
         "relay_reason": if relay_ok { None } else { s.breaker.last_reason() },
+        "relay": s.relay.as_str(),
     });
     let code = if ready {
         StatusCode::OK

@@ -75,7 +75,7 @@ async fn a_second_run_on_one_sqlite_file_is_refused_and_short_commands_still_wor
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(!v.as_array().unwrap().is_empty());
     }
-    let store = notifier::store::Store::connect(&s.database.url, 2)
+    let store = notifier::store::Store::connect(s.database.url.expose_secret(), 2)
         .await
         .unwrap();
     wait_all_deliveries(&store, Duration::from_secs(120), "600 sent", |r| {

@@ -42,7 +42,7 @@ async fn ingest(settings: &Settings, raw: &str, args: &[&str]) -> Output {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
             .args(["bounces", "ingest"])
             .args(&args)
-            .env("NOTIFIER_DATABASE__URL", &url)
+            .env("NOTIFIER_DATABASE__URL", url.expose_secret())
             .envs(env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -466,7 +466,10 @@ async fn a_database_it_cannot_reach_gives_75_and_a_wrong_command_line_64() {
     // Without the bounce settings it cannot match anything: kept for later.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
         .args(["bounces", "ingest", "/dev/null"])
-        .env("NOTIFIER_DATABASE__URL", &missing.database.url)
+        .env(
+            "NOTIFIER_DATABASE__URL",
+            missing.database.url.expose_secret(),
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
@@ -479,7 +482,7 @@ async fn a_database_it_cannot_reach_gives_75_and_a_wrong_command_line_64() {
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
     }
     // Once the database is there, the message the MTA kept is recorded.
-    let store = crate::support::migrated_store(&missing.database.url).await;
+    let store = crate::support::migrated_store(missing.database.url.expose_secret()).await;
     store.close().await;
     ok(&ingest(&missing, &raw, &["-"]).await);
     assert_eq!(bounces(&missing)[0]["outcome"], "auto_reply");

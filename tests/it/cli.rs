@@ -157,6 +157,105 @@ fn a_bad_setting_names_the_key_and_exits_2() {
     assert!(stderr(&out).contains("dispatch.lease"), "{}", stderr(&out));
 }
 
+/// `notifier migrate` in an empty folder with `env`: its exit code and
+/// standard error.
+fn migrate_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+#[test]
+fn a_log_level_that_is_not_a_level_is_exit_2() {
+    // tracing would read `inf0` as a target and log nothing at all.
+    for bad in ["inf0", "info,notifier=verbose", "notifier"] {
+        let (code, err) = migrate_with(&[("NOTIFIER_LOG__LEVEL", bad)]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("log.level"), "{err}");
+    }
+    let (code, err) = migrate_with(&[("NOTIFIER_LOG__LEVEL", "warn,notifier=debug")]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn unknown_settings_are_exit_2_naming_them() {
+    let (code, err) = migrate_with(&[("NOTIFIER_SMTP__PASWORD", "x")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("pasword"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[database]\nurl_fiel = \"/run/secrets/db\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("url_fiel"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_secret_given_twice_or_from_an_unreadable_file_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("smtp-password");
+    std::fs::write(&file, "s3cr3t-from-file-Zq9\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (code, err) = migrate_with(&[
+        ("NOTIFIER_SMTP__PASSWORD", "s3cr3t-from-env-Zq9"),
+        ("NOTIFIER_SMTP__PASSWORD_FILE", file),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("smtp.password and smtp.password_file are both set"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+
+    let missing = dir.path().join("no-such-file");
+    let missing = missing.to_str().unwrap();
+    let (code, err) = migrate_with(&[("NOTIFIER_AMQP__URL_FILE", missing)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("amqp.url_file: cannot read"), "{err}");
+    assert!(err.contains(missing), "{err}");
+
+    // Read, and one line break dropped: the run starts (here: migrates).
+    let (code, err) = migrate_with(&[("NOTIFIER_SMTP__PASSWORD_FILE", file)]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_secret_in_the_environment_is_taken_as_written() {
+    // figment would read these as a number and an array.
+    for password in ["40961234", "[s3cr3t"] {
+        let (code, err) = migrate_with(&[("NOTIFIER_SMTP__PASSWORD", password)]);
+        assert_eq!(code, Some(0), "{password}: {err}");
+    }
+    // In a TOML file a number is a number: refused without showing it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[smtp]\npassword = 40961234\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("smtp.password: expected a string"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("40961234"), "{}", stderr(&out));
+}
+
 #[test]
 fn a_bounce_address_needs_a_long_enough_key_which_is_never_printed() {
     let short = "short-secret-4711";

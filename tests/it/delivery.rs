@@ -559,7 +559,7 @@ async fn ingest_and_dispatch_one(
     notifier::pipeline::dispatch::DispatchSummary,
 ) {
     use notifier::pipeline::ingest::{Incoming, Source};
-    let store = crate::support::migrated_store(&s.database.url).await;
+    let store = crate::support::migrated_store(s.database.url.expose_secret()).await;
     crate::support::import_directory(&store, &sample_directory()).await;
     let metrics = notifier::ops::metrics::Metrics::new();
     let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();

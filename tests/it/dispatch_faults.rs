@@ -18,7 +18,7 @@ use std::time::Duration;
 async fn an_outcome_that_cannot_be_recorded_is_kept_and_recorded_later() {
     let proxy = TcpProxy::postgres().await;
     let app = spawn_app_with("[dispatch]\nlease = \"3s\"", TestBackend::Postgres, |s| {
-        s.database.url = proxy.database_url(&s.database.url);
+        s.database.url = proxy.database_url(s.database.url.expose_secret()).into();
     })
     .await;
     app.import_directory(&sample_directory()).await;

@@ -136,7 +136,7 @@ async fn a_database_refusal_quarantines_one_message_and_commits_the_rest(backend
         async |store, settings| {
             refuse_poison(store).await;
             crate::support::import_directory(store, &sample_directory()).await;
-            let p = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+            let p = Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
                 .await
                 .unwrap();
             for i in 0..3 {

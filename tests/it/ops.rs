@@ -36,7 +36,9 @@ fn id_of(e: &Value) -> String {
 }
 
 async fn store(s: &Settings) -> Store {
-    Store::connect(&s.database.url, 2).await.unwrap()
+    Store::connect(s.database.url.expose_secret(), 2)
+        .await
+        .unwrap()
 }
 
 async fn deliveries(s: &Settings, event_id: Option<&str>) -> Vec<DeliveryRow> {
@@ -844,6 +846,40 @@ async fn check_finds_stuck_events_and_exits_1() {
     assert_eq!(v["stuck"].as_array().unwrap().len(), 1);
     assert_eq!(v["stuck"][0]["event_id"], lost.as_str());
     assert_eq!(v["stuck"][0]["problem"], "accepted, but has no deliveries");
+}
+
+/// The default `smtp.url` is empty: mail goes to `.eml` files and counts as
+/// sent. `run` says so at start, and `/readyz` says where mail goes.
+#[tokio::test]
+async fn run_without_a_relay_says_so_at_start_and_in_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, s) = TestConfig::new(dir.path()).config_file();
+    let _topology = crate::support::TopologyGuard(s.amqp.clone());
+    let mut run = crate::support::RunProcess::spawn(&config, "outbox", &[]);
+    run.wait_consuming().await;
+    let ready = crate::support::http_get(&format!("http://{}/readyz", run.http))
+        .await
+        .unwrap();
+    assert!(ready.contains(r#""relay":"outbox""#), "{ready}");
+    assert!(ready.contains(r#""relay_circuit":"closed""#), "{ready}");
+    let log = run.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("no smtp.url"))
+        .unwrap_or_else(|| panic!("no warning at start:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("mails are written to {}", s.smtp.outbox_dir)),
+        "{warning}"
+    );
+    assert!(warning.contains("nothing reaches a mailbox"), "{warning}");
+    assert!(run.terminate());
+
+    // With a relay: no warning, and readyz names it.
+    let app = spawn_app("").await;
+    let ready = app.readyz().await;
+    assert!(ready.contains(r#""relay":"smtp""#), "{ready}");
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ async fn wait_http(url: &str, what: &str, pred: impl Fn(&str) -> bool) -> String
 async fn a_broker_outage_is_survived_and_reported() {
     let proxy = TcpProxy::rabbitmq().await;
     let app = spawn_app_with("", TestBackend::from_env(), |s| {
-        s.amqp.url = proxy.amqp_url();
+        s.amqp.url = proxy.amqp_url().into();
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -53,7 +53,7 @@ async fn a_database_outage_holds_messages_and_resumes() {
     // One requeue too many would dead-letter the message: a nack loop would show.
     let app = spawn_app_with("[amqp]\ndelivery_limit = 1", TestBackend::Postgres, |s| {
         // The service reaches the test's database through the proxy; the test itself directly.
-        s.database.url = proxy.database_url(&s.database.url);
+        s.database.url = proxy.database_url(s.database.url.expose_secret()).into();
     })
     .await;
     app.import_directory(&sample_directory()).await;
@@ -124,7 +124,7 @@ async fn a_bad_template_fails_deliveries_that_replay_sends_after_the_fix() {
     // The fix: the previous (built-in) templates; then the runbook's replay.
     let s = &settings;
     let env = |c: &mut std::process::Command| {
-        c.env("NOTIFIER_DATABASE__URL", &s.database.url)
+        c.env("NOTIFIER_DATABASE__URL", s.database.url.expose_secret())
             .env("NOTIFIER_SMTP__URL", s.smtp.url.url())
             .env("NOTIFIER_SMTP__MAX_RATE", "0");
     };

@@ -221,7 +221,10 @@ async fn nobody_with_the_right_tells_the_contact_persons_and_nobody_at_all_is_un
             "--format",
             "json",
         ])
-        .env("NOTIFIER_DATABASE__URL", &app.settings.database.url)
+        .env(
+            "NOTIFIER_DATABASE__URL",
+            app.settings.database.url.expose_secret(),
+        )
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -26,7 +26,7 @@ const PASSWORD: &str = "a+b&c";
 /// last reason and the attempts' outcomes and details.
 async fn send_once(s: &Settings) -> (DispatchSummary, Option<String>, Vec<(String, String)>) {
     use notifier::pipeline::ingest::{Incoming, Source};
-    let store = crate::support::migrated_store(&s.database.url).await;
+    let store = crate::support::migrated_store(s.database.url.expose_secret()).await;
     crate::support::import_directory(&store, &sample_directory()).await;
     let metrics = notifier::ops::metrics::Metrics::new();
     let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();
@@ -300,7 +300,7 @@ async fn amqps_through_a_tls_proxy_with_a_private_ca_is_consumed() {
     // spawn_app waits until the service consumes, over amqps; the test
     // publishes through the plain port.
     let app = spawn_app_with("", TestBackend::from_env(), |s| {
-        s.amqp.url = url;
+        s.amqp.url = url.into();
         s.amqp.ca_file = ca_file;
     })
     .await;
@@ -349,7 +349,7 @@ async fn amqps_to_a_broker_the_worker_cannot_verify_is_never_consumed() {
             )
             .await
             .unwrap();
-        s.amqp.url = url.clone();
+        s.amqp.url = url.clone().into();
         s.amqp.ca_file = ca_file.to_owned();
         let app = App::build(s.clone()).await.expect("the service starts");
         let readyz = format!("http://{}/readyz", app.http_addr());
@@ -365,7 +365,9 @@ async fn amqps_to_a_broker_the_worker_cannot_verify_is_never_consumed() {
         assert!(!ready.contains("guest:guest"), "{ready}");
         // The event published before the start is still in the queue.
         assert_eq!(queued(&s.amqp.queue).await, 1, "{url}: consumed");
-        let store = Store::connect(&s.database.url, 2).await.unwrap();
+        let store = Store::connect(s.database.url.expose_secret(), 2)
+            .await
+            .unwrap();
         let mut c = store.pool().acquire().await.unwrap();
         assert!(
             notifier::store::events::get_event(&mut c, event["id"].as_str().unwrap())

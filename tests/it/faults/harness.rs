@@ -675,7 +675,10 @@ impl Scenario {
             .arg(&self.config)
             .args(args)
             // The suite reads the database directly, not through a proxy it cuts.
-            .env("NOTIFIER_DATABASE__URL", &self.settings.database.url)
+            .env(
+                "NOTIFIER_DATABASE__URL",
+                self.settings.database.url.expose_secret(),
+            )
             .env("NOTIFIER_AMQP__URL", AMQP_URL)
             .output()
             .expect("run notifier");

@@ -291,7 +291,7 @@ async fn delivery_limit_dead_letters_one() {
     // transaction it keeps open, so the worker's insert waits for it.
     let stuck = model::module_event("naleving.aanleververzoek", &s.directory.agbs[0].clone(), 0);
     let stuck_id = stuck["id"].as_str().unwrap().to_owned();
-    let mut lock = sqlx::PgConnection::connect(&s.settings.database.url)
+    let mut lock = sqlx::PgConnection::connect(s.settings.database.url.expose_secret())
         .await
         .unwrap();
     sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
@@ -316,7 +316,7 @@ async fn delivery_limit_dead_letters_one() {
     let mut kills = 0;
     s.start_workers(1).await;
     for _ in 0..12 {
-        let waiting = wait_for_lock_wait(&s.settings.database.url, secs(20)).await;
+        let waiting = wait_for_lock_wait(s.settings.database.url.expose_secret(), secs(20)).await;
         if !waiting {
             break;
         }
@@ -326,7 +326,7 @@ async fn delivery_limit_dead_letters_one() {
         s.kill9(0);
         // PostgreSQL keeps a dead client's backend waiting on the lock
         // until the lock goes: end it, as the server would on its next write.
-        end_lock_waiters(&s.settings.database.url).await;
+        end_lock_waiters(s.settings.database.url.expose_secret()).await;
         kills += 1;
         s.start_workers(1).await;
     }

@@ -68,7 +68,7 @@ pub async fn spawn_app_prepared(
         config = config.database(&pg.url);
     }
     let settings = config.settings();
-    let store = db::migrated_store(&settings.database.url).await;
+    let store = db::migrated_store(settings.database.url.expose_secret()).await;
     declare_topology(&settings.amqp).await;
     prepare(&store, &settings).await;
     let mut service = settings.clone();
@@ -77,7 +77,7 @@ pub async fn spawn_app_prepared(
     let http_addr = service.http_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(service.run(shutdown.clone()));
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+    let publisher = Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
         .await
         .unwrap();
     let app = TestApp {

@@ -59,7 +59,7 @@ impl Deployment {
 
     /// A migrated store on the deployment's database.
     pub async fn store(&self) -> Store {
-        migrated_store(&self.settings.database.url).await
+        migrated_store(self.settings.database.url.expose_secret()).await
     }
 
     /// Starts `notifier --config config.toml run` as `name` (its log is

@@ -17,7 +17,10 @@ pub fn cli(settings: &Settings, args: &[&str]) -> Output {
 pub fn cli_env(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
         .args(args)
-        .env("NOTIFIER_DATABASE__URL", &settings.database.url)
+        .env(
+            "NOTIFIER_DATABASE__URL",
+            settings.database.url.expose_secret(),
+        )
         .env("NOTIFIER_SMTP__URL", settings.smtp.url.url())
         .env("NOTIFIER_SMTP__OUTBOX_DIR", &settings.smtp.outbox_dir)
         .env("NOTIFIER_SMTP__MAX_RATE", "0")
