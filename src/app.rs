@@ -160,6 +160,8 @@ pub struct App {
     stuck_after: Duration,
     /// Reads `bounces.maildir` every `bounces.poll_interval`, when set.
     bounce_poll: Option<BouncePoll>,
+    /// `retention.keep` and `retention.interval` (zero: no periodic purge).
+    retention: crate::config::RetentionSettings,
 }
 
 /// The maildir `run` reads bounces from.
@@ -248,6 +250,7 @@ impl App {
             grace: settings.shutdown.grace.0,
             stuck_after: settings.dispatch.stuck_after.0,
             bounce_poll,
+            retention: settings.retention.clone(),
         })
     }
 
@@ -299,7 +302,20 @@ impl App {
                     .await;
             }
         };
-        tokio::join!(consume, dispatch, bounces);
+        let retention = async {
+            let r = &self.retention;
+            if !r.interval.0.is_zero() {
+                crate::pipeline::retention::run_periodic(
+                    store.clone(),
+                    r.keep.0,
+                    r.keep.to_string(),
+                    r.interval.0,
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
+        tokio::join!(consume, dispatch, bounces, retention);
         let sampled = sampler.await.map_err(|source| RunError::Task {
             task: "gauge sampler",
             source,

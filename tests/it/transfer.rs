@@ -114,7 +114,7 @@ async fn moving_from_sqlite_to_postgres_keeps_every_delivery_and_its_history() {
     assert!(stdout(&out).contains("deliveries 3"), "{}", stdout(&out));
     let text = std::fs::read_to_string(&file).unwrap();
     let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(header["schema_version"], 5, "the latest migration");
+    assert_eq!(header["schema_version"], 6, "the latest migration");
     assert_eq!(header["tables"]["deliveries"], 3);
     let lines: Vec<serde_json::Value> = text
         .lines()
