@@ -17,6 +17,7 @@ mod properties;
 mod recipients;
 mod relay_faults;
 mod reresolution;
+mod retention;
 mod store_contract;
 mod support;
 mod transfer;
