@@ -53,16 +53,19 @@ impl HumanDuration {
 }
 
 impl std::fmt::Display for HumanDuration {
-    /// In the largest unit that divides it: `90d`, `36h`, `1500ms`.
+    /// In the largest unit that divides it: `90d`, `36h`, `1500ms`, `0s`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
+        if ms == 0 {
+            return f.write_str("0s");
+        }
         for (unit, factor) in [
             ("d", 86_400_000),
             ("h", 3_600_000),
             ("m", 60_000),
             ("s", 1000),
         ] {
-            if ms > 0 && ms % factor == 0 {
+            if ms.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", ms / factor);
             }
         }
@@ -484,7 +487,7 @@ mod tests {
 
     #[test]
     fn durations_print_in_their_largest_unit() {
-        for s in ["90d", "36h", "2m", "1s", "1500ms", "0ms"] {
+        for s in ["90d", "36h", "2m", "1s", "1500ms", "0s"] {
             assert_eq!(HumanDuration::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(HumanDuration::parse("24h").unwrap().to_string(), "1d");

@@ -623,7 +623,7 @@ async fn purge_counts_then_executes_records_and_is_never_replayed() {
     assert_eq!(h[0]["command"], "purge");
     assert_eq!(h[0]["operator"], "ops-test");
     assert_eq!(h[0]["reason"], "AVG-termijn verstreken");
-    assert_eq!(h[0]["filters"]["older_than"], "0ms");
+    assert_eq!(h[0]["filters"]["older_than"], "0s");
     assert_eq!(h[0]["counts"]["events"], 1);
 
     // Replays refuse it: by --event with exit 2, among others by count.

@@ -2678,6 +2678,22 @@ async fn retention_purges_personal_data_of_old_finished_events_only(store: Store
         (twice.counts.total(), twice.held_back, twice.files),
         (0, 2, None)
     );
+    // `--vacuum`: the files are rewritten even when nothing was left to purge.
+    let rewrite = PurgeOptions {
+        rewrite_files: true,
+        ..opts
+    };
+    let ran = retention::purge(&store, keep, "100s", &audit, &rewrite, now)
+        .await
+        .unwrap()
+        .files
+        .expect("the files are rewritten")
+        .ran;
+    let expected = match store.backend() {
+        Backend::Sqlite => "VACUUM",
+        Backend::Postgres => "VACUUM (FULL) events",
+    };
+    assert!(ran.iter().any(|r| r.starts_with(expected)), "{ran:?}");
 }
 
 /// Runs each listed contract test on SQLite and on PostgreSQL, each on a
