@@ -179,6 +179,8 @@ pub struct App {
     bounce_poll: Option<BouncePoll>,
     /// `smtp.outbox_dir` when there is no relay (`smtp.url` empty).
     outbox: Option<String>,
+    /// `retention.keep` and `retention.interval` (zero: no periodic purge).
+    retention: crate::config::RetentionSettings,
 }
 
 /// The maildir `run` reads bounces from.
@@ -277,6 +279,7 @@ impl App {
                 .target()
                 .is_none()
                 .then(|| settings.smtp.outbox_dir.clone()),
+            retention: settings.retention.clone(),
         })
     }
 
@@ -342,7 +345,20 @@ impl App {
                     .await;
             }
         };
-        tokio::join!(consume, dispatch, bounces);
+        let retention = async {
+            let r = &self.retention;
+            if !r.interval.0.is_zero() {
+                crate::pipeline::retention::run_periodic(
+                    store.clone(),
+                    r.keep.0,
+                    r.keep.to_string(),
+                    r.interval.0,
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
+        tokio::join!(consume, dispatch, bounces, retention);
         let sampled = sampler.await.map_err(|source| RunError::Task {
             task: "gauge sampler",
             source,

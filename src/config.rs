@@ -62,6 +62,27 @@ impl HumanDuration {
     }
 }
 
+impl std::fmt::Display for HumanDuration {
+    /// In the largest unit that divides it: `90d`, `36h`, `1500ms`, `0s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, factor) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms.is_multiple_of(factor) {
+                return write!(f, "{}{unit}", ms / factor);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -143,6 +164,19 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub bounces: BounceSettings,
+    pub retention: RetentionSettings,
+}
+
+/// How long personal data is kept (`notifier purge`, and the periodic
+/// purge of `run`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Finished events (and bounces, quarantined messages) older than this
+    /// lose their personal data; at least 1s.
+    pub keep: HumanDuration,
+    /// How often `run` purges; `0s`: never (only `notifier purge`).
+    pub interval: HumanDuration,
 }
 
 /// Reading delivery status notifications from a mailbox folder.
@@ -411,6 +445,12 @@ impl Settings {
         }
         if let Err(e) = check_log_filter(&self.log.level) {
             return bad("log.level", e);
+        }
+        if self.retention.keep.0 < Duration::from_secs(1) {
+            return bad(
+                "retention.keep",
+                "must be at least 1s (to keep data longer, raise it; to stop the periodic purge, set retention.interval = \"0s\")".into(),
+            );
         }
         Ok(())
     }
@@ -683,6 +723,25 @@ mod tests {
         );
         assert!(HumanDuration::parse("99999999999999999999d").is_err());
         assert!(HumanDuration::parse("18446744073709551615h").is_err());
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_unit() {
+        for s in ["90d", "36h", "2m", "1s", "1500ms", "0s"] {
+            assert_eq!(HumanDuration::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(HumanDuration::parse("24h").unwrap().to_string(), "1d");
+    }
+
+    #[test]
+    fn retention_keeps_at_least_a_second() {
+        let s = Settings::defaults();
+        assert_eq!(s.retention.keep.0, Duration::from_secs(90 * 86_400));
+        assert_eq!(s.retention.interval.0, Duration::from_secs(3600));
+        let fig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[retention]\nkeep = \"0s\""));
+        let e = Settings::from_figment(fig).unwrap_err().to_string();
+        assert!(e.contains("retention.keep: must be at least 1s"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,12 @@ pub struct EventReport {
     pub final_state: &'static str,
     pub id: String,
     pub occurred_at: String,
+    /// Retention purged its personal data: names, addresses and free text
+    /// are gone; ids, types, statuses, codes, times and counts are kept.
+    pub purged: bool,
+    /// When (absent while not purged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purged_at: Option<String>,
     pub received_at: String,
     pub state: EventState,
     #[serde(rename = "type")]
@@ -331,6 +337,8 @@ pub async fn event_show(settings: Settings, id: &str, format: Format) -> Result<
         final_state: e.state.final_state(&statuses),
         id: event.id,
         occurred_at: event.occurred_at,
+        purged: e.purged_at.is_some(),
+        purged_at: e.purged_at.map(rfc3339),
         received_at: event.received_at,
         state: event.state,
         event_type: event.event_type,
@@ -353,6 +361,11 @@ impl EventReport {
         println!("state      {} ({})", e.state, self.final_state);
         if let Some(d) = &e.detail {
             println!("detail     {d}");
+        }
+        if let Some(t) = &e.purged_at {
+            println!(
+                "purged     true (at {t}, retention.keep: names, addresses and free text removed)"
+            );
         }
         println!();
         for d in &self.deliveries {

@@ -7,6 +7,7 @@ mod bounces;
 mod check;
 pub mod input;
 mod inspect;
+mod purge;
 mod quarantine;
 mod replay;
 pub mod samples;
@@ -79,6 +80,19 @@ pub enum Command {
     Replay {
         #[command(subcommand)]
         command: ReplayCommand,
+    },
+    /// Retention: purge personal data older than retention.keep (or --older-than) from finished events, bounces and quarantine. Dry-run unless --execute.
+    Purge {
+        /// Purge what is older than this (default: retention.keep, 90d), e.g. 30d.
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Afterwards rewrite the database files (SQLite VACUUM, PostgreSQL VACUUM FULL); locks the database while it runs.
+        #[arg(long)]
+        vacuum: bool,
+        #[command(flatten)]
+        execute: ExecuteArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
     /// Bad input kept by ingest: list, show, redrive after a fix.
     Quarantine {
@@ -552,6 +566,12 @@ pub async fn execute(command: Command, settings: Settings) -> Result<(), CliErro
             } => replay::events(settings, filters, resolve, execute, format).await,
             ReplayCommand::History { format } => replay::history(settings, format).await,
         },
+        Command::Purge {
+            older_than,
+            vacuum,
+            execute,
+            format,
+        } => purge::purge(settings, older_than, vacuum, execute, format).await,
         Command::Quarantine { command } => match command {
             QuarantineCommand::List { all, limit, format } => {
                 quarantine::list(settings, all, limit, format).await

@@ -43,6 +43,9 @@ struct Entry<'a> {
     state: &'a str,
     redrives: i64,
     last_redrive_at: Option<String>,
+    /// When retention purged the body (absent while it is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purged_at: Option<String>,
 }
 
 impl<'a> Entry<'a> {
@@ -59,6 +62,7 @@ impl<'a> Entry<'a> {
             state: q.state.as_str(),
             redrives: q.redrives,
             last_redrive_at: q.last_redrive_at.map(rfc3339),
+            purged_at: q.purged_at.map(rfc3339),
         }
     }
 }
@@ -72,12 +76,13 @@ struct Shown<'a> {
     body_truncated: bool,
 }
 
-/// The stored body as text, and whether it is cut short.
+/// The stored body as text, and whether it is cut short (a purged body
+/// is empty, not cut short).
 fn body_text(q: &QuarantineRow) -> (String, bool) {
     let raw = &q.raw[..q.raw.len().min(QUARANTINE_RAW_LIMIT)];
     (
         String::from_utf8_lossy(raw).into_owned(),
-        (q.raw.len() as i64) < q.size,
+        q.purged_at.is_none() && (q.raw.len() as i64) < q.size,
     )
 }
 
@@ -184,6 +189,14 @@ pub async fn show(settings: Settings, id: i64, format: Format) -> Result<(), Cli
                     .unwrap_or_default()
             );
             println!();
+            if let Some(t) = q.purged_at {
+                println!(
+                    "body: purged by retention at {} (retention.keep); the {} bytes are gone",
+                    rfc3339(t),
+                    q.size
+                );
+                return Ok(());
+            }
             if cut {
                 println!(
                     "body (the first {} of {} bytes; the rest was not kept):",

@@ -4,7 +4,9 @@
 //!
 //! Both replays are dry runs unless `--execute` is given (which needs
 //! `--operator` and `--reason`): they print the counts per event type and
-//! status and a short sample, and change nothing.
+//! status and a short sample, and change nothing. Neither replays what
+//! retention purged: `--event` naming a purged event is a usage error
+//! (exit 2), and purged rows among other matches are skipped and counted.
 
 use super::{
     CliError, ExecuteArgs, Format, ReplayFilters, ReplayStatus, Resolve, parse_time, print_json,
@@ -22,7 +24,7 @@ use chrono::{DateTime, Utc};
 
 /// [`Mode::Execute`] with `--operator` and `--reason` when `--execute` is
 /// given; a dry run otherwise.
-fn mode(execute: &ExecuteArgs) -> Result<Mode, CliError> {
+pub(super) fn mode(execute: &ExecuteArgs) -> Result<Mode, CliError> {
     if !execute.execute {
         return Ok(Mode::DryRun);
     }
@@ -118,6 +120,7 @@ pub async fn deliveries(
         include_sent,
     };
     let store = app::open_store(&settings, false).await?;
+    refuse_purged_event(&store, req.scope.event.as_deref()).await?;
     let report =
         recovery::replay_deliveries(&store, &req, &mode, now, settings.retry.deadline.0).await;
     store.close().await;
@@ -127,6 +130,34 @@ pub async fn deliveries(
         Format::Table => print_deliveries(&report),
     }
     Ok(())
+}
+
+/// `--event ID` naming an event that retention purged: there is nothing
+/// left to send to (its addresses and recipients are gone), so the command
+/// stops with a usage error instead of reporting nothing to do.
+async fn refuse_purged_event(
+    store: &crate::store::Store,
+    event: Option<&str>,
+) -> Result<(), CliError> {
+    let Some(id) = event else {
+        return Ok(());
+    };
+    let mut conn = super::read_conn(store).await?;
+    let purged_at = crate::store::events::get_event(&mut conn, id)
+        .await?
+        .and_then(|e| e.purged_at);
+    drop(conn);
+    match purged_at {
+        Some(t) => {
+            store.close().await;
+            Err(CliError::Usage(format!(
+                "--event {id}: this event was purged by retention at {} (retention.keep): \
+                 its recipients, addresses and data are gone, so it cannot be replayed",
+                rfc3339(t)
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 fn print_deliveries(r: &DeliveriesReport) {
@@ -167,6 +198,12 @@ fn print_deliveries(r: &DeliveriesReport) {
                 d.last_error.as_deref().unwrap_or("")
             );
         }
+    }
+    if r.refused_purged > 0 {
+        println!(
+            "{} matching deliveries refused: their events were purged by retention (addresses gone)",
+            r.refused_purged
+        );
     }
     match r.replayed {
         None if r.matched > 0 => {
@@ -209,6 +246,7 @@ pub async fn events(
     }
     let rules = app::validation_rules(&settings);
     let store = app::open_store(&settings, false).await?;
+    refuse_purged_event(&store, scope.event.as_deref()).await?;
     let report = recovery::replay_events(
         &store,
         &scope,
@@ -249,6 +287,12 @@ fn print_events(r: &EventsReport) {
     );
     if c.rerouted_unroutable > 0 {
         println!("{} of those events were unroutable", c.rerouted_unroutable);
+    }
+    if c.refused_purged > 0 {
+        println!(
+            "{} matching events refused: purged by retention (recipients and data gone)",
+            c.refused_purged
+        );
     }
     if !c.by_type_and_kind.is_empty() {
         println!();

@@ -8,6 +8,7 @@
 //! - [`calendar`]: the Dutch calendar day, Dutch dates, days to a deadline.
 //! - [`bounce`]: signed bounce tags (VERP).
 //! - [`dsn`]: what a message read back says, and what it is taken for.
+//! - [`retention`]: what of a stored event, notice or text survives a purge.
 
 pub mod bounce;
 pub mod calendar;
@@ -17,3 +18,4 @@ pub mod dsn;
 pub mod event;
 pub mod ids;
 pub mod recipients;
+pub mod retention;

@@ -839,7 +839,13 @@ pub struct DeliveryRow {
     pub template_source: Option<String>,
     /// The template version of that attempt.
     pub template_version: Option<String>,
+    /// Its event was purged by retention: `recipient` reads `(purged)`,
+    /// and a replay refuses it.
+    pub purged: bool,
 }
+
+/// What a listing shows as the recipient of a delivery whose event was purged.
+pub const PURGED_RECIPIENT: &str = "(purged)";
 
 /// Filters for listing deliveries.
 #[derive(Debug, Clone, Default)]
@@ -883,9 +889,10 @@ pub async fn list(
     // goes down. One lookup by the (delivery_id, n) index; reports read back
     // (no number) never match.
     let sql = format!(
-        "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, COALESCE(d.sent_to, d.address) AS recipient, \
+        "SELECT d.id, d.event_id, e.type AS event_type, d.kind, e.agb_code, \
+         CASE WHEN e.purged_at IS NULL THEN COALESCE(d.sent_to, d.address) ELSE '{PURGED_RECIPIENT}' END AS recipient, \
          d.rule, d.status, d.attempts, d.message_id, d.created_at, d.due_at, d.deadline, d.sent_at, d.last_error, d.about, \
-         la.template_source, la.template_version \
+         la.template_source, la.template_version, e.purged_at \
          FROM deliveries d JOIN events e ON e.id = d.event_id \
          LEFT JOIN attempts la ON la.delivery_id = d.id AND la.n = d.attempts{} \
          ORDER BY d.created_at, d.id{limit}",
@@ -919,6 +926,7 @@ pub async fn list(
                 about: r.try_get("about")?,
                 template_source: r.try_get("template_source")?,
                 template_version: r.try_get("template_version")?,
+                purged: r.try_get::<Option<i64>, _>("purged_at")?.is_some(),
             })
         })
         .collect()
@@ -1049,7 +1057,8 @@ pub async fn recent_undeliverable_notice(
 /// new deadline, lease cleared. `attempts` and the attempt log are kept, so
 /// attempt numbers continue, and so is `last_error` until the next attempt.
 /// A row whose status changed since it was selected (a dispatcher claimed
-/// it) is left alone; `sending` is never touched. Returns the rows changed.
+/// it) is left alone, and so is one whose event was purged by retention (its
+/// address is gone); `sending` is never touched. Returns the rows changed.
 pub async fn replay(
     conn: &mut AnyConnection,
     ids: &[String],
@@ -1077,7 +1086,8 @@ pub async fn replay(
         let sql = format!(
             "UPDATE deliveries SET status = 'pending', due_at = $1, retry_step = 0, deadline = $2, \
              policy_rejections = 0, lease_until = NULL, lease_owner = NULL{clear_sent_at} \
-             WHERE status = $3 AND id IN ({list})"
+             WHERE status = $3 AND id IN ({list}) \
+             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = deliveries.event_id AND e.purged_at IS NOT NULL)"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now_ms)

@@ -101,6 +101,10 @@ pub async fn append_detail(
     Ok(())
 }
 
+/// The columns an [`EventRow`] is read from.
+const EVENT_COLUMNS: &str =
+    "id, type, agb_code, occurred_at, received_at, payload, state, detail, purged_at";
+
 /// A stored event.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventRow {
@@ -112,13 +116,15 @@ pub struct EventRow {
     pub payload: String,
     pub state: EventState,
     pub detail: Option<String>,
+    /// When retention purged its personal data (epoch ms); `None` while whole.
+    pub purged_at: Option<i64>,
 }
 
 /// One event by id.
 pub async fn get_event(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE id = $1",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"
+    )))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
@@ -133,7 +139,7 @@ pub async fn get_events(
     let mut found = std::collections::HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let sql = format!(
-            "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events WHERE id IN ({})",
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({})",
             super::Binds::for_conn(conn).list(chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -155,10 +161,13 @@ pub async fn recent_for_agb(
     agb: &str,
     since_ms: i64,
 ) -> Result<Vec<EventRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events \
-         WHERE agb_code = $1 AND received_at >= $2 AND state IN ('accepted', 'unroutable') ORDER BY received_at",
-    )
+    // A purged event has no names left to resolve (only possible when
+    // `retention.keep` is shorter than `recipients.late_directory_window`).
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE agb_code = $1 AND received_at >= $2 AND state IN ('accepted', 'unroutable') \
+         AND purged_at IS NULL ORDER BY received_at"
+    )))
     .bind(agb)
     .bind(since_ms)
     .fetch_all(&mut *conn)
@@ -176,6 +185,7 @@ fn event_row(r: &sqlx::any::AnyRow) -> Result<EventRow, StoreError> {
         payload: r.try_get("payload")?,
         state: event_state_of(r.try_get("state")?)?,
         detail: r.try_get("detail")?,
+        purged_at: r.try_get("purged_at")?,
     })
 }
 
@@ -235,6 +245,8 @@ pub struct QuarantineRow {
     pub state: QuarantineState,
     pub redrives: i64,
     pub last_redrive_at: Option<i64>,
+    /// When retention purged its body (epoch ms): it cannot be redriven.
+    pub purged_at: Option<i64>,
 }
 
 fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
@@ -258,12 +270,14 @@ fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineRow, StoreError> {
         },
         redrives: r.try_get("redrives")?,
         last_redrive_at: r.try_get("last_redrive_at")?,
+        purged_at: r.try_get("purged_at")?,
     })
 }
 
-const QUARANTINE_COLUMNS: &str = "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives, last_redrive_at";
+const QUARANTINE_COLUMNS: &str = "id, received_at, source, routing_key, event_id, event_type, reason, size, raw, state, redrives, last_redrive_at, purged_at";
 
-/// Quarantined messages, newest first; `open_only` hides redriven ones.
+/// Quarantined messages, newest first; `open_only` hides redriven ones
+/// and purged ones (their body is gone: nothing is left to redrive).
 pub async fn list_quarantine(
     conn: &mut AnyConnection,
     open_only: bool,
@@ -272,7 +286,7 @@ pub async fn list_quarantine(
     let sql = format!(
         "SELECT {QUARANTINE_COLUMNS} FROM quarantine {} ORDER BY id DESC LIMIT $1",
         if open_only {
-            "WHERE state = 'open'"
+            "WHERE state = 'open' AND purged_at IS NULL"
         } else {
             ""
         }
@@ -325,13 +339,13 @@ pub async fn mark_redrive(
     Ok(())
 }
 
-/// Open quarantine size.
+/// Open quarantine size (purged rows, which cannot be redriven, not counted).
 pub async fn open_quarantine_count(conn: &mut AnyConnection) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE state = 'open'")
-            .fetch_one(&mut *conn)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM quarantine WHERE state = 'open' AND purged_at IS NULL",
     )
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// Filters for selecting stored events (`notifier replay events`).
@@ -385,7 +399,7 @@ pub async fn list_events(
         .map(|l| format!(" LIMIT {}", l.max(0)))
         .unwrap_or_default();
     let sql = format!(
-        "SELECT id, type, agb_code, occurred_at, received_at, payload, state, detail FROM events{}{order}{limit}",
+        "SELECT {EVENT_COLUMNS} FROM events{}{order}{limit}",
         w.clause()
     );
     let q = w.bind(sqlx::query(sqlx::AssertSqlSafe(sql)));

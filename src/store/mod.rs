@@ -15,6 +15,7 @@ pub mod events;
 mod filter;
 pub mod planning;
 pub mod replays;
+pub mod retention;
 pub mod transfer;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -183,7 +184,7 @@ pub enum Backend {
 }
 
 /// Set on every SQLite connection.
-const SQLITE_PRAGMAS: [&str; 4] = [
+const SQLITE_PRAGMAS: [&str; 5] = [
     // WAL lets readers (CLI, dispatch) run beside the writer; the busy
     // timeout makes a second writer wait instead of failing.
     "PRAGMA journal_mode = WAL",
@@ -194,6 +195,11 @@ const SQLITE_PRAGMAS: [&str; 4] = [
     // mail sent again). Measured cost in docs/backends.md.
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
+    // Deleted and overwritten content is zeroed in the file, not left in
+    // free space: a purge (`retention.keep`) must remove personal data from
+    // the database file, not only from query results. Measured cost in
+    // docs/backends.md.
+    "PRAGMA secure_delete = ON",
 ];
 
 /// The database handle shared by ingest, dispatch and the CLI.
@@ -235,6 +241,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_attempt_templates.sql"),
     ),
     (
+        6,
+        "retention",
+        include_str!("../../migrations/sqlite/0006_retention.sql"),
+    ),
+    (
         7,
         "registered_addresses",
         include_str!("../../migrations/sqlite/0007_registered_addresses.sql"),
@@ -265,6 +276,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "attempt_templates",
         include_str!("../../migrations/postgres/0005_attempt_templates.sql"),
+    ),
+    (
+        6,
+        "retention",
+        include_str!("../../migrations/postgres/0006_retention.sql"),
     ),
     (
         7,

@@ -1,5 +1,5 @@
-//! The `replays` audit table: one row for every replay or redrive that
-//! changed something, with who did it, why, the filters and the counts.
+//! The `replays` audit table: one row for every replay, redrive or purge
+//! that changed something, with who did it, why, the filters and the counts.
 
 use super::StoreError;
 use sqlx::{AnyConnection, Row};
@@ -29,6 +29,22 @@ pub async fn insert(conn: &mut AnyConnection, r: &NewReplay<'_>) -> Result<i64, 
     .bind(r.counts.to_string())
     .fetch_one(&mut *conn)
     .await?)
+}
+
+/// Replaces the counts of a recorded row: a purge works in batches, one
+/// transaction each, and brings its row up to date in each, so the row
+/// tells what was done even if the purge stops half-way.
+pub async fn update_counts(
+    conn: &mut AnyConnection,
+    id: i64,
+    counts: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE replays SET counts = $1 WHERE id = $2")
+        .bind(counts.to_string())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// A recorded replay.

@@ -58,6 +58,7 @@ const TABLES: &[Table] = &[
             ("payload", Text),
             ("state", Text),
             ("detail", Text),
+            ("purged_at", Int),
         ],
     },
     Table {
@@ -77,6 +78,7 @@ const TABLES: &[Table] = &[
             ("state", Text),
             ("redrives", Int),
             ("last_redrive_at", Int),
+            ("purged_at", Int),
         ],
     },
     Table {
@@ -201,6 +203,7 @@ const TABLES: &[Table] = &[
             ("detail", Text),
             ("size", Int),
             ("raw", Bytes),
+            ("purged_at", Int),
         ],
     },
     Table {

@@ -617,3 +617,153 @@ async fn templates_render_takes_an_exported_notice_and_send_test_reaches_the_rel
     assert!(stderr(&out).contains("550"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("beheerder@"), "{}", stderr(&out));
 }
+
+/// `notifier purge`: a dry run that counts, an executed purge recorded in
+/// `replay history`, `events show` saying `purged`, and replays refusing
+/// what was purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_counts_then_executes_records_and_is_never_replayed() {
+    use crate::support::{Installation, json, ok};
+    let mut e = crate::support::fresh("uitvraag.vragenlijst_klaargezet");
+    e["data"]["vragenlijst_naam"] = "Vragenlijst Zeldzaamnaam".into();
+    let id = e["id"].as_str().unwrap().to_owned();
+    // The relay refuses p.jansen: a failed mail, and the undeliverable
+    // notice naming P. Jansen to the contact person.
+    let Installation {
+        dir: _dir,
+        smtp: _smtp,
+        settings: s,
+    } = Installation::with_failed_mail("p.jansen@", &[&e]).await;
+    let shown = |format: &str| cli(&s, &["events", "show", &id, "--format", format]);
+    let before = json(&shown("json"));
+    assert_eq!(before["purged"], false);
+    let n = before["deliveries"].as_array().unwrap().len();
+    assert!(n >= 3, "{before}");
+
+    // A dry run counts and changes nothing.
+    let out = cli(&s, &["purge", "--older-than", "0s", "--format", "json"]);
+    ok(&out);
+    let v = json(&out);
+    assert_eq!(v["executed"], false);
+    assert_eq!(v["replay_id"], serde_json::Value::Null);
+    assert_eq!(v["counts"]["events"], 1);
+    assert_eq!(v["counts"]["deliveries"], n);
+    let out = cli(&s, &["purge", "--older-than", "0s"]);
+    ok(&out);
+    assert!(stdout(&out).contains("dry run"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("--execute --operator NAME --reason TEXT"));
+    assert_eq!(json(&shown("json"))["purged"], false);
+
+    // Usage errors: exit 2.
+    for args in [
+        &["purge", "--execute"][..],
+        &["purge", "--execute", "--operator", "ops-test"],
+        &["purge", "--older-than", "soon"],
+        &["purge", "--vacuum"],
+    ] {
+        let out = cli(&s, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert!(
+        stderr(&cli(&s, &["purge", "--execute"])).contains("--operator NAME and --reason TEXT")
+    );
+
+    let out = cli(
+        &s,
+        &[
+            "purge",
+            "--older-than",
+            "0s",
+            "--execute",
+            "--operator",
+            "ops-test",
+            "--reason",
+            "AVG-termijn verstreken",
+            "--format",
+            "json",
+        ],
+    );
+    ok(&out);
+    let v = json(&out);
+    assert_eq!(v["executed"], true);
+    assert_eq!(v["counts"]["events"], 1);
+    assert_eq!(v["counts"]["deliveries"], n);
+    let purge_id = v["replay_id"].as_str().expect("an audit row").to_owned();
+    assert_eq!(v["files"]["complete"], true, "{v}");
+
+    // `events show` says so, and shows neither the name nor an address.
+    let out = shown("json");
+    ok(&out);
+    let after = json(&out);
+    assert_eq!(after["purged"], true);
+    assert!(after["purged_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(after["deliveries"].as_array().unwrap().len(), n);
+    for d in after["deliveries"].as_array().unwrap() {
+        assert_eq!(d["recipient"], "(purged)");
+        assert!(d["status"] == "sent" || d["status"] == "failed", "{d}");
+    }
+    let text = stdout(&out);
+    for gone in [
+        "Zeldzaamnaam",
+        "fysio-noord.example",
+        "P. Jansen",
+        "10000000000002",
+    ] {
+        assert!(!text.contains(gone), "{gone} still shown: {text}");
+    }
+    let table = stdout(&shown("table"));
+    assert!(table.contains("purged     true"), "{table}");
+
+    // Recorded like a replay.
+    let out = cli(&s, &["replay", "history", "--format", "json"]);
+    ok(&out);
+    let h = json(&out);
+    assert_eq!(h[0]["id"], purge_id.as_str());
+    assert_eq!(h[0]["command"], "purge");
+    assert_eq!(h[0]["operator"], "ops-test");
+    assert_eq!(h[0]["reason"], "AVG-termijn verstreken");
+    assert_eq!(h[0]["filters"]["older_than"], "0s");
+    assert_eq!(h[0]["counts"]["events"], 1);
+
+    // Replays refuse it: by --event with exit 2, among others by count.
+    for what in [
+        &["replay", "deliveries", "--status", "failed", "--event", &id][..],
+        &["replay", "events", "--event", &id],
+    ] {
+        let out = cli(&s, what);
+        assert_eq!(out.status.code(), Some(2), "{what:?}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("purged by retention"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = cli(
+        &s,
+        &[
+            "replay",
+            "deliveries",
+            "--status",
+            "failed",
+            "--execute",
+            "--operator",
+            "ops-test",
+            "--reason",
+            "relay fixed",
+            "--format",
+            "json",
+        ],
+    );
+    ok(&out);
+    let v = json(&out);
+    assert_eq!(
+        (v["matched"].as_u64(), v["replayed"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(v["refused_purged"].as_u64().unwrap() >= 1, "{v}");
+
+    // A second purge finds nothing left.
+    let out = cli(&s, &["purge", "--older-than", "0s", "--format", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["counts"]["events"], 0);
+}

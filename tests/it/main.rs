@@ -18,6 +18,7 @@ mod properties;
 mod recipients;
 mod relay_faults;
 mod reresolution;
+mod retention;
 mod secrets;
 mod security;
 mod store_contract;

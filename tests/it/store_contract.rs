@@ -2260,6 +2260,526 @@ async fn bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery(store:
     );
 }
 
+/// The retention purge, on a database with every kind of row: what is old
+/// and finished loses its personal data, everything else is left whole,
+/// and what the audit trail needs is kept.
+async fn retention_purges_personal_data_of_old_finished_events_only(store: Store) {
+    use notifier::domain::dsn::BounceOutcome;
+    use notifier::pipeline::recovery::{self, Audit, DeliveriesReplay, Mode, Scope};
+    use notifier::pipeline::retention::{self, PurgeOptions};
+    use notifier::store::bounces::{self as bx, NewBounce};
+    use sqlx::Row;
+
+    // Times: old rows at 2_000 ms, the cut-off at 900_000, recent rows after it.
+    const OLD: i64 = 2_000;
+    const RECENT: i64 = 950_000;
+    let now = notifier::store::from_ms(1_000_000);
+    let keep = std::time::Duration::from_millis(100_000);
+    add_users(&store, 3).await;
+    let payload = |id: &str, text: &str| {
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "type": MODULE, "source": "/zip",
+            "time": "1970-01-01T00:00:01Z",
+            "data": {"agb_code": AGB, "vragenlijst_id": "42", "vragenlijst_naam": text,
+                     "toelichting": format!("{text} vraagt p.jansen@praktijk.example"),
+                     "zorgverzekeraar": {"uzovi": "3311", "naam": "Verzekeraar"},
+                     "url": "https://zip.example.nl/x"}
+        })
+        .to_string()
+    };
+    let insert = async |id: &str, received: i64, payload: String, detail: Option<&str>| {
+        let mut c = store.pool().acquire().await.unwrap();
+        let e = NewEvent {
+            id,
+            event_type: MODULE,
+            agb_code: Some(AGB),
+            occurred_at_ms: received - 1,
+            received_at_ms: received,
+            payload: &payload,
+            state: notifier::domain::event::EventState::Accepted,
+            detail,
+        };
+        assert!(ev::insert_event(&mut c, &e).await.unwrap());
+    };
+    // old-done: old, every delivery final: purged.
+    insert(
+        "old-done",
+        OLD,
+        payload("old-done", "Vragenlijst Zeldzaamnaam"),
+        Some("actor 30000000000009 is revoked: no copy"),
+    )
+    .await;
+    // old-pending: old, a delivery still pending: kept whole.
+    insert(
+        "old-pending",
+        OLD,
+        payload("old-pending", "Behouden A"),
+        None,
+    )
+    .await;
+    // recent-done: finished, but received after the cut-off: kept.
+    insert(
+        "recent-done",
+        RECENT,
+        payload("recent-done", "Behouden B"),
+        None,
+    )
+    .await;
+    // old-active: old, but attempted after the cut-off: kept.
+    insert("old-active", OLD, payload("old-active", "Behouden C"), None).await;
+    // old-directory: no deliveries at all (a directory event): purged.
+    insert(
+        "old-directory",
+        OLD,
+        serde_json::json!({"id": "old-directory", "type": "gebruiker.bijgewerkt",
+            "data": {"gebruikersnummer": nr(1).as_str(), "naam": "Jan Zeldzaamnaam",
+                     "email": "jan.zeldzaamnaam@praktijk.example", "versie": 3}})
+        .to_string(),
+        None,
+    )
+    .await;
+
+    let mut tx = store.begin().await.unwrap();
+    let mut notice = planned("u2@praktijk.example", &[2]);
+    notice.kind = MailKind::Onbestelbaar;
+    notice.rules = vec![Rule::Cp];
+    notice.users[0].rule = Rule::Cp;
+    notice.about = nr(1).as_str().to_owned();
+    notice.notice = Some(serde_json::json!({
+        "gebruiker_naam": "Gebruiker Zeldzaamnaam", "gebruikersnummer": nr(1).as_str(),
+        "event_id": "old-done", "reden": "het adres werd door de ontvangende mailserver geweigerd"
+    }));
+    let mut done = Vec::new();
+    for p in [
+        planned("u0@praktijk.example", &[0]),
+        planned("u1@praktijk.example", &[1]),
+        notice,
+    ] {
+        done.push(plan(&mut tx, "old-done", &p, 3_000, 900_000).await);
+    }
+    let pending = plan(
+        &mut tx,
+        "old-pending",
+        &planned("u0@praktijk.example", &[0]),
+        i64::MAX / 4,
+        i64::MAX / 4,
+    )
+    .await;
+    let recent = plan(
+        &mut tx,
+        "recent-done",
+        &planned("u0@praktijk.example", &[0]),
+        3_000,
+        900_000,
+    )
+    .await;
+    let active = plan(
+        &mut tx,
+        "old-active",
+        &planned("u1@praktijk.example", &[1]),
+        3_000,
+        900_000,
+    )
+    .await;
+    tx.commit().await.unwrap();
+    assert_eq!(claim(&store, "me", 3_000, 1_000_000, 10).await.len(), 5);
+    let refused = "550 5.1.1 <u1@praktijk.example>: Recipient address rejected";
+    let with_detail = |at: i64, outcome, code, detail: &str| AttemptRecord {
+        started_at_ms: at,
+        detail: detail.to_owned(),
+        ..attempt(outcome, Some(code))
+    };
+    let sent = |to: &str| Transition::Sent {
+        sent_to: to.to_owned(),
+        at_ms: 5_000,
+    };
+    for (id, a, t) in [
+        (
+            &done[0],
+            with_detail(5_000, AttemptOutcome::Sent, 250, "250 2.0.0 Ok: queued"),
+            sent("U0@Praktijk.example"),
+        ),
+        (
+            &done[1],
+            with_detail(5_000, AttemptOutcome::Permanent, 550, refused),
+            Transition::Failed {
+                error: refused.into(),
+                sent_to: Some("u1@praktijk.example".into()),
+            },
+        ),
+        (
+            &done[2],
+            with_detail(5_000, AttemptOutcome::Sent, 250, "250 ok"),
+            sent("u2@praktijk.example"),
+        ),
+        (
+            &recent,
+            with_detail(RECENT, AttemptOutcome::Sent, 250, "250 ok"),
+            sent("u0@praktijk.example"),
+        ),
+        (
+            &active,
+            with_detail(RECENT, AttemptOutcome::Sent, 250, "250 ok"),
+            sent("u1@praktijk.example"),
+        ),
+    ] {
+        assert!(finish(&store, id, "me", Some(&a), &t).await);
+    }
+    assert_eq!(status_of(&store, &pending).await, DeliveryStatus::Pending);
+
+    let mut tx = store.begin().await.unwrap();
+    for (sha, at, raw) in [
+        ("old", OLD, "From: Jan Zeldzaamnaam"),
+        ("new", RECENT, "From: Behouden D"),
+    ] {
+        bx::insert(
+            &mut tx,
+            &NewBounce {
+                received_at_ms: at,
+                sha256: sha,
+                delivery_id: Some(done[1].as_str()),
+                outcome: BounceOutcome::Hard,
+                status: Some("5.1.1"),
+                diagnostic: Some(refused),
+                detail: "the delivery is failed: unchanged",
+                raw: raw.as_bytes(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    for (at, raw) in [
+        (OLD, "{\"naam\": \"Jan Zeldzaamnaam\"}"),
+        (RECENT, "{\"naam\": \"Behouden E\"}"),
+    ] {
+        ev::quarantine(
+            &mut tx,
+            &NewQuarantine {
+                received_at_ms: at,
+                source: "amqp",
+                routing_key: Some(MODULE),
+                event_id: Some("q"),
+                event_type: Some(MODULE),
+                reason: "data.email: jan@praktijk.example is not allowed",
+                raw: raw.as_bytes(),
+                size: raw.len(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    dir::log_skipped(&mut tx, "event", nr(1).as_str(), "stale", OLD)
+        .await
+        .unwrap();
+    dir::log_skipped(&mut tx, "event", nr(2).as_str(), "stale", RECENT)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // A dry run counts and changes nothing.
+    let audit = Mode::Execute(Audit {
+        operator: "ops".into(),
+        reason: "test".into(),
+    });
+    let opts = PurgeOptions {
+        record_empty: true,
+        ..Default::default()
+    };
+    let dry = retention::purge(&store, keep, "100s", &Mode::DryRun, &opts, now)
+        .await
+        .unwrap();
+    let expected = notifier::store::retention::PurgeCounts {
+        events: 2,
+        deliveries: 3,
+        delivery_users: 3,
+        attempts: 3,
+        bounces: 1,
+        quarantine: 1,
+        directory_log: 1,
+    };
+    assert_eq!(
+        (dry.counts, dry.held_back, dry.replay_id),
+        (expected, 2, None)
+    );
+    let mut c = store.pool().acquire().await.unwrap();
+    assert!(
+        ev::get_event(&mut c, "old-done")
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+            .contains("Zeldzaamnaam")
+    );
+    // The address as registered (what RCPT TO carried) is personal data too.
+    sqlx::query("UPDATE deliveries SET address_registered = 'Zeldzaamnaam@Praktijk.example' WHERE event_id = $1")
+        .bind("old-done")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    drop(c);
+
+    let done_report = retention::purge(&store, keep, "100s", &audit, &opts, now)
+        .await
+        .unwrap();
+    assert_eq!((done_report.counts, done_report.held_back), (expected, 2));
+    let files = done_report
+        .files
+        .expect("the files are settled after a purge");
+    assert!(!files.ran.is_empty());
+
+    // Nothing with the name is left anywhere: every table, every column.
+    let mut export = Vec::new();
+    notifier::store::transfer::export(&store, &mut export)
+        .await
+        .unwrap();
+    let export = String::from_utf8(export).unwrap();
+    assert!(
+        !export.contains("Zeldzaamnaam"),
+        "a purged name is left: {export}"
+    );
+    for kept in ["Behouden A", "Behouden B", "Behouden C"] {
+        assert!(export.contains(kept), "{kept} was purged too");
+    }
+
+    let mut c = store.pool().acquire().await.unwrap();
+    // The events: ids, types, codes, dates and numbers stay.
+    let e = ev::get_event(&mut c, "old-done").await.unwrap().unwrap();
+    assert_eq!(e.purged_at, Some(1_000_000));
+    assert_eq!(e.state, notifier::domain::event::EventState::Accepted);
+    assert_eq!(
+        (e.event_type.as_str(), e.agb_code.as_deref(), e.received_at),
+        (MODULE, Some(AGB), OLD)
+    );
+    let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+    assert_eq!(
+        p["data"],
+        serde_json::json!({"agb_code": AGB, "vragenlijst_id": "42", "zorgverzekeraar": {"uzovi": "3311"}})
+    );
+    assert_eq!(
+        e.detail.as_deref(),
+        Some("actor <number> is revoked: no copy")
+    );
+    let d = ev::get_event(&mut c, "old-directory")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(d.purged_at.is_some());
+    assert!(
+        !d.payload.contains(nr(1).as_str()) && !d.payload.contains('@'),
+        "{}",
+        d.payload
+    );
+    for kept in ["old-pending", "recent-done", "old-active"] {
+        let k = ev::get_event(&mut c, kept).await.unwrap().unwrap();
+        assert_eq!(k.purged_at, None, "{kept}");
+        assert!(
+            k.payload.contains("Behouden") && k.payload.contains("p.jansen@"),
+            "{kept}"
+        );
+    }
+
+    // The deliveries: no address, no user, no name; status, counts, codes and times stay.
+    let rows = sqlx::query(
+        "SELECT id, kind, address, sent_to, claimed_address, about, notice, status, attempts, rule, last_error, sent_at \
+         FROM deliveries WHERE event_id = $1 ORDER BY id",
+    )
+    .bind("old-done")
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let id: String = r.get("id");
+        assert_eq!(r.get::<String, _>("address"), format!("purged:{id}"));
+        assert_eq!(r.get::<Option<String>, _>("sent_to"), None);
+        assert_eq!(r.get::<Option<String>, _>("claimed_address"), None);
+        assert_eq!(r.get::<String, _>("about"), "");
+        assert_eq!(r.get::<i64, _>("attempts"), 1);
+        let status: String = r.get("status");
+        if id == done[1] {
+            assert_eq!(status, "failed");
+            assert_eq!(
+                r.get::<Option<String>, _>("last_error").as_deref(),
+                Some("550 5.1.1 <address> Recipient address rejected")
+            );
+        } else {
+            assert_eq!(status, "sent");
+            assert_eq!(r.get::<Option<i64>, _>("sent_at"), Some(5_000));
+        }
+        if id == done[2] {
+            assert_eq!(r.get::<String, _>("kind"), "beheer.onbestelbaar");
+            let n: serde_json::Value = serde_json::from_str(&r.get::<String, _>("notice")).unwrap();
+            assert_eq!(
+                n,
+                serde_json::json!({"event_id": "old-done", "reden": "het adres werd door de ontvangende mailserver geweigerd"})
+            );
+        }
+    }
+    // The users served: as many as before, with their rules, numbered instead of named.
+    let served = dl::served_users_of(&mut c, &done.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(served.values().map(Vec::len).sum::<usize>(), 3);
+    for users in served.values() {
+        assert_eq!(users[0].gebruikersnummer, "purged-1");
+        assert_eq!(users[0].naam, None);
+    }
+    assert_eq!(served[&done[2]][0].rule, Rule::Cp);
+    // The attempt log: outcomes and codes stay, the relay's text loses the address.
+    let log = dl::attempts(&mut c, &done[1]).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!((log[0].smtp_code, log[0].started_at), (Some(550), 5_000));
+    assert_eq!(
+        log[0].detail.as_deref(),
+        Some("550 5.1.1 <address> Recipient address rejected")
+    );
+    // Listings say so.
+    let listed = dl::list(
+        &mut c,
+        &DeliveryFilter {
+            event_id: Some("old-done".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.purged && d.recipient == dl::PURGED_RECIPIENT)
+    );
+    let whole = dl::list(
+        &mut c,
+        &DeliveryFilter {
+            event_id: Some("old-pending".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (whole[0].purged, whole[0].recipient.as_str()),
+        (false, "u0@praktijk.example")
+    );
+
+    // Bounces and quarantine by their own time: the raw message goes.
+    let b = sqlx::query(
+        "SELECT sha256, raw, diagnostic, status, size, purged_at FROM bounces ORDER BY id",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(b[0].get::<Vec<u8>, _>("raw"), Vec::<u8>::new());
+    assert_eq!(
+        b[0].get::<Option<String>, _>("diagnostic").as_deref(),
+        Some("550 5.1.1 <address> Recipient address rejected")
+    );
+    assert_eq!(
+        (
+            b[0].get::<Option<String>, _>("status").as_deref(),
+            b[0].get::<i64, _>("size")
+        ),
+        (Some("5.1.1"), 22)
+    );
+    assert_eq!(b[0].get::<Option<i64>, _>("purged_at"), Some(1_000_000));
+    assert_eq!(b[1].get::<Vec<u8>, _>("raw"), b"From: Behouden D");
+    let q = ev::list_quarantine(&mut c, false, 10).await.unwrap();
+    let (new_q, old_q) = (&q[0], &q[1]);
+    assert_eq!(
+        (old_q.raw.len(), old_q.size, old_q.purged_at),
+        (0, 28, Some(1_000_000))
+    );
+    assert_eq!(old_q.reason, "data.email: <address> is not allowed");
+    assert_eq!(new_q.purged_at, None);
+    assert_eq!(
+        ev::open_quarantine_count(&mut c).await.unwrap(),
+        1,
+        "a purged row cannot be redriven"
+    );
+    let subjects: Vec<String> = sqlx::query_scalar("SELECT subject FROM directory_log ORDER BY at")
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(subjects, ["".to_owned(), nr(2).as_str().to_owned()]);
+
+    // Recorded like a replay.
+    let history = recovery::history(&store).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].command.as_str(), history[0].operator.as_str()),
+        ("purge", "ops")
+    );
+    assert_eq!(history[0].counts["events"], 2);
+    assert_eq!(history[0].counts["held_back"], 2);
+    assert_eq!(history[0].filters["older_than"], "100s");
+    drop(c);
+
+    // A replay refuses what was purged.
+    let replay = recovery::replay_deliveries(
+        &store,
+        &DeliveriesReplay {
+            scope: Scope {
+                event: Some("old-done".into()),
+                ..Default::default()
+            },
+            status: DeliveryStatus::Failed,
+            include_sent: false,
+        },
+        &audit,
+        now,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (replay.matched, replay.refused_purged, replay.replayed),
+        (0, 1, Some(0))
+    );
+    assert_eq!(status_of(&store, &done[1]).await, DeliveryStatus::Failed);
+    let rules = ValidationRules {
+        allowed_link_hosts: vec!["zip.example.nl".into()],
+    };
+    let again = recovery::replay_events(
+        &store,
+        &Scope::default(),
+        &rules,
+        &Mode::DryRun,
+        now,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.counts.refused_purged, 2,
+        "old-done and old-directory (both stored as accepted module events here)"
+    );
+
+    // Purging again changes nothing.
+    let twice = retention::purge(&store, keep, "100s", &audit, &opts, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (twice.counts.total(), twice.held_back, twice.files),
+        (0, 2, None)
+    );
+    // `--vacuum`: the files are rewritten even when nothing was left to purge.
+    let rewrite = PurgeOptions {
+        rewrite_files: true,
+        ..opts
+    };
+    let ran = retention::purge(&store, keep, "100s", &audit, &rewrite, now)
+        .await
+        .unwrap()
+        .files
+        .expect("the files are rewritten")
+        .ran;
+    let expected = match store.backend() {
+        Backend::Sqlite => "VACUUM",
+        Backend::Postgres => "VACUUM (FULL) events",
+    };
+    assert!(ran.iter().any(|r| r.starts_with(expected)), "{ran:?}");
+}
+
 /// Runs each listed contract test on SQLite and on PostgreSQL, each on a
 /// fresh database that is removed afterwards.
 macro_rules! contract {
@@ -2324,4 +2844,5 @@ contract!(
     snapshots_of_several_codes_read_at_once_match_one_by_one,
     a_mixed_batch_resolves_as_if_ingested_one_by_one,
     bounces_are_recorded_once_and_a_bounce_ends_only_a_sent_delivery,
+    retention_purges_personal_data_of_old_finished_events_only,
 );

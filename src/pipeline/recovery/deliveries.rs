@@ -29,8 +29,12 @@ pub struct DeliveriesReport {
     pub command: &'static str,
     pub executed: bool,
     pub filters: DeliveriesReplay,
-    /// Deliveries in the status that matched.
+    /// Deliveries in the status that matched (those of purged events not
+    /// counted: see `refused_purged`).
     pub matched: usize,
+    /// Deliveries that matched but whose event was purged by retention:
+    /// their addresses are gone, so they are never replayed.
+    pub refused_purged: usize,
     /// Deliveries changed (executed only): a match that a dispatcher
     /// claimed meanwhile is left alone.
     pub replayed: Option<u64>,
@@ -69,6 +73,7 @@ pub struct DeliverySample {
 struct Recorded<'a> {
     matched: usize,
     replayed: u64,
+    refused_purged: usize,
     by_type_and_status: &'a [TypeStatusCount],
 }
 
@@ -91,10 +96,10 @@ pub async fn replay_deliveries(
         until_ms: req.scope.until_ms,
         limit: None,
     };
-    let (rows, done) = match mode {
+    let ((rows, refused_purged), done) = match mode {
         Mode::DryRun => {
             let mut tx = store.begin_read().await?;
-            (dl::list(&mut tx, &filter).await?, None)
+            (without_purged(dl::list(&mut tx, &filter).await?), None)
         }
         Mode::Execute(audit) => {
             let (rows, replayed, id) =
@@ -107,6 +112,7 @@ pub async fn replay_deliveries(
         executed: done.is_some(),
         filters: req.clone(),
         matched: rows.len(),
+        refused_purged,
         replayed: done.map(|(n, _)| n),
         replay_id: done.map(|(_, id)| id),
         counts: type_status_counts(&rows),
@@ -115,8 +121,15 @@ pub async fn replay_deliveries(
     })
 }
 
-/// Replays the matches and records it; returns the matches, how many
-/// changed, and the audit row's id.
+/// The matches whose event is whole, and how many were left out because
+/// retention purged their event.
+fn without_purged(rows: Vec<DeliveryRow>) -> (Vec<DeliveryRow>, usize) {
+    let (purged, rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|d| d.purged);
+    (rows, purged.len())
+}
+
+/// Replays the matches and records it; returns the matches (and how many
+/// were refused as purged), how many changed, and the audit row's id.
 async fn execute(
     store: &Store,
     req: &DeliveriesReplay,
@@ -124,21 +137,22 @@ async fn execute(
     audit: &Audit,
     now: DateTime<Utc>,
     deadline_ms: i64,
-) -> Result<(Vec<DeliveryRow>, u64, i64), StoreError> {
+) -> Result<((Vec<DeliveryRow>, usize), u64, i64), StoreError> {
     // Selected inside the write transaction, so the counts recorded are the
     // rows this replay really saw.
     let mut tx = store.begin().await?;
-    let rows = dl::list(&mut tx, filter).await?;
+    let (rows, refused_purged) = without_purged(dl::list(&mut tx, filter).await?);
     let ids: Vec<String> = rows.iter().map(|d| d.id.clone()).collect();
     let replayed = dl::replay(&mut tx, &ids, req.status, ms(now), deadline_ms).await?;
     let counts = Recorded {
         matched: rows.len(),
         replayed,
+        refused_purged,
         by_type_and_status: &type_status_counts(&rows),
     };
     let id = record(&mut tx, ms(now), audit, "replay deliveries", req, &counts).await?;
     tx.commit().await?;
-    Ok((rows, replayed, id))
+    Ok(((rows, refused_purged), replayed, id))
 }
 
 fn type_status_counts(rows: &[DeliveryRow]) -> Vec<TypeStatusCount> {

@@ -54,6 +54,9 @@ pub struct EventsCounts {
     /// Planned deliveries whose address was sent (or is being sent) this mail.
     pub skipped_already_sent: usize,
     pub invalid: usize,
+    /// Events purged by retention: their recipients and data are gone, so
+    /// they are not resolved again.
+    pub refused_purged: usize,
     /// Unroutable events that now have deliveries.
     pub rerouted_unroutable: usize,
     pub by_type_and_kind: Vec<TypeKindCount>,
@@ -166,6 +169,10 @@ impl Again<'_> {
     ) -> Result<Tally, StoreError> {
         let mut tally = Tally::default();
         for e in events {
+            if e.purged_at.is_some() {
+                tally.refused_purged += 1;
+                continue;
+            }
             let m = match module_of(e, self.rules) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
@@ -251,6 +258,7 @@ struct Tally {
     already_served: usize,
     invalid: Vec<Invalid>,
     rerouted: usize,
+    refused_purged: usize,
 }
 
 impl Tally {
@@ -288,6 +296,7 @@ impl Tally {
             skipped_existing: self.existing,
             skipped_already_sent: self.already_served,
             invalid: self.invalid.len(),
+            refused_purged: self.refused_purged,
             rerouted_unroutable: self.rerouted,
             by_type_and_kind: m
                 .into_iter()

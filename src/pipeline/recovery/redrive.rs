@@ -134,6 +134,10 @@ async fn select(
     for &id in ids {
         let outcome = match ev::get_quarantine(&mut tx, id).await? {
             None => RedriveOutcome::Missing,
+            Some(q) if q.purged_at.is_some() => RedriveOutcome::Skipped(format!(
+                "purged by retention at {}: its body is gone; ask the publisher to send the event again",
+                q.purged_at.map(rfc3339).unwrap_or_default()
+            )),
             Some(q) if q.state != QuarantineState::Open => RedriveOutcome::Skipped(format!(
                 "already redriven{}; nothing to do",
                 q.last_redrive_at
