@@ -386,25 +386,34 @@ impl Store {
     /// Fails with [`StoreError::Behind`] when migrations are pending.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
-        let current: Option<i64> = match sqlx::query_scalar(
-            "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
-        )
-        .fetch_one(&self.pool)
-        .await
-        {
-            Ok(v) => v,
-            // No migrations table at all: a fresh database, behind by everything.
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("42P01")
-                    || e.message().contains("no such table") =>
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(&self.pool)
+                .await
             {
-                None
-            }
-            // Anything else (connection, permissions) is not "behind": say what it is.
-            Err(e) => return Err(e.into()),
-        };
-        if current.unwrap_or(0) < latest {
-            return Err(StoreError::Behind { current, latest });
+                Ok(v) => v,
+                // No migrations table at all: a fresh database, behind by everything.
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("42P01")
+                        || e.message().contains("no such table") =>
+                {
+                    Vec::new()
+                }
+                // Anything else (connection, permissions) is not "behind": say what it is.
+                Err(e) => return Err(e.into()),
+            };
+        // Every known migration must be applied, not only the newest: a
+        // database migrated by a build that had a later migration but not
+        // an earlier one is behind too.
+        let mut known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();
+        known.sort_unstable();
+        let complete = known.iter().take_while(|v| applied.contains(v)).last();
+        if complete != known.last() {
+            // "At migration N": every migration up to N is applied.
+            return Err(StoreError::Behind {
+                current: complete.copied(),
+                latest,
+            });
         }
         Ok(())
     }

@@ -126,6 +126,22 @@ async fn a_database_behind_is_refused_with_the_hint(backend: TestBackend) {
     let out = notifier(&["deliveries", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("0 deliveries"), "{}", stdout(&out));
+
+    // A database that has a later migration but not an earlier one (made
+    // by a build from a branch) is behind too, not current.
+    let store = notifier::store::Store::connect(&db.url, 1).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 6")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let out = notifier(&["deliveries", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("database at migration 5, this version needs 7"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
