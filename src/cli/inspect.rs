@@ -137,6 +137,8 @@ pub struct EventLine {
     pub detail: Option<String>,
     pub id: String,
     pub occurred_at: String,
+    /// Retention purged its personal data (docs/security.md).
+    pub purged: bool,
     pub received_at: String,
     pub state: EventState,
     #[serde(rename = "type")]
@@ -150,6 +152,7 @@ impl From<&ev::EventRow> for EventLine {
             detail: e.detail.clone(),
             id: e.id.clone(),
             occurred_at: rfc3339(e.occurred_at),
+            purged: e.purged_at.is_some(),
             received_at: rfc3339(e.received_at),
             state: e.state,
             event_type: e.event_type.clone(),

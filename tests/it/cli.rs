@@ -697,6 +697,15 @@ async fn purge_counts_then_executes_records_and_is_never_replayed() {
     let after = json(&out);
     assert_eq!(after["purged"], true);
     assert!(after["purged_at"].as_str().unwrap().ends_with('Z'));
+    // `events list` says so too.
+    let listed = json(&cli(&s, &["events", "list", "--format", "json"]));
+    let line = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == id.as_str())
+        .expect("the event is listed");
+    assert_eq!(line["purged"], true, "{line}");
     assert_eq!(after["deliveries"].as_array().unwrap().len(), n);
     for d in after["deliveries"].as_array().unwrap() {
         assert_eq!(d["recipient"], "(purged)");
