@@ -380,6 +380,15 @@ impl App {
 /// Refreshes the gauges that come from the database, including the
 /// periodic reconciliation (`notifier_stuck_events`, the same query as
 /// `notifier check` with `dispatch.stuck_after` as its threshold).
+/// `r`'s value, or `None` with a warning naming the gauge: a query that
+/// fails (a permission missing for the runtime role, say) must show.
+fn logged<T>(gauge: &str, r: Result<T, crate::store::StoreError>) -> Option<T> {
+    r.map_err(
+        |e| warn!(error = %e, gauge, "cannot sample a database gauge; it keeps its last value"),
+    )
+    .ok()
+}
+
 async fn sample_gauges(
     store: Store,
     metrics: Metrics,
@@ -393,7 +402,9 @@ async fn sample_gauges(
         ));
         match store.pool().acquire().await {
             Ok(mut c) => {
-                if let Ok((n, oldest)) = deliveries::pending_summary(&mut c).await {
+                if let Some((n, oldest)) =
+                    logged("pending", deliveries::pending_summary(&mut c).await)
+                {
                     metrics.deliveries_pending.set(n);
                     let age = oldest
                         .map(|o| (chrono::Utc::now().timestamp_millis() - o).max(0) as f64 / 1000.0)
@@ -401,13 +412,16 @@ async fn sample_gauges(
                     metrics.oldest_pending_age.set(age);
                 }
                 let now_ms = chrono::Utc::now().timestamp_millis();
-                if let Ok(due) = deliveries::oldest_overdue(&mut c, now_ms).await {
+                if let Some(due) = logged(
+                    "dispatch lag",
+                    deliveries::oldest_overdue(&mut c, now_ms).await,
+                ) {
                     let lag = due
                         .map(|d| (now_ms - d).max(0) as f64 / 1000.0)
                         .unwrap_or(0.0);
                     metrics.dispatch_lag.set(lag);
                 }
-                if let Ok(q) = events::open_quarantine_count(&mut c).await {
+                if let Some(q) = logged("quarantine", events::open_quarantine_count(&mut c).await) {
                     metrics.quarantined.set(q);
                 }
                 let now = chrono::Utc::now().timestamp_millis();
