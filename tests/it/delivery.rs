@@ -244,7 +244,7 @@ async fn tls_required_but_not_offered_is_a_relay_fault_and_nothing_fails() {
     let s = crate::support::TestConfig::new(dir.path())
         .smtp(&format!("{}?tls=required", app.smtp.url()))
         .settings();
-    let (_store, d, summary) = ingest_and_dispatch_one(&s).await;
+    let (_store, d, summary) = crate::support::ingest_and_dispatch_one(&s).await;
     assert_eq!(summary.failed, 0);
     assert_eq!(summary.retried, 1);
     assert_eq!(
@@ -547,31 +547,6 @@ async fn logs_name_ids_never_addresses() {
     }
 }
 
-/// With `s`, on a fresh database with the sample directory: ingests one
-/// `naleving.aanleververzoek` as from a file and dispatches until idle, as
-/// `notifier ingest` and `notifier dispatch --until-idle` would. Returns the
-/// store and the dispatcher (for its breaker) with the summary.
-async fn ingest_and_dispatch_one(
-    s: &notifier::config::Settings,
-) -> (
-    notifier::store::Store,
-    notifier::pipeline::dispatch::Dispatcher,
-    notifier::pipeline::dispatch::DispatchSummary,
-) {
-    use notifier::pipeline::ingest::{Incoming, Source};
-    let store = crate::support::migrated_store(s.database.url.expose_secret()).await;
-    crate::support::import_directory(&store, &sample_directory()).await;
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();
-    notifier::app::ingestor(s, &store, &metrics)
-        .ingest_batch(&[Incoming::new(ev, None, Source::File)])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
-    (store, d, summary)
-}
-
 /// Ingests one event and dispatches it to the relay at `url`; when nothing
 /// was sent, the relay circuit must have opened for a TLS reason.
 async fn send_once_over(
@@ -584,7 +559,7 @@ async fn send_once_over(
         .smtp(&url)
         .with(&extra)
         .settings();
-    let (store, d, summary) = ingest_and_dispatch_one(&s).await;
+    let (store, d, summary) = crate::support::ingest_and_dispatch_one(&s).await;
     if summary.sent == 0 {
         let mut c = store.pool().acquire().await.unwrap();
         let rows = notifier::store::deliveries::list(&mut c, &Default::default())

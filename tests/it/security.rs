@@ -25,17 +25,7 @@ const PASSWORD: &str = "a+b&c";
 /// dispatch --until-idle` would. Returns the summary, the relay circuit's
 /// last reason and the attempts' outcomes and details.
 async fn send_once(s: &Settings) -> (DispatchSummary, Option<String>, Vec<(String, String)>) {
-    use notifier::pipeline::ingest::{Incoming, Source};
-    let store = crate::support::migrated_store(s.database.url.expose_secret()).await;
-    crate::support::import_directory(&store, &sample_directory()).await;
-    let metrics = notifier::ops::metrics::Metrics::new();
-    let ev = fresh("naleving.aanleververzoek").to_string().into_bytes();
-    notifier::app::ingestor(s, &store, &metrics)
-        .ingest_batch(&[Incoming::new(ev, None, Source::File)])
-        .await
-        .unwrap();
-    let d = notifier::app::dispatcher(s, &store, &metrics).unwrap();
-    let summary = d.run_until_idle().await.unwrap();
+    let (store, d, summary) = crate::support::ingest_and_dispatch_one(s).await;
     let mut c = store.pool().acquire().await.unwrap();
     let rows = notifier::store::deliveries::list(&mut c, &Default::default())
         .await

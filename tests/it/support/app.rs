@@ -309,3 +309,30 @@ pub struct Stopped {
     _db: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
 }
+
+/// With `s`, on a fresh database with the sample directory: ingests one
+/// `naleving.aanleververzoek` as from a file and dispatches until idle, as
+/// `notifier ingest` and `notifier dispatch --until-idle` would. Returns the
+/// store and the dispatcher (for its breaker) with the summary.
+pub async fn ingest_and_dispatch_one(
+    s: &notifier::config::Settings,
+) -> (
+    notifier::store::Store,
+    notifier::pipeline::dispatch::Dispatcher,
+    notifier::pipeline::dispatch::DispatchSummary,
+) {
+    use notifier::pipeline::ingest::{Incoming, Source};
+    let store = db::migrated_store(s.database.url.expose_secret()).await;
+    db::import_directory(&store, &super::sample_directory()).await;
+    let metrics = notifier::ops::metrics::Metrics::new();
+    let ev = super::fresh("naleving.aanleververzoek")
+        .to_string()
+        .into_bytes();
+    notifier::app::ingestor(s, &store, &metrics)
+        .ingest_batch(&[Incoming::new(ev, None, Source::File)])
+        .await
+        .unwrap();
+    let d = notifier::app::dispatcher(s, &store, &metrics).unwrap();
+    let summary = d.run_until_idle().await.unwrap();
+    (store, d, summary)
+}

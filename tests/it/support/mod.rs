@@ -21,7 +21,8 @@ pub mod smtp_server;
 pub mod tls;
 
 pub use app::{
-    HOLD_SENDING, TestApp, spawn_app, spawn_app_holding_sending, spawn_app_prepared, spawn_app_with,
+    HOLD_SENDING, TestApp, ingest_and_dispatch_one, spawn_app, spawn_app_holding_sending,
+    spawn_app_prepared, spawn_app_with,
 };
 pub use broker::{AMQP_URL, TopologyGuard, declare_topology, delete_topology};
 pub use config::TestConfig;
