@@ -117,7 +117,7 @@ const CODES_PER_STATEMENT: usize = 500;
 /// autovacuum, which analyzes a table within about a minute of a change
 /// this large.
 pub async fn refresh_statistics(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+    if super::Backend::of(conn) == super::Backend::Sqlite {
         return Ok(());
     }
     let owns_all: bool = sqlx::query_scalar(

@@ -149,7 +149,7 @@ impl Binds {
     /// Placeholders for the backend behind `conn`.
     pub(crate) fn for_conn(conn: &sqlx::AnyConnection) -> Self {
         Self {
-            numbered: conn.backend_name() != <sqlx::Sqlite as sqlx::Database>::NAME,
+            numbered: Backend::of(conn) == Backend::Postgres,
             n: 0,
         }
     }
@@ -181,6 +181,17 @@ impl Binds {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The backend behind `conn`.
+    pub(crate) fn of(conn: &sqlx::AnyConnection) -> Self {
+        if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+            Self::Sqlite
+        } else {
+            Self::Postgres
+        }
+    }
 }
 
 /// Set on every SQLite connection.

@@ -60,7 +60,7 @@ impl std::ops::AddAssign for PurgeCounts {
 }
 
 fn is_postgres(conn: &AnyConnection) -> bool {
-    conn.backend_name() != <sqlx::Sqlite as sqlx::Database>::NAME
+    super::Backend::of(conn) == super::Backend::Postgres
 }
 
 /// The condition on event `e` (`$1` the cut-off) under which it is purged.
