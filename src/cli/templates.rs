@@ -236,11 +236,11 @@ fn render_context(
     };
     let addressee = samples::planned_addressee(kind);
     let common = Common::at_date(today, portal, &addressee);
-    let praktijk = praktijk.unwrap_or(m.agb_code.as_str()).to_owned();
+    let praktijk = praktijk.unwrap_or(m.agb_code.as_str());
     Ok(context::module_context(
         kind.as_str(),
         &m,
-        &praktijk,
+        praktijk,
         &common,
     ))
 }

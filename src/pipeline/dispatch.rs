@@ -1113,10 +1113,8 @@ impl Dispatcher {
         event: &ev::EventRow,
         addressee: &Addressee,
     ) -> Result<RenderedMail, String> {
-        let notice_agb = d.notice.as_deref().and_then(notice_agb);
-        let agb = event.agb_code.as_deref().or(notice_agb.as_deref());
-        let praktijk = agb.and_then(|a| data.praktijk.get(a)).map(String::as_str);
         let common = context::Common::at(Utc::now(), &self.cfg.portal_url, addressee);
+        let praktijk_of = |agb: &str| data.praktijk.get(agb).map(String::as_str);
         let ctx = match kind {
             MailKind::Module(_) => {
                 let m = match data.parsed.get(&d.event_id) {
@@ -1124,10 +1122,8 @@ impl Dispatcher {
                     Some(Err(reason)) => return Err(reason.clone()),
                     None => return Err("stored event is not a module event".into()),
                 };
-                let praktijk = praktijk
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| m.agb_code.to_string());
-                context::module_context(kind.as_str(), m, &praktijk, &common)
+                let praktijk = praktijk_of(m.agb_code.as_str()).unwrap_or(m.agb_code.as_str());
+                context::module_context(kind.as_str(), m, praktijk, &common)
             }
             _ => {
                 let notice: serde_json::Value = d
@@ -1137,6 +1133,10 @@ impl Dispatcher {
                     .transpose()
                     .map_err(|e| format!("stored notice is not JSON: {e}"))?
                     .unwrap_or_default();
+                // A notice about a revocation has its AGB code in the notice.
+                let agb = (event.agb_code.as_deref())
+                    .or_else(|| notice.get("agb_code").and_then(|v| v.as_str()));
+                let praktijk = agb.and_then(praktijk_of);
                 context::notice_context(kind.as_str(), agb, praktijk, &notice, &common)
             }
         };

@@ -127,13 +127,13 @@ pub fn sample_mails(
                 MailKind::Module(t) => {
                     let event = sample_event(t, rules, variant)?;
                     let addressee = addressee(kind, variant);
-                    let common = common(portal_url, today, &addressee);
+                    let common = Common::at_date(today, portal_url, &addressee);
                     let praktijk = praktijk(variant).unwrap_or(event.agb_code.as_str().to_owned());
                     context::module_context(kind.as_str(), &event, &praktijk, &common)
                 }
                 _ => {
                     let addressee = addressee(kind, variant);
-                    let common = common(portal_url, today, &addressee);
+                    let common = Common::at_date(today, portal_url, &addressee);
                     let notice = notice(kind, variant);
                     let agb = notice_agb(kind);
                     let praktijk = praktijk(variant);
@@ -149,10 +149,6 @@ pub fn sample_mails(
             Ok(SampleMail { kind, context })
         })
         .collect()
-}
-
-fn common<'a>(portal_url: &'a str, today: NaiveDate, addressee: &'a Addressee) -> Common<'a> {
-    Common::at_date(today, portal_url, addressee)
 }
 
 /// The addressee the planner gives `kind`'s mail, for one user.
