@@ -5,7 +5,7 @@
 //
 //   node check.mjs DIR        check DIR/*.html (KIND.html and KIND.hostile.html)
 //   node check.mjs FILE...    check these files
-//   node check.mjs --self-test  prove each check can fail (fixtures/)
+//   node check.mjs --self-test  prove each check can fail (fixtures/good.html, one defect a case)
 //
 // Checks, each reported under its code word:
 //   network   the page requested anything (image, font, stylesheet, pixel), or
@@ -23,7 +23,8 @@
 // Chromium: $CHROMIUM, default /usr/bin/chromium (Debian package chromium).
 
 import { chromium } from 'playwright-core';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -407,60 +408,98 @@ async function checkCommand(args) {
   }
 }
 
-// What each fixture must fail with, per width: the codes, exactly. Each
-// fixture is good.html with one defect, so any other code is a false alarm.
+// The self-test's cases: fixtures/good.html passes; every other case is
+// good.html with one defect (`find` replaced by `put`) and must fail with
+// exactly these codes per width, so any other code is a false alarm.
+const CTA = '<a href="https://zip.example.nl/contract/C-2027-118734" style="display:inline-block;';
+const CARD = 'style="width:100%;max-width:600px;';
+const FOOTER = 'color:#4a4a4a;">Dit is een automatisch verzonden servicebericht van het Zorginkoopportaal.';
+const GREETING = '<p style="margin:0;">Met vriendelijke groet,';
+const LONG = 'W'.repeat(300);
+const both = (codes) => ({ 600: codes, 375: codes });
 const SELF_TEST = {
-  'good.html': { 600: [], 375: [] },
-  'wide.html': { 600: ['overflow'], 375: ['overflow'] },
-  'wide-mobile.html': { 600: [], 375: ['overflow'] },
-  'longword.html': { 600: ['overflow'], 375: ['overflow'] },
-  'http-cta.html': { 600: ['cta'], 375: ['cta'] },
-  'no-cta.html': { 600: ['cta'], 375: ['cta'] },
-  'two-links.html': { 600: ['cta'], 375: ['cta'] },
-  'clipped.html': { 600: ['clipped'], 375: ['clipped'] },
-  'squeezed.html': { 600: ['wordbreak'], 375: ['wordbreak'] },
-  'lowcontrast.html': { 600: ['contrast'], 375: ['contrast'] },
-  'external.html': { 600: ['network'], 375: ['network'] },
-  'external-css.html': { 600: ['network'], 375: ['network'] },
-  'lazy-image.html': { 600: ['network'], 375: ['network'] },
-  'no-lang.html': { 600: ['lang'], 375: ['lang'] },
-  'script.html': { 600: ['active'], 375: ['active'] },
+  good: { expect: both([]) },
+  // A 700px table overflows at both widths; a 480px one only on a phone.
+  wide: { expect: both(['overflow']), find: CARD, put: 'style="width:700px;' },
+  'wide-mobile': { expect: { 600: [], 375: ['overflow'] }, find: CARD, put: 'style="width:480px;' },
+  // A hostile name in a cell that does not wrap it.
+  longword: { expect: both(['overflow']), find: FOOTER, put: `${FOOTER} ${LONG}` },
+  'http-cta': { expect: both(['cta']), find: CTA, put: CTA.replace('https:', 'http:') },
+  'no-cta': { expect: both(['cta']), find: CTA, put: '<a style="display:inline-block;' },
+  'two-links': {
+    expect: both(['cta']),
+    find: 'klaar: Overeenkomst fysiotherapie 2027.',
+    put: 'klaar: <a href="https://zip.example.nl/" style="color:#154273;">Overeenkomst fysiotherapie 2027</a>.',
+  },
+  // The button label cut off by a clipping box.
+  clipped: { expect: both(['clipped']), find: CTA, put: `${CTA}width:120px;overflow:hidden;white-space:nowrap;` },
+  // A label beside a long value in a cell that may break anywhere: the
+  // label column is squeezed and its words broken.
+  squeezed: {
+    expect: both(['wordbreak']),
+    find: '<p style="margin:0 0 16px 0;">Geachte gebruiker,</p>',
+    put: `<p style="margin:0 0 16px 0;">Geachte gebruiker,</p><table role="presentation"><tr><td style="padding:2px 16px 2px 0;">Zorgverzekeraar</td><td>${LONG}</td></tr></table>`,
+  },
+  lowcontrast: { expect: both(['contrast']), find: FOOTER, put: FOOTER.replace('#4a4a4a', '#aaaaaa') },
+  // A tracking pixel; a relative stylesheet (a request to the page's own
+  // origin); an image below the fold loaded lazily (never requested, still a reference).
+  external: { expect: both(['network']), find: GREETING, put: `<img src="https://example.com/x.png" width="1" height="1" alt="">${GREETING}` },
+  'external-css': { expect: both(['network']), find: '</head>', put: '<link rel="stylesheet" href="mail.css"></head>' },
+  'lazy-image': {
+    expect: both(['network']),
+    find: GREETING,
+    put: `<div style="height:3000px;"></div><img src="https://example.com/logo.png" loading="lazy" width="10" height="10" alt="">${GREETING}`,
+  },
+  'no-lang': { expect: both(['lang']), find: '<html lang="nl">', put: '<html>' },
+  // A hostile name that was not escaped.
+  script: { expect: both(['active']), find: 'Geachte gebruiker,', put: 'Geachte <b>gebruiker</b><script>document.title = "x"</script>,' },
 };
 
-async function selfTest() {
-  const dir = join(HERE, 'fixtures');
-  const present = readdirSync(dir).filter((n) => n.endsWith('.html')).sort();
-  const problems = [];
-  const listed = Object.keys(SELF_TEST).sort();
-  if (present.join() !== listed.join()) {
-    problems.push(`fixtures/ holds ${present.join(', ')}; SELF_TEST lists ${listed.join(', ')}`);
+/** Writes every self-test case into a fresh folder; returns its path. */
+function writeCases() {
+  const good = readFileSync(join(HERE, 'fixtures', 'good.html'), 'utf8');
+  const dir = mkdtempSync(join(tmpdir(), 'mail-self-test-'));
+  for (const [name, c] of Object.entries(SELF_TEST)) {
+    if (c.find !== undefined && !good.includes(c.find)) {
+      throw new Error(`self-test case ${name}: fixtures/good.html no longer contains ${JSON.stringify(c.find)}`);
+    }
+    writeFileSync(join(dir, `${name}.html`), c.find === undefined ? good : good.replace(c.find, c.put));
   }
+  return dir;
+}
+
+async function selfTest() {
+  const dir = writeCases();
+  const problems = [];
+  const names = Object.keys(SELF_TEST);
   const browser = await launchBrowser();
   try {
     const mail = await newMailPage(browser);
-    const results = await checkFiles(mail, listed.map((n) => join(dir, n)));
+    const results = await checkFiles(mail, names.map((n) => join(dir, `${n}.html`)));
     for (const r of results) {
-      const want = SELF_TEST[basename(r.file)][r.width];
+      const name = basename(r.file, '.html');
+      const want = SELF_TEST[name].expect[r.width];
       const got = [...new Set(r.failures.map((f) => f.code))].sort();
       const okay = got.join() === [...want].sort().join();
-      console.log(`${okay ? 'ok  ' : 'BAD '} self-test ${basename(r.file)} @${r.width}: expected ${want.length ? want.join(',') : 'pass'}, got ${got.length ? reportLine(r).replace(/^FAIL \d+ [^:]+: /, '') : 'pass'}`);
-      if (!okay) problems.push(`${basename(r.file)} @${r.width}`);
+      console.log(`${okay ? 'ok  ' : 'BAD '} self-test ${name} @${r.width}: expected ${want.length ? want.join(',') : 'pass'}, got ${got.length ? reportLine(r).replace(/^FAIL \d+ [^:]+: /, '') : 'pass'}`);
+      if (!okay) problems.push(`${name} @${r.width}`);
     }
   } finally {
     await browser.close();
   }
   // The command itself: exit 0 on a good file, 1 on a bad one.
-  for (const [name, want] of [['good.html', 0], ['wide.html', 1]]) {
-    const run = spawnSync(process.execPath, [fileURLToPath(import.meta.url), join(dir, name)], { encoding: 'utf8' });
+  for (const [name, want] of [['good', 0], ['wide', 1]]) {
+    const run = spawnSync(process.execPath, [fileURLToPath(import.meta.url), join(dir, `${name}.html`)], { encoding: 'utf8' });
     const okay = run.status === want;
     console.log(`${okay ? 'ok  ' : 'BAD '} self-test exit status on ${name}: expected ${want}, got ${run.status}`);
     if (!okay) problems.push(`exit status on ${name}: ${run.status}\n${run.stdout}${run.stderr}`);
   }
+  rmSync(dir, { recursive: true, force: true });
   if (problems.length) {
     console.log(`browser self-test FAILED: the checker misjudges ${problems.join('; ')}`);
     return 1;
   }
-  console.log(`browser self-test: all ${listed.length} fixtures judged as expected`);
+  console.log(`browser self-test: all ${names.length} cases judged as expected`);
   return 0;
 }
 

@@ -142,7 +142,7 @@ async function main([dir, out]) {
     '- has visible text with a contrast below 4.5:1 (3:1 for large text).',
     '',
     '`node tests/browser/check.mjs --self-test` proves each of these can fail, on',
-    'the fixtures in `tests/browser/fixtures/`.',
+    '`tests/browser/fixtures/good.html` and copies of it with one defect each.',
   ];
   const missing = [];
   for (const [title, intro, ks] of SECTIONS) {
