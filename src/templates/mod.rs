@@ -124,7 +124,7 @@ impl Templates {
             reg.register_helper("termijn", Box::new(termijn_helper));
             reg.register_helper("kort", Box::new(kort_helper));
         }
-        html.register_escape_fn(|s| handlebars::html_escape(&visible(s)));
+        html.register_escape_fn(|s| handlebars::html_escape(&visible_cow(s)));
         text.register_escape_fn(visible);
 
         let read = |rel: &str, builtin: &'static str| -> Result<String, TemplateError> {
@@ -280,7 +280,16 @@ fn is_invisible(c: char) -> bool {
 
 /// `s` without [`is_invisible`] characters: what every template value goes through.
 pub fn visible(s: &str) -> String {
-    s.chars().filter(|c| !is_invisible(*c)).collect()
+    visible_cow(s).into_owned()
+}
+
+/// [`visible`] without a copy when there is nothing to remove (nearly always).
+fn visible_cow(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(is_invisible) {
+        std::borrow::Cow::Owned(s.chars().filter(|c| !is_invisible(*c)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// A subject on one line: control characters (CR, LF, tab) become spaces,
